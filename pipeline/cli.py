@@ -1,0 +1,244 @@
+"""Command line: argument parsing, exit codes and human output. Nothing imports it.
+
+Exit codes: 0 success · 1 some jobs did not finish (failed, unknown…) or a runtime
+error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Run large batches of generative-media jobs from a YAML spec: "
+        "prompts x providers x parameters -> verified files, resumable.",
+    )
+    parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a spec (resumes where the last run stopped)")
+    run.add_argument("spec", type=Path, help="the YAML spec")
+    run.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--retry-failed", action="store_true", help="run failed, cancelled and timed-out jobs again"
+    )
+    run.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="submit again jobs whose earlier submit had an unknown outcome "
+        "(may pay twice if the first one did reach the provider)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser(
+        "plan", help="dry run: jobs per provider and the requests, nothing sent"
+    )
+    plan.add_argument("spec", type=Path)
+    plan.add_argument(
+        "--show",
+        type=int,
+        default=3,
+        metavar="N",
+        help="jobs to show in full per provider (default 3)",
+    )
+    plan.set_defaults(handler=cmd_plan)
+
+    validate = commands.add_parser("validate", help="check a spec and exit (2 if invalid)")
+    validate.add_argument("spec", type=Path)
+    validate.set_defaults(handler=cmd_validate)
+
+    status = commands.add_parser("status", help="counts per provider and state, and failures")
+    status.add_argument("target", type=Path, help="a spec file or an output directory")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    export = commands.add_parser("export", help="print the manifest as JSON lines")
+    export.add_argument("target", type=Path, help="an output directory or a spec file")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
+    export.set_defaults(handler=cmd_export)
+
+    emulate = commands.add_parser(
+        "emulate", help="serve the built-in API emulators until stopped, printing their base URLs"
+    )
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="first port (each emulator takes the next); 0 = any free",
+    )
+    emulate.add_argument(
+        "--provider",
+        action="append",
+        dest="providers",
+        metavar="NAME",
+        help="emulate only this API (repeatable; default: all)",
+    )
+    emulate.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="emulator knob for every emulator, e.g. task_seconds=5, failure_rate=0.1 (repeatable)",
+    )
+    emulate.set_defaults(handler=cmd_emulate)
+
+    providers = commands.add_parser(
+        "providers", help="list providers, parameters, completion modes"
+    )
+    providers.set_defaults(handler=cmd_providers)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.commands import load_checked_spec
+    from pipeline.matrix import count_jobs
+
+    spec = load_checked_spec(args.spec)
+    print(
+        f"{args.spec}: ok — {count_jobs(spec)} jobs across {len(spec.providers)} "
+        f"provider(s), outputs under {spec.output.root}"
+    )
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.commands import load_checked_spec, plan_text
+
+    spec = load_checked_spec(args.spec)
+    for line in plan_text(spec, show=args.show):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.commands import load_checked_spec, run_spec, summary_text
+
+    spec = load_checked_spec(args.spec, out=args.out)
+    summary = run_spec(
+        spec,
+        quiet=args.quiet,
+        retry_failed=args.retry_failed,
+        resubmit_unknown=args.resubmit_unknown,
+    )
+    for line in summary_text(spec, summary):
+        print(line)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.commands import open_manifest_for, status_report
+
+    with open_manifest_for(args.target) as manifest:
+        report = status_report(manifest)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return EXIT_OK
+    _print_status(report, sys.stdout)
+    return EXIT_OK
+
+
+def _print_status(report: dict[str, Any], out: TextIO) -> None:
+    print(f"{report['jobs']} jobs in {report['manifest']}", file=out)
+    for name, states in sorted(report["providers"].items()):
+        cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+        print(f"  {name}: {cells}", file=out)
+    failures = report["failures"]
+    if failures:
+        print(f"{len(failures)} not done:", file=out)
+        for failure in failures:
+            print(
+                f"  {failure['id']} [{failure['provider']}] {failure['state']}: {failure['error']}",
+                file=out,
+            )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.commands import open_manifest_for
+
+    with open_manifest_for(args.target) as manifest:
+        if args.output is None:
+            manifest.export_jsonl(sys.stdout)
+        else:
+            from pipeline.download import write_atomic_text
+
+            write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
+    return EXIT_OK
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from pipeline.commands import parse_knobs
+    from pipeline.emulators import EMULATORS, run_forever
+
+    names = args.providers or sorted(EMULATORS)
+    unknown = [name for name in names if name not in EMULATORS]
+    if unknown:
+        print(
+            f"error: no emulator for {', '.join(unknown)}; "
+            f"available: {', '.join(sorted(EMULATORS))}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    knobs = parse_knobs(args.knob)
+
+    def announce(name: str, url: str) -> None:
+        print(f"{name} {url}", flush=True)
+
+    run_forever(
+        names,
+        host=args.host,
+        port=args.port,
+        knobs={name: knobs for name in names},
+        announce=announce,
+    )
+    return EXIT_OK
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    from pipeline.providers.registry import available
+
+    for name, provider in sorted(available().items()):
+        modes = ", ".join(provider.completion_modes)
+        print(
+            f"{name} — {provider.title} ({provider.media}; completion: {modes}; "
+            f"default base URL {provider.default_base_url})"
+        )
+        for param, info in provider.parameters.items():
+            choices = f" one of: {', '.join(map(str, info.choices))}" if info.choices else ""
+            print(f"    {param:<16} → {info.field}: {info.description}{choices}")
+    return EXIT_OK

@@ -1,0 +1,234 @@
+"""What the CLI's commands do, kept apart from argument parsing so tests can call them."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pipeline.errors import SpecError
+from pipeline.manifest import Manifest
+from pipeline.matrix import iter_jobs
+from pipeline.models import TERMINAL_STATES, JobState, Spec
+from pipeline.providers import registry
+from pipeline.scheduler import RunOptions, RunSummary, Scheduler
+
+__all__ = [
+    "check_params",
+    "load_checked_spec",
+    "open_manifest_for",
+    "parse_knobs",
+    "plan_text",
+    "run_spec",
+    "status_report",
+    "summary_text",
+]
+
+
+def load_checked_spec(
+    path: Path, *, out: Path | None = None, env: Mapping[str, str] | None = None
+) -> Spec:
+    """Load and validate a spec, including every job's parameters against its API."""
+    from pipeline.spec import load_spec
+
+    spec = load_spec(path, known_providers=registry.available(), env=env)
+    if out is not None:
+        spec = replace(spec, output=replace(spec.output, root=out))
+    check_params(spec)
+    return spec
+
+
+def check_params(spec: Spec) -> None:
+    """Check each distinct parameter value once against the provider's documented
+    enums and limits; prompts are checked one by one (they differ per job)."""
+    seen: set[tuple[str, str, str]] = set()
+    for job in iter_jobs(spec):
+        settings = spec.providers[job.provider]
+        fresh = {}
+        for key, value in job.params.items():
+            marker = (job.provider, key, json.dumps(value, sort_keys=True, default=str))
+            if key == "prompt" or marker not in seen:
+                seen.add(marker)
+                fresh[key] = value
+        if not fresh:
+            continue
+        for key, message in registry.get(settings.type).validate_params(fresh):
+            raise SpecError(
+                f"{message} (provider {job.provider!r}, type {settings.type})",
+                file=str(spec.source),
+                path=_param_origin(spec, job.provider, key),
+                hint=f"see `pipeline providers` for what {settings.type} accepts",
+            )
+
+
+def _param_origin(spec: Spec, provider: str, key: str) -> str:
+    if key in spec.providers[provider].params:
+        return f"providers.{provider}.params.{key}"
+    if key == "prompt":
+        return "prompts"
+    return f"matrix.{key}"
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
+    """Jobs per provider, and the first ``show`` jobs of each in full with the request
+    each would send. Nothing is sent."""
+    counts: dict[str, int] = dict.fromkeys(spec.providers, 0)
+    shown: dict[str, list[str]] = {name: [] for name in spec.providers}
+    adapters = {name: registry.get(s.type)(s) for name, s in spec.providers.items()}
+    for job in iter_jobs(spec):
+        counts[job.provider] += 1
+        if len(shown[job.provider]) < show:
+            request = adapters[job.provider].build_submit(job)
+            shown[job.provider].append(
+                f"    job {job.id} (replicate {job.replicate})\n"
+                f"      params:  {json.dumps(dict(job.params), ensure_ascii=False)}\n"
+                f"      request: {request.describe()}"
+            )
+    total = sum(counts.values())
+    yield f"{spec.name}: {total} jobs → {spec.output.root}"
+    for name, count in counts.items():
+        settings = spec.providers[name]
+        rate = (
+            f", rate {settings.rate.count}/{settings.rate.per_seconds:g}s" if settings.rate else ""
+        )
+        where = (
+            "built-in emulator"
+            if settings.emulate is not None
+            else (settings.base_url or adapters[name].default_base_url)
+        )
+        yield (
+            f"  {name} ({settings.type}): {count} jobs, concurrency "
+            f"{settings.concurrency}{rate}, via {where}"
+        )
+        yield from shown[name]
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def run_spec(
+    spec: Spec,
+    *,
+    quiet: bool = False,
+    retry_failed: bool = False,
+    resubmit_unknown: bool = False,
+    handle_signals: bool = True,
+) -> RunSummary:
+    options = RunOptions(
+        retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
+    )
+    return anyio.run(_run, spec, options, quiet)
+
+
+async def _run(spec: Spec, options: RunOptions, quiet: bool) -> RunSummary:
+    from pipeline.progress import make_progress
+    from pipeline.session import open_session
+
+    with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
+        manifest.add_jobs(iter_jobs(spec))
+        async with open_session(spec) as session:
+            scheduler = Scheduler(
+                spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
+            )
+            return await scheduler.run()
+
+
+def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
+    total = sum(sum(states.values()) for states in summary.states.values())
+    done = summary.count(JobState.DONE)
+    if summary.submitted == 0 and not summary.finished and summary.already_done == total:
+        yield (
+            f"nothing to do: all {total} jobs were already done — nothing submitted. "
+            f"Outputs in {spec.output.root}"
+        )
+        return
+    head = "interrupted" if summary.interrupted else "finished"
+    yield f"{spec.name}: {head} in {summary.elapsed:.1f}s"
+    not_done = {state: summary.count(state) for state in JobState if state is not JobState.DONE}
+    rest = ", ".join(f"{state.value} {n}" for state, n in not_done.items() if n)
+    yield (
+        f"  done {done}/{total} ({summary.already_done} already done before this run)"
+        f"{'; ' + rest if rest else ''}"
+    )
+    yield f"  submitted this run: {summary.submitted}"
+    for name, reason in summary.stopped.items():
+        yield f"  {name}: submits stopped: {reason}"
+    unknown = summary.count(JobState.UNKNOWN)
+    if unknown:
+        yield (
+            f"  {unknown} job(s) have an unknown submit outcome; check the provider, then "
+            f"rerun with --resubmit-unknown to submit them again"
+        )
+    if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
+        yield "  failures: pipeline status " + str(spec.output.root)
+    yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+# -- status and export -------------------------------------------------------------------
+
+
+class _LenientEnv(dict[str, str]):
+    """For commands that only need the output root: unset variables stay as written."""
+
+    def __missing__(self, key: str) -> str:
+        return "${" + key + "}"
+
+
+@contextmanager
+def open_manifest_for(target: Path) -> Iterator[Manifest]:
+    """Open read-only the manifest of an output directory, or of a spec's output root."""
+    root = target
+    if target.is_file():
+        from pipeline.spec import load_spec
+
+        spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
+        root = spec.output.root
+    with Manifest.open(root, readonly=True) as manifest:
+        yield manifest
+
+
+def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
+    providers = manifest.counts()
+    states: dict[str, int] = {}
+    for by_state in providers.values():
+        for state, n in by_state.items():
+            states[state] = states.get(state, 0) + n
+    return {
+        "manifest": str(manifest.path),
+        "jobs": sum(states.values()),
+        "states": states,
+        "providers": providers,
+        "failures": [
+            {
+                "id": r.job.id,
+                "provider": r.job.provider,
+                "state": r.state.value,
+                "error": r.error,
+                "remote_id": r.remote_id,
+            }
+            for r in manifest.failures(limit=failures)
+        ],
+    }
+
+
+def parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they are JSON (numbers, bools)."""
+    knobs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"knob {pair!r} is not KEY=VALUE", hint="e.g. --knob task_seconds=5")
+        try:
+            knobs[key] = json.loads(value)
+        except ValueError:
+            knobs[key] = value
+    return knobs

@@ -1,0 +1,130 @@
+"""Knobs: the behaviour switches every emulator shares, validated from plain JSON.
+
+A knob changes what the fake server does, never what the API looks like. Knobs are
+read at the moment they matter (a task's duration and fate are fixed when it is
+submitted), so changing them at runtime through ``POST /_emulator/config`` affects
+new requests only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Knobs"]
+
+# kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text"
+_KINDS: dict[str, tuple[str, bool]] = {
+    "task_seconds": ("seconds", False),
+    "task_jitter": ("rate", False),
+    "failure_rate": ("rate", False),
+    "rate_limit_rate": ("rate", False),
+    "retry_after": ("seconds", True),
+    "error_rate": ("rate", False),
+    "drop_after_create_rate": ("rate", False),
+    "truncate_rate": ("rate", False),
+    "url_ttl": ("seconds", True),
+    "output_bytes": ("count", True),
+    "render": ("bool", False),
+    "seed": ("int", False),
+    "requests_per_minute": ("count", True),
+    "invalid_key_prefix": ("text", True),
+    "forbidden_key_prefix": ("text", True),
+    "broke_key_prefix": ("text", True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """How an emulator misbehaves. Every field has a harmless default."""
+
+    task_seconds: float = 2.0
+    """Seconds from submit to a terminal state (about the first fifth of it queued)."""
+    task_jitter: float = 0.2
+    """Each task's duration varies by up to this fraction either way."""
+    failure_rate: float = 0.0
+    """Probability that a task ends failed, with a provider-style reason."""
+    rate_limit_rate: float = 0.0
+    """Probability that an API request is answered 429 before anything happens."""
+    retry_after: float | None = None
+    """Seconds to put in Retry-After on 429s; None sends no Retry-After."""
+    error_rate: float = 0.0
+    """Probability that an API request is answered 500 or 503 before anything happens."""
+    drop_after_create_rate: float = 0.0
+    """Probability that a submit creates (and charges) the task, then drops the connection."""
+    truncate_rate: float = 0.0
+    """Probability that a download sends fewer bytes than its Content-Length, then closes."""
+    url_ttl: float | None = None
+    """Seconds a result URL stays valid after it was handed out; None: forever."""
+    output_bytes: int | None = None
+    """Pad every output to about this many bytes (benchmarks); None: natural size."""
+    render: bool = True
+    """True: a PNG that shows prompt and seed. False: a cheap valid PNG (benchmarks)."""
+    seed: int = 0
+    """Seed of the fault dice, so a run's faults repeat exactly."""
+    requests_per_minute: int | None = None
+    """A real per-key limiter (429 when exceeded); None: unlimited, headers still sent."""
+    invalid_key_prefix: str | None = "bad"
+    """API keys starting with this are rejected as invalid (401)."""
+    forbidden_key_prefix: str | None = "deny"
+    """API keys starting with this lack permission (403)."""
+    broke_key_prefix: str | None = "broke"
+    """API keys starting with this have no credit (402), where the API documents 402."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:
+        """Build knobs from JSON-like values; unknown or ill-typed knobs raise ValueError."""
+        return cls().updated(values or {})
+
+    def updated(self, changes: Mapping[str, Any]) -> Knobs:
+        """A copy with ``changes`` applied, each validated."""
+        unknown = sorted(set(changes) - set(_KINDS))
+        if unknown:
+            allowed = ", ".join(sorted(_KINDS))
+            raise ValueError(f"unknown knob(s) {', '.join(unknown)}; allowed: {allowed}")
+        clean = {name: _validate(name, value) for name, value in changes.items()}
+        return dataclasses.replace(self, **clean)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every knob and its value, JSON-ready."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def _validate(name: str, value: Any) -> Any:
+    kind, optional = _KINDS[name]
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"knob {name} cannot be null")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"knob {name} must be true or false, got {value!r}")
+        return value
+    if kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"knob {name} must be a string, got {value!r}")
+        return value
+    return _number(name, kind, value)
+
+
+def _number(name: str, kind: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
+        raise ValueError(f"knob {name} must be a number, got {value!r}")  # noqa: TRY004
+    if not math.isfinite(value):
+        raise ValueError(f"knob {name} must be finite, got {value!r}")
+    number: float | int
+    if kind in ("count", "int"):
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"knob {name} must be a whole number, got {value!r}")
+        number = int(value)
+    else:
+        number = float(value)
+    if kind != "int" and number < 0:
+        raise ValueError(f"knob {name} must be >= 0, got {value!r}")
+    if kind == "rate" and number > 1:
+        raise ValueError(f"knob {name} is a probability between 0 and 1, got {value!r}")
+    return number

@@ -1,0 +1,113 @@
+"""The media store: outputs registered at submit, rendered on first download, cached.
+
+Files are named by unguessable tokens. When ``url_ttl`` is set, the URLs handed out
+carry an expiry and a signature (``?expires=…&sig=…``), like a presigned CDN URL;
+each poll hands out a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pipeline.emulators.render import Media, with_padding
+
+__all__ = ["MediaStore", "Rendered"]
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A file's bytes with its validator."""
+
+    body: bytes
+    etag: str
+    content_type: str
+
+
+class MediaStore:
+    """Media by token, with an LRU cache of rendered bytes bounded in size."""
+
+    def __init__(self, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.cache_bytes = cache_bytes
+        self._media: dict[str, Media] = {}
+        self._aliases: dict[str, str] = {}
+        self._cache: OrderedDict[tuple[str, bool, int | None], Rendered] = OrderedDict()
+        self._cached = 0
+        self._secret = secrets.token_bytes(16)
+
+    def __len__(self) -> int:
+        return len(self._media)
+
+    def add(self, media: Media) -> str:
+        """Register an output (nothing is rendered yet); returns its token."""
+        token = secrets.token_hex(10)
+        self._media[token] = media
+        return token
+
+    def alias(self, name: str, token: str) -> None:
+        """Another name for a token's file (e.g. a permanent mirror's id)."""
+        self._aliases[name] = token
+
+    def resolve(self, name: str) -> str | None:
+        """The token an alias names, or None."""
+        return self._aliases.get(name)
+
+    def media(self, token: str) -> Media | None:
+        return self._media.get(token)
+
+    def path(self, token: str, *, now: float, ttl: float | None) -> str:
+        """The URL path (with query) for a token, signed with an expiry when ``ttl`` is set."""
+        media = self._media[token]
+        path = f"/files/{token}{media.suffix}"
+        if ttl is None:
+            return path
+        expires = int(now + ttl)
+        return f"{path}?expires={expires}&sig={self._sign(token, expires)}"
+
+    def signature_ok(self, token: str, expires: str, sig: str) -> bool:
+        if not expires.isdigit():
+            return False
+        return hmac.compare_digest(self._sign(token, int(expires)), sig)
+
+    async def rendered(self, token: str, *, draw: bool, pad_to: int | None) -> Rendered:
+        """The file's bytes: cached, or rendered now (drawing happens off the event loop)."""
+        key = (token, draw, pad_to)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        media = self._media[token]
+        if draw:
+            body = await asyncio.to_thread(media.render, draw=True)
+        else:
+            body = media.render(draw=False)
+        body = with_padding(body, pad_to)
+        done = Rendered(body, f'"{zlib.crc32(body):08x}-{len(body):x}"', media.content_type)
+        self._remember(key, done)
+        return done
+
+    def clear(self) -> None:
+        self._media.clear()
+        self._aliases.clear()
+        self._cache.clear()
+        self._cached = 0
+
+    def _remember(self, key: tuple[str, bool, int | None], done: Rendered) -> None:
+        if key in self._cache:
+            return
+        self._cache[key] = done
+        self._cached += len(done.body)
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= len(old.body)
+
+    def _sign(self, token: str, expires: int) -> str:
+        message = f"{token}:{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:24]

@@ -1,0 +1,16 @@
+"""Which emulators exist: name → application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from pipeline.emulators import pixellabs
+from pipeline.emulators.knobs import Knobs
+
+__all__ = ["EMULATORS"]
+
+EMULATORS: dict[str, Callable[[Knobs], web.Application]] = {
+    "pixellabs": pixellabs.create_app,
+}

@@ -1,0 +1,141 @@
+"""One emulator's world: knobs, clock, dice, tasks, media, ledger, counters, limiter.
+
+``admit`` is the gate every API request passes first (key, limiter, injected
+faults); each emulator renders a refusal in its own API's words.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.emulators.clock import Clock, system_clock
+from pipeline.emulators.faults import Dice, Fault, injected_fault
+from pipeline.emulators.knobs import Knobs
+from pipeline.emulators.ledger import Ledger, Stats, key_fingerprint
+from pipeline.emulators.limiter import Quota, RateLimiter
+from pipeline.emulators.media import DEFAULT_CACHE_BYTES, MediaStore
+from pipeline.emulators.tasks import TaskStore
+
+__all__ = ["STATE_KEY", "Admission", "EmulatorState", "Refusal"]
+
+ANONYMOUS = "anonymous"
+
+
+class Refusal(enum.Enum):
+    """Why a request was turned away before it was handled."""
+
+    MISSING_KEY = "missing_key"
+    INVALID_KEY = "invalid_key"
+    FORBIDDEN = "forbidden"
+    NO_CREDIT = "no_credit"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    """The real per-key limiter (requests_per_minute) said no."""
+    RATE_LIMITED = "rate_limited"
+    """An injected 429 (rate_limit_rate)."""
+    SERVER_ERROR = "server_error"
+    UNAVAILABLE = "unavailable"
+
+
+_FAULT_REFUSALS = {
+    Fault.RATE_LIMITED: Refusal.RATE_LIMITED,
+    Fault.SERVER_ERROR: Refusal.SERVER_ERROR,
+    Fault.UNAVAILABLE: Refusal.UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The gate's verdict on one API request."""
+
+    key: str
+    """Fingerprint of the caller's API key (``anonymous`` when there was none)."""
+    quota: Quota
+    refusal: Refusal | None = None
+    retry_after: int | None = None
+    """Seconds for a Retry-After header, when the refusal is a 429 and the knob asks."""
+
+
+class EmulatorState:
+    """Everything one emulator knows; tests reach it in-process as ``running.state``."""
+
+    def __init__(
+        self,
+        provider: str,
+        knobs: Knobs,
+        *,
+        clock: Clock = system_clock,
+        media_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.provider = provider
+        self.knobs = knobs
+        self.clock = clock
+        self.dice = Dice(knobs.seed)
+        self.ledger = Ledger()
+        self.stats = Stats()
+        self.tasks = TaskStore()
+        self.media = MediaStore(cache_bytes=media_cache_bytes)
+        self.limiter = RateLimiter()
+
+    def configure(self, changes: Mapping[str, Any]) -> Knobs:
+        """Apply knob changes (validated; ValueError leaves the knobs as they were)."""
+        knobs = self.knobs.updated(changes)
+        if "seed" in changes:
+            self.dice.reseed(knobs.seed)
+        self.knobs = knobs
+        return knobs
+
+    def reset(self) -> None:
+        """Forget tasks, media, charges, counters and quotas; keep the knobs; reseed."""
+        self.ledger.clear()
+        self.stats.clear()
+        self.tasks.clear()
+        self.media.clear()
+        self.limiter.clear()
+        self.dice.reseed(self.knobs.seed)
+
+    def admit(self, api_key: str | None, *, credit_documented: bool = False) -> Admission:
+        """Check the key, count the request against its quota, then roll for faults."""
+        knobs, now = self.knobs, self.clock()
+        if not api_key:
+            return self._refuse(ANONYMOUS, now, Refusal.MISSING_KEY)
+        key = key_fingerprint(api_key)
+        refusal = _key_refusal(knobs, api_key, credit_documented)
+        if refusal is not None:
+            return self._refuse(key, now, refusal)
+        quota = self.limiter.hit(key, now, knobs.requests_per_minute)
+        if not quota.allowed:
+            self.stats.faults["limit_exceeded"] += 1
+            after = quota.retry_after(now) if knobs.retry_after is not None else None
+            return Admission(key, quota, Refusal.LIMIT_EXCEEDED, after)
+        fault = injected_fault(knobs, self.dice)
+        if fault is None:
+            return Admission(key, quota)
+        self.stats.faults[_FAULT_REFUSALS[fault].value] += 1
+        after = None
+        if fault is Fault.RATE_LIMITED and knobs.retry_after is not None:
+            after = math.ceil(knobs.retry_after)
+        return Admission(key, quota, _FAULT_REFUSALS[fault], after)
+
+    def _refuse(self, key: str, now: float, refusal: Refusal) -> Admission:
+        quota = self.limiter.peek(key, now, self.knobs.requests_per_minute)
+        return Admission(key, quota, refusal)
+
+
+def _key_refusal(knobs: Knobs, api_key: str, credit_documented: bool) -> Refusal | None:
+    if knobs.invalid_key_prefix and api_key.startswith(knobs.invalid_key_prefix):
+        return Refusal.INVALID_KEY
+    if knobs.forbidden_key_prefix and api_key.startswith(knobs.forbidden_key_prefix):
+        return Refusal.FORBIDDEN
+    broke = knobs.broke_key_prefix
+    if credit_documented and broke and api_key.startswith(broke):
+        return Refusal.NO_CREDIT
+    return None
+
+
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)

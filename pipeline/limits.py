@@ -1,0 +1,357 @@
+"""How fast pipeline may talk to one provider: concurrency, rate, server hints, retries.
+
+``ProviderLimiter`` joins the two limits every provider has: how many jobs are in flight
+at once (an ``anyio.CapacityLimiter``) and how many requests go out per second (a
+``TokenBucket``). The bucket also listens to the server: ``Retry-After`` pauses every
+request to that provider, and ``X-RateLimit-Remaining``/``-Reset`` make it slow down
+*before* the server starts refusing.
+
+``Backoff`` and ``retrying`` are the small retry loop for polls and downloads. Submits are
+never retried with them (contract 2 in DESIGN.md). ``set_testing(True)`` makes every
+backoff delay zero, so tests run fast without patching.
+
+Every clock here is injectable: ``clock`` is monotonic seconds (for waiting), ``wall`` is
+epoch seconds (only to read dates the server sends).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import TypeVar
+
+import anyio
+
+from pipeline.models import Rate
+
+__all__ = [
+    "Backoff",
+    "ProviderLimiter",
+    "TokenBucket",
+    "is_testing",
+    "parse_retry_after",
+    "retrying",
+    "set_testing",
+]
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+_EPOCH_THRESHOLD = 1e9  # a reset value above this is an epoch timestamp, below it a delta
+_EPOCH_MS_THRESHOLD = 1e12  # ...and above this one, epoch milliseconds
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP-date).
+
+    ``now`` is the current epoch time, used for HTTP-dates. Returns None when the value is
+    missing or unreadable; never a negative number.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    seconds: float | None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = _seconds_until_http_date(text, now=now)
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _seconds_until_http_date(text: str, *, now: float) -> float | None:
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp() - now
+
+
+class TokenBucket:
+    """A request-rate limit: ``rate`` on average, at most ``burst`` requests at once.
+
+    Implemented as a reservation schedule (GCRA): each ``acquire`` takes the next free
+    send time in call order, so waiters are served first come, first served and each
+    sleeps exactly once until its turn (no polling). ``rate=None`` means no steady limit;
+    the bucket then only applies pauses and server hints.
+
+    ``burst`` defaults to one second's worth of requests (at least 1, at most
+    ``rate.count``): ``60/min`` sends one request per second, not 60 at once.
+
+    An acquirer cancelled while waiting leaves its slot unused; that errs on the slow side.
+    """
+
+    def __init__(
+        self,
+        rate: Rate | None,
+        *,
+        burst: int | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        wall: Clock = time.time,
+        low_fraction: float = 0.2,
+        low_remaining: int = 5,
+    ) -> None:
+        self._interval = 1.0 / rate.per_second if rate else 0.0
+        self._burst = burst if burst is not None else _default_burst(rate)
+        if self._burst < 1:
+            raise ValueError("burst must be at least 1")
+        self._clock = clock
+        self._sleep = sleep
+        self._wall = wall
+        self._low_fraction = low_fraction
+        self._low_remaining = low_remaining
+        self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
+        self._paused_until = -math.inf
+        self._pause_epoch = 0  # bumped by every new pause, so sleepers re-check their slot
+        self._hint_interval = 0.0  # spread imposed by X-RateLimit-* hints...
+        self._hint_until = -math.inf  # ...until the server's reset time
+
+    @property
+    def paused_until(self) -> float:
+        """Clock time before which no request leaves (``-inf`` when not paused)."""
+        return self._paused_until
+
+    async def acquire(self) -> None:
+        """Wait for this caller's turn to send one request."""
+        while True:
+            epoch = self._pause_epoch
+            send_at = self._reserve()
+            wait = send_at - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            if epoch == self._pause_epoch:
+                return
+            # A pause began while we slept: our slot may fall inside it; take a new one.
+
+    def pause_until(self, moment: float) -> None:
+        """No request leaves before clock time ``moment`` (e.g. a 429's Retry-After)."""
+        if moment <= self._paused_until:
+            return
+        self._paused_until = moment
+        self._pause_epoch += 1
+        # After the pause, restart at the steady rate rather than with a full burst.
+        self._tat = max(self._tat, moment + self._tau(moment))
+
+    def pause_for(self, seconds: float) -> None:
+        """No request leaves for ``seconds`` from now."""
+        self.pause_until(self._clock() + max(0.0, seconds))
+
+    def observe_headers(
+        self, remaining: int | None, reset_at_epoch: float | None, limit: int | None
+    ) -> None:
+        """Take the server's rate-limit hints (``X-RateLimit-Remaining``/``Reset``/``Limit``).
+
+        ``remaining == 0``: pause until the reset. ``remaining`` low (at most
+        ``low_fraction`` of ``limit``, or ``low_remaining`` when the limit is unknown):
+        spread what is left evenly until the reset, so the server never has to refuse.
+        """
+        if remaining is None or reset_at_epoch is None:
+            return
+        now = self._clock()
+        until_reset = max(0.0, reset_at_epoch - self._wall())
+        if remaining <= 0:
+            self.pause_until(now + until_reset)
+        elif remaining <= self._low_water(limit) and until_reset > 0:
+            self._hint_interval = until_reset / remaining
+            self._hint_until = now + until_reset
+
+    def _low_water(self, limit: int | None) -> int:
+        if limit is None or limit <= 0:
+            return self._low_remaining
+        return max(1, math.ceil(limit * self._low_fraction))
+
+    def _current_interval(self, now: float) -> float:
+        if now < self._hint_until:
+            return max(self._interval, self._hint_interval)
+        return self._interval
+
+    def _tau(self, now: float) -> float:
+        """How far ahead of schedule a request may go: the burst allowance, in seconds."""
+        if now < self._hint_until:
+            return 0.0  # while spreading a small budget, no bursts
+        return (self._burst - 1) * self._interval
+
+    def _reserve(self) -> float:
+        """Book the next send time and return it. Synchronous, so bookings keep call order."""
+        now = self._clock()
+        send_at = max(now, self._tat - self._tau(now), self._paused_until)
+        self._tat = max(self._tat, send_at) + self._current_interval(send_at)
+        return send_at
+
+
+def _default_burst(rate: Rate | None) -> int:
+    if rate is None:
+        return 1
+    return max(1, min(rate.count, math.ceil(rate.per_second)))
+
+
+class ProviderLimiter:
+    """Everything that limits one provider.
+
+    ``async with limiter.slot():`` around a job's whole life (at most ``concurrency`` jobs
+    in flight); ``await limiter.request()`` before every HTTP request to the provider
+    (submit and poll); ``observe_response(headers)`` after every response, and
+    ``penalize(retry_after)`` on a 429.
+    """
+
+    def __init__(
+        self,
+        concurrency: int,
+        rate: Rate | None,
+        *,
+        burst: int | None = None,
+        default_penalty: float = 1.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        wall: Clock = time.time,
+    ) -> None:
+        self._slots = anyio.CapacityLimiter(concurrency)
+        self.bucket = TokenBucket(rate, burst=burst, clock=clock, sleep=sleep, wall=wall)
+        self._default_penalty = default_penalty
+        self._wall = wall
+
+    @property
+    def in_flight(self) -> int:
+        return int(self._slots.borrowed_tokens)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the provider's ``concurrency`` job slots."""
+        async with self._slots:
+            yield
+
+    async def request(self) -> None:
+        """Wait until one more request may be sent to this provider."""
+        await self.bucket.acquire()
+
+    def penalize(self, retry_after: float | None) -> None:
+        """The provider refused (429): pause every request for ``retry_after`` seconds."""
+        self.bucket.pause_for(self._default_penalty if retry_after is None else retry_after)
+
+    def observe_response(self, headers: Mapping[str, str]) -> None:
+        """Read ``Retry-After`` and ``X-RateLimit-*`` (or ``RateLimit-*``) from a response."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        retry_after = parse_retry_after(lowered.get("retry-after"), now=self._wall())
+        if retry_after is not None:
+            self.bucket.pause_for(retry_after)
+        remaining = _first_int(_header(lowered, "remaining"))
+        limit = _first_int(_header(lowered, "limit"))
+        reset = self._reset_epoch(_header(lowered, "reset"))
+        self.bucket.observe_headers(remaining, reset, limit)
+
+    def _reset_epoch(self, value: str | None) -> float | None:
+        """``X-RateLimit-Reset`` as epoch seconds: epoch s, epoch ms, or delta seconds."""
+        number = _first_number(value)
+        if number is None:
+            return None
+        if number >= _EPOCH_MS_THRESHOLD:
+            return number / 1000.0
+        if number >= _EPOCH_THRESHOLD:
+            return number
+        return self._wall() + number
+
+
+def _header(lowered: Mapping[str, str], suffix: str) -> str | None:
+    return lowered.get(f"x-ratelimit-{suffix}") or lowered.get(f"ratelimit-{suffix}")
+
+
+def _first_number(value: str | None) -> float | None:
+    """The leading number of a header such as ``"100"``, ``"1.5"`` or ``"100, 100;w=60"``."""
+    if value is None:
+        return None
+    token = value.split(",")[0].split(";")[0].strip()
+    try:
+        number = float(token)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _first_int(value: str | None) -> int | None:
+    number = _first_number(value)
+    return None if number is None else int(number)
+
+
+_testing = False
+
+
+def set_testing(testing: bool) -> None:
+    """Make every ``Backoff.delay`` zero (for test suites), or restore real delays."""
+    global _testing  # noqa: PLW0603 -- a process-wide switch, exactly like stamina's
+    _testing = testing
+
+
+def is_testing() -> bool:
+    return _testing
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, never shorter than the server asked.
+
+    The delay before retry ``attempt`` (1, 2, …) is ``initial * factor**(attempt-1)``,
+    capped at ``maximum``, then reduced by a random fraction of at most ``jitter``
+    (so with ``jitter=0.25`` it lies in ``[0.75 d, d]``), and finally raised to
+    ``retry_after`` when the server gave one.
+    """
+
+    initial: float = 1.0
+    factor: float = 2.0
+    maximum: float = 30.0
+    jitter: float = 0.25
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if _testing:
+            return 0.0
+        exponent = min(max(attempt - 1, 0), 64)  # 2**64 is far past any maximum
+        base = min(self.maximum, self.initial * self.factor**exponent)
+        jittered = base * (1.0 - self.jitter * self.rng.random())
+        return max(jittered, retry_after or 0.0)
+
+
+async def retrying(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    retries: int,
+    backoff: Backoff,
+    is_transient: Callable[[BaseException], float | bool | None],
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+    sleep: Sleep = anyio.sleep,
+) -> T:
+    """Call ``fn`` until it succeeds, at most ``retries`` extra times, for polls and downloads.
+
+    NEVER use this for submits: a submit whose outcome is unknown must be reconciled, not
+    sent again (contract 2 in DESIGN.md).
+
+    ``is_transient(exc)`` decides: ``False`` → the error is final and propagates at once;
+    ``True`` or ``None`` → transient, retry after the backoff delay; a number → transient,
+    and the server asked to wait that many seconds (a floor for the delay). The last
+    error propagates once the retries are spent. ``on_retry(attempt, exc, delay)`` is
+    called before each wait. Cancellation is never caught.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            verdict = is_transient(exc)
+            if verdict is False or attempt >= retries:
+                raise
+            attempt += 1
+            retry_after = None if verdict is True or verdict is None else float(verdict)
+            delay = backoff.delay(attempt, retry_after)
+            if on_retry is not None:
+                on_retry(attempt, exc, delay)
+            await sleep(delay)

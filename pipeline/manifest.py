@@ -1,0 +1,433 @@
+"""The manifest: the one true record of every job of a run (contract 4 in DESIGN.md).
+
+An SQLite database at ``<output root>/manifest.sqlite`` in WAL mode: one process writes
+(``pipeline run``), any number read at the same time (``pipeline status``). Every write
+is a short ``BEGIN IMMEDIATE`` transaction; every state change is guarded by the state it
+leaves (``transition``), so a stale worker can never move a job backwards.
+
+    with Manifest.open(root, spec_name="faces") as manifest:
+        manifest.add_jobs(jobs)                      # idempotent, streamed
+        if manifest.transition(job.id, JobState.SUBMITTING, expect=JobState.PENDING,
+                               client_ref=ref):
+            ...                                      # only now may the submit leave
+
+Tables: ``meta`` (schema_version, created_at, spec_name, spec_path), ``jobs``,
+``outputs`` and ``events`` (the log of transitions, retries and errors).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import operator
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from .errors import ManifestError
+from .manifest_rows import (
+    JOB_COLUMNS,
+    OUTPUT_COLUMNS,
+    export_lines,
+    job_row,
+    output_from_row,
+    output_row,
+    record_from_row,
+    write_atomically,
+)
+from .manifest_schema import DB_NAME, connect, prepare, translated
+from .manifest_sql import (
+    INSERT_EVENT,
+    INSERT_JOB,
+    UPSERT_OUTPUT,
+    join_notes,
+    legal_sources,
+    state_set,
+    update_sql,
+)
+from .models import Job, JobRecord, JobState, Output
+
+__all__ = ["DB_NAME", "SNAPSHOT_NAME", "Event", "Manifest", "find_manifest"]
+
+SNAPSHOT_NAME = "manifest.jsonl"
+
+FAILURE_STATES = frozenset(
+    {JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.UNKNOWN}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the event log. ``from_state``/``to_state`` are set for transitions."""
+
+    id: int
+    job_id: str
+    at: float
+    kind: str
+    from_state: JobState | None
+    to_state: JobState | None
+    detail: str | None
+
+
+def find_manifest(path: Path) -> Path | None:
+    """The manifest database for ``path`` (an output directory or the file itself)."""
+    path = Path(path)
+    if path.is_file() and path.name == DB_NAME:
+        return path
+    candidate = path / DB_NAME
+    return candidate if candidate.is_file() else None
+
+
+class Manifest:
+    """The store of one output root. Thread-safe; open one writer per process."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        root: Path,
+        *,
+        readonly: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.root = root
+        self.path = root / DB_NAME
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = conn
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        *,
+        readonly: bool = False,
+        spec_name: str | None = None,
+        spec_path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Manifest:
+        """Open (and, unless ``readonly``, create) the manifest of output root ``root``.
+
+        A read-only manifest can be opened while another process writes. ``clock`` gives
+        the timestamps (seconds since the epoch); tests pass a fake one.
+        """
+        root = Path(root)
+        path = root / DB_NAME
+        if readonly and not path.is_file():
+            raise ManifestError(f"no manifest at {path}")
+        if not readonly:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ManifestError(f"cannot create output directory {root}: {exc}") from exc
+        meta = {"spec_name": spec_name, "spec_path": None if spec_path is None else str(spec_path)}
+        with translated("open", path):
+            conn = connect(path, readonly=readonly)
+            try:
+                prepare(
+                    conn,
+                    path,
+                    readonly=readonly,
+                    meta={k: v for k, v in meta.items() if v is not None},
+                )
+            except BaseException:
+                conn.close()
+                raise
+        return cls(conn, root, readonly=readonly, clock=clock)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            with translated("close", self.path):
+                if not self.readonly:  # keep the planner's statistics fresh, cheaply
+                    conn.execute("PRAGMA analysis_limit = 400")
+                    conn.execute("PRAGMA optimize")
+                conn.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------------
+
+    def add_jobs(self, jobs: Iterable[Job], *, chunk: int = 5000) -> int:
+        """Insert the jobs not yet known as ``pending``; return how many were new.
+
+        Streams ``jobs`` in chunks of ``chunk``, one transaction each, so a million jobs
+        never sit in memory and another writer never waits long. (Readers never wait.)
+        """
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        added = 0
+        iterator = iter(jobs)
+        while batch := list(itertools.islice(iterator, chunk)):
+            now = self._clock()
+            with self._write("add jobs") as conn:
+                before = conn.total_changes
+                conn.executemany(INSERT_JOB, (job_row(job, now) for job in batch))
+                added += conn.total_changes - before
+        return added
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | Collection[JobState],
+        remote_id: str | None = None,
+        client_ref: str | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """Move ``job_id`` to ``to`` if it is in one of the ``expect`` states.
+
+        Returns False, changing nothing, if it is not. Raises ``ManifestError`` if some
+        ``expect → to`` is not in ``models.TRANSITIONS`` or the job is unknown.
+        ``remote_id``, ``client_ref`` and ``error`` are written only when given, except
+        that entering ``pending`` starts afresh: they are cleared unless given, and so
+        are ``submitted_at``/``finished_at`` (the old remote id stays in the event log).
+        """
+        expected = legal_sources(state_set(expect), JobState(to))
+        now = self._clock()
+        with self._write("transition") as conn:
+            row = conn.execute(
+                "SELECT state, remote_id FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise ManifestError(f"{self.path}: no job {job_id!r} in the manifest")
+            if row[0] not in expected:
+                return False
+            conn.execute(
+                update_sql(to, "id = :id"),
+                {"id": job_id, "to": to.value, "now": now, "remote_id": remote_id,
+                 "client_ref": client_ref, "error": error},
+            )  # fmt: skip
+            note = detail if detail is not None else error
+            if to is JobState.PENDING and row[1] and remote_id is None:
+                note = join_notes(note, f"was remote_id {row[1]}")
+            conn.execute(INSERT_EVENT, (job_id, now, "transition", row[0], to.value, note))
+        return True
+
+    def log_event(self, job_id: str, kind: str, detail: str) -> None:
+        """Append to the event log (``retry``, ``error``, ``poll``…); no state change."""
+        with self._write("log event") as conn:
+            conn.execute(INSERT_EVENT, (job_id, self._clock(), kind, None, None, detail))
+
+    def record_outputs(self, outputs: Sequence[Output]) -> None:
+        """Insert or replace outputs by (job_id, index), in one transaction."""
+        if not outputs:
+            return
+        with self._write("record outputs") as conn:
+            conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+
+    def reset(
+        self,
+        from_states: Collection[JobState],
+        to: JobState,
+        *,
+        provider: str | None = None,
+    ) -> int:
+        """Move every job in ``from_states`` (of ``provider``, if given) to ``to``, as
+        ``transition`` would, in one transaction; one event per job. Returns the count."""
+        sources = legal_sources(state_set(from_states), JobState(to))
+        params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(sorted(sources))}
+        where = f"state IN ({', '.join(':' + name for name in params)})"
+        if provider is not None:
+            where += " AND provider = :provider"
+            params["provider"] = provider
+        params |= {"to": to.value, "now": self._clock(), "remote_id": None,
+                   "client_ref": None, "error": None}  # fmt: skip
+        was = "'; was remote_id ' || remote_id" if to is JobState.PENDING else "NULL"
+        with self._write("reset") as conn:
+            conn.execute(
+                "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) "
+                f"SELECT id, :now, 'transition', state, :to, 'reset' || COALESCE({was}, '') "
+                f"FROM jobs WHERE {where} ORDER BY rowid",
+                params,
+            )
+            return conn.execute(update_sql(to, where), params).rowcount
+
+    def write_snapshot(self) -> Path:
+        """Write ``<root>/manifest.jsonl`` atomically (same lines as ``export_jsonl``)."""
+        target = self.root / SNAPSHOT_NAME
+        with self._reader("write snapshot") as conn:
+            try:
+                write_atomically(target, conn)
+            except OSError as exc:
+                raise ManifestError(f"cannot write {target}: {exc}") from exc
+        return target
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """One job with its outputs, or None."""
+        with self._read("get") as conn:
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            outputs = conn.execute(
+                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+        return record_from_row(row, tuple(output_from_row(o) for o in outputs))
+
+    def iter_records(
+        self,
+        *,
+        provider: str | None = None,
+        states: Collection[JobState] | None = None,
+        batch: int = 1000,
+        with_outputs: bool = False,
+    ) -> Iterator[JobRecord]:
+        """Jobs in insertion (rowid) order, ``batch`` at a time.
+
+        Every page is its own short read, keyset-paged on rowid and served by an index
+        (several states: one stream per state, merged by rowid), so the table is never
+        loaded and writing to the manifest while iterating is safe: a job is yielded at
+        most once, as it was when its page was read.
+        """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        if states is None and provider is None:
+            yield from (r for _, r in self._pages("1", {}, batch, with_outputs))
+            return
+        wanted = sorted(state_set(states)) if states is not None else list(JobState)
+        where = "state = :state" + ("" if provider is None else " AND provider = :provider")
+        streams = [
+            self._pages(where, {"state": s.value, "provider": provider}, batch, with_outputs)
+            for s in wanted
+        ]
+        yield from (r for _, r in heapq.merge(*streams, key=operator.itemgetter(0)))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{provider: {state: number of jobs}}``, for the states present."""
+        result: dict[str, dict[str, int]] = {}
+        with self._read("count jobs") as conn:
+            rows = conn.execute(
+                "SELECT provider, state, count(*) FROM jobs GROUP BY provider, state"
+            ).fetchall()
+        for provider, state, n in rows:
+            result.setdefault(provider, {})[state] = n
+        return result
+
+    def total(self) -> int:
+        with self._read("count jobs") as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    def failures(self, *, limit: int | None = None) -> list[JobRecord]:
+        """Failed, timed-out, cancelled and unknown jobs with their reasons, oldest first."""
+        return list(itertools.islice(self.iter_records(states=FAILURE_STATES), limit))
+
+    def events(self, job_id: str) -> list[Event]:
+        """The event log of one job, oldest first."""
+        with self._read("read events") as conn:
+            rows = conn.execute(
+                "SELECT id, job_id, at, kind, from_state, to_state, detail FROM events "
+                "WHERE job_id = ? ORDER BY id",
+                (job_id,),
+            ).fetchall()
+        return [
+            Event(r[0], r[1], r[2], r[3], _opt_state(r[4]), _opt_state(r[5]), r[6]) for r in rows
+        ]
+
+    def export_jsonl(self, out: TextIO) -> int:
+        """Write one JSON object per job, in rowid order, to ``out``; return how many.
+
+        Streamed from one consistent read (a point-in-time picture even mid-run)."""
+        with self._reader("export") as conn:
+            return export_lines(conn, out)
+
+    def meta(self) -> dict[str, str]:
+        with self._read("read meta") as conn:
+            return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _pages(
+        self, where: str, params: dict[str, Any], batch: int, with_outputs: bool
+    ) -> Iterator[tuple[int, JobRecord]]:
+        """``(rowid, record)`` of the jobs matching ``where``, by rowid, page by page."""
+        sql = (
+            f"SELECT rowid, {JOB_COLUMNS} FROM jobs WHERE rowid > :after AND ({where}) "
+            "ORDER BY rowid LIMIT :batch"
+        )
+        params = {**params, "after": 0, "batch": batch}
+        while True:
+            with self._read("iterate jobs") as conn:
+                rows = conn.execute(sql, params).fetchall()
+                outputs = self._outputs_of([r[1] for r in rows], conn) if with_outputs else {}
+            for row in rows:
+                yield row[0], record_from_row(row[1:], outputs.get(row[1], ()))
+            if len(rows) < batch:
+                return
+            params["after"] = rows[-1][0]
+
+    def _outputs_of(
+        self, job_ids: list[str], conn: sqlite3.Connection
+    ) -> dict[str, tuple[Output, ...]]:
+        found: dict[str, list[Output]] = {}
+        if job_ids:
+            marks = ", ".join("?" * len(job_ids))
+            for row in conn.execute(
+                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id IN ({marks}) "
+                "ORDER BY job_id, idx",
+                job_ids,
+            ):
+                found.setdefault(row[0], []).append(output_from_row(row))
+        return {job_id: tuple(outputs) for job_id, outputs in found.items()}
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ManifestError(f"{self.path}: manifest is closed")
+        return self._conn
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, translated(what, self.path):
+            yield self._connection()
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One short ``BEGIN IMMEDIATE`` transaction; rolled back if the body raises."""
+        if self.readonly:
+            raise ManifestError(f"{self.path}: {what}: manifest was opened read-only")
+        with self._lock, translated(what, self.path):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _reader(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A separate read-only connection, for long streaming reads that must neither
+        hold our lock nor block the writer (WAL lets both proceed)."""
+        self._connection()
+        with translated(what, self.path):
+            conn = connect(self.path, readonly=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+
+def _opt_state(value: str | None) -> JobState | None:
+    return None if value is None else JobState(value)

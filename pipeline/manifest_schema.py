@@ -1,0 +1,197 @@
+"""The manifest's SQLite schema: connecting, creating, checking and migrating it.
+
+Private to ``manifest``: sqlite3 lives only in the ``manifest*`` modules, and every
+sqlite3 error leaves them as a ``ManifestError``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .errors import ManifestError
+
+__all__ = ["BUSY_TIMEOUT", "DB_NAME", "SCHEMA_VERSION", "connect", "prepare", "translated"]
+
+DB_NAME = "manifest.sqlite"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    rowid        INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    provider     TEXT NOT NULL,
+    model        TEXT,
+    params       TEXT NOT NULL,
+    replicate    INTEGER NOT NULL DEFAULT 0,
+    prompt_slug  TEXT NOT NULL DEFAULT '',
+    state        TEXT NOT NULL,
+    remote_id    TEXT,
+    client_ref   TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    error        TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    submitted_at REAL,
+    finished_at  REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id       TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    path         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    content_type TEXT,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id     TEXT NOT NULL,
+    at         REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    from_state TEXT,
+    to_state   TEXT,
+    detail     TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
+"""
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: Mapping[int, Migration] = {}
+"""``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
+write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
+
+
+@contextmanager
+def translated(what: str, path: Path) -> Iterator[None]:
+    """Turn sqlite3 errors into ``ManifestError`` naming the database and the operation."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise ManifestError(
+                f"{path}: {what}: the manifest stayed locked by another writer for more "
+                f"than {BUSY_TIMEOUT:g} s ({exc})"
+            ) from exc
+        raise ManifestError(f"{path}: {what}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise ManifestError(
+            f"{path}: {what}: not a usable pipeline manifest ({exc}); "
+            "move it aside or point to another output directory"
+        ) from exc
+    except sqlite3.Error as exc:
+        raise ManifestError(f"{path}: {what}: {exc}") from exc
+
+
+def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode (we issue BEGIN IMMEDIATE/COMMIT ourselves)."""
+    target = f"{path.resolve().as_uri()}?mode=ro" if readonly else str(path)
+    conn = sqlite3.connect(
+        target,
+        uri=readonly,
+        timeout=BUSY_TIMEOUT,
+        isolation_level=None,
+        check_same_thread=False,  # Manifest serialises access with its own lock
+    )
+    try:
+        conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: 1M-job inserts stay fast
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(
+    conn: sqlite3.Connection, path: Path, *, readonly: bool, meta: Mapping[str, str]
+) -> None:
+    """Create the schema in a new database, or check (and migrate) an existing one."""
+    if readonly:
+        _check_version(_read_version(conn, path), path, readonly=True)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _read_version(conn, path)
+        if version is None:
+            _create(conn)
+            conn.execute(
+                "INSERT INTO meta VALUES ('created_at', ?)",
+                (datetime.now(UTC).isoformat(timespec="seconds"),),
+            )
+        else:
+            _check_version(version, path, readonly=False)
+            _migrate(conn, version)
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            meta.items(),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    # executescript() would COMMIT our transaction first; run the statements one by one.
+    for statement in _DDL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def _read_version(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The schema version, or None for an empty database. Errors for a foreign one."""
+    tables = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if not str(row[0]).startswith("sqlite_")
+    }
+    if not tables:
+        return None
+    if "meta" not in tables:
+        raise ManifestError(
+            f"{path}: an SQLite database, but not a pipeline manifest (no meta table); "
+            "move it aside or point to another output directory"
+        )
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0])
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"{path}: manifest has no valid schema_version") from exc
+
+
+def _check_version(version: int | None, path: Path, *, readonly: bool) -> None:
+    if version is None:
+        raise ManifestError(f"{path}: empty database, not a pipeline manifest")
+    if version > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path}: manifest schema version {version} is newer than this pipeline "
+            f"understands ({SCHEMA_VERSION}); upgrade pipeline to use it"
+        )
+    if version < SCHEMA_VERSION and readonly:
+        raise ManifestError(
+            f"{path}: manifest schema version {version} is older than {SCHEMA_VERSION}; "
+            "run a writing command (e.g. `pipeline run`) once to migrate it"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    while version < SCHEMA_VERSION:
+        MIGRATIONS[version](conn)
+        version += 1
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

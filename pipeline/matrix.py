@@ -1,0 +1,158 @@
+"""A spec → its jobs, lazily: one prompt at a time, never a list of every job.
+
+Order: for each prompt (in ``prompts:`` order, files line by line), for each matrix cell
+(provider varies fastest, so providers interleave), for each seed, for each replicate.
+
+Parameters merge in this order, later wins: ``providers.<name>.params`` < the prompt
+item's ``params`` (and a JSONL line's keys) < the matrix cell < the seed. Then
+``params["prompt"]`` is the prompt, and ``model`` moves from the params to ``Job.model``.
+
+Duplicates: matrix cells are de-duplicated once (they are few), so include entries or
+repeated values never double a job. Identical jobs that come from repeated prompts (the
+same line twice in a file) are yielded each time: finding them would mean remembering
+every prompt. They share one id, and the manifest keeps one (INSERT OR IGNORE).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pipeline.identity import canonical_json, job_id, slugify
+from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
+from pipeline.spec_prompts import Prompt, iter_prompts
+
+__all__ = ["count_jobs", "expand_matrix", "iter_jobs"]
+
+PROVIDER_KEY = "provider"
+SEED_KEY = "seed"
+MODEL_KEY = "model"
+
+Cell = dict[str, Any]
+
+
+def iter_jobs(spec: Spec) -> Iterator[Job]:
+    """Every job of ``spec``, one at a time (prompt files are streamed)."""
+    cells = _spec_cells(spec)
+    seeds: Sequence[int | None] = spec.seeds if spec.seeds is not None else (None,)
+    for source in spec.prompts:
+        for prompt in iter_prompts(source):
+            yield from _prompt_jobs(spec, prompt, cells, seeds)
+
+
+def count_jobs(spec: Spec) -> int:
+    """How many jobs ``iter_jobs(spec)`` yields; streams prompt files, holds no jobs."""
+    seed_count = len(spec.seeds) if spec.seeds is not None else 1
+    jobs_per_prompt = len(_spec_cells(spec)) * seed_count * spec.repeats
+    return jobs_per_prompt * sum(_count_prompts(source) for source in spec.prompts)
+
+
+def _count_prompts(source: PromptSource) -> int:
+    if isinstance(source, PlainPrompt):
+        return 1
+    if isinstance(source, TemplatePrompt):
+        return math.prod(len(values) for values in source.vars.values())
+    return sum(1 for _ in iter_prompts(source))
+
+
+def _spec_cells(spec: Spec) -> list[Cell]:
+    cells = expand_matrix(spec.matrix)
+    if spec.seeds is not None:  # the seed list wins over a matrix `seed`
+        cells = _unique([{k: v for k, v in cell.items() if k != SEED_KEY} for cell in cells])
+    return cells
+
+
+def _prompt_jobs(
+    spec: Spec, prompt: Prompt, cells: list[Cell], seeds: Sequence[int | None]
+) -> Iterator[Job]:
+    slug = slugify(prompt.text)
+    for cell in cells:
+        provider = str(cell[PROVIDER_KEY])
+        cell_params = {k: v for k, v in cell.items() if k != PROVIDER_KEY}
+        merged = {**spec.providers[provider].params, **prompt.params, **cell_params}
+        for seed in seeds:
+            params = merged if seed is None else {**merged, SEED_KEY: seed}
+            params = {**params, "prompt": prompt.text}
+            model = params.pop(MODEL_KEY, None)
+            model_name = None if model is None else str(model)
+            for replicate in range(spec.repeats):
+                yield Job(
+                    id=job_id(provider, model_name, params, replicate),
+                    provider=provider,
+                    model=model_name,
+                    params=params,
+                    replicate=replicate,
+                    prompt_slug=slug,
+                )
+
+
+# --- the matrix -----------------------------------------------------------------------
+
+
+def expand_matrix(matrix: MatrixSpec) -> list[Cell]:
+    """The cells of ``matrix`` with GitHub Actions semantics, each holding ``provider``.
+
+    The product of the dimensions, minus every combination that matches all keys of an
+    ``exclude`` entry. Then each ``include`` entry extends every remaining combination
+    whose original values it does not contradict (values added by earlier entries may be
+    overwritten); an entry that extends none is added as a new cell, once per provider
+    of the ``provider`` dimension unless it names one. Identical cells are kept once.
+    """
+    keys = [key for key, _values in matrix.dimensions]
+    originals = [
+        dict(zip(keys, combination, strict=True))
+        for combination in itertools.product(*(values for _key, values in matrix.dimensions))
+    ]
+    kept = [cell for cell in originals if not any(_matches(cell, e) for e in matrix.exclude)]
+    extended = [dict(cell) for cell in kept]
+    added: list[Cell] = []
+    for entry in matrix.include:
+        if not _extend_matching(entry, kept, extended, set(keys)):
+            added.extend(_new_cells(entry, _provider_values(matrix)))
+    return _unique(extended + added)
+
+
+def _extend_matching(
+    entry: Mapping[str, Any], originals: list[Cell], extended: list[Cell], keys: set[str]
+) -> bool:
+    matched = False
+    for original, cell in zip(originals, extended, strict=True):
+        if all(_same(original[key], value) for key, value in entry.items() if key in keys):
+            cell.update(entry)
+            matched = True
+    return matched
+
+
+def _new_cells(entry: Mapping[str, Any], providers: Sequence[Any]) -> list[Cell]:
+    if PROVIDER_KEY in entry or not providers:
+        return [dict(entry)]
+    return [{**entry, PROVIDER_KEY: provider} for provider in providers]
+
+
+def _provider_values(matrix: MatrixSpec) -> Sequence[Any]:
+    for key, values in matrix.dimensions:
+        if key == PROVIDER_KEY:
+            return values
+    return ()
+
+
+def _matches(cell: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    return all(key in cell and _same(cell[key], value) for key, value in entry.items())
+
+
+def _same(left: Any, right: Any) -> bool:
+    """Equal as parameters: ``1`` is ``1.0``, but ``true`` is not ``1``."""
+    return canonical_json(left) == canonical_json(right)
+
+
+def _unique(cells: list[Cell]) -> list[Cell]:
+    seen: set[str] = set()
+    unique: list[Cell] = []
+    for cell in cells:
+        key = canonical_json(cell)
+        if key not in seen:
+            seen.add(key)
+            unique.append(cell)
+    return unique

@@ -1,0 +1,310 @@
+"""The nouns of pipeline, as frozen dataclasses. No I/O here.
+
+A *spec* (``Spec``) expands into *jobs* (``Job``): one prompt x one provider x one cell of
+the parameter matrix x one replicate. A job becomes one *remote task* at its provider
+(``RemoteTask``), whose *outputs* (``OutputRef``) are downloaded into files (``Output``).
+The manifest stores each job as a ``JobRecord``: the job plus where it is in its life
+(``JobState``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Job",
+    "JobRecord",
+    "JobState",
+    "MatrixSpec",
+    "Output",
+    "OutputRef",
+    "OutputSettings",
+    "PlainPrompt",
+    "PromptFile",
+    "PromptSource",
+    "ProviderSettings",
+    "Rate",
+    "RemoteStatus",
+    "RemoteTask",
+    "RunSettings",
+    "Spec",
+    "TemplatePrompt",
+]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is. See the state diagram in DESIGN.md and ``TRANSITIONS``."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"  # intent recorded, submit request may be in flight
+    SUBMITTED = "submitted"  # remote id known
+    RUNNING = "running"  # the provider says it is working on it
+    SUCCEEDED = "succeeded"  # the provider says it is done; outputs not yet on disk
+    DOWNLOADING = "downloading"
+    DONE = "done"  # every output on disk, verified, renamed into place
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    UNKNOWN = "unknown"  # a submit whose outcome we cannot know; never resubmitted blindly
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+"""States a run leaves alone (``failed`` is retried only with ``--retry-failed``)."""
+
+ACTIVE_STATES = frozenset(
+    {
+        JobState.PENDING,
+        JobState.SUBMITTING,
+        JobState.SUBMITTED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+        JobState.DOWNLOADING,
+    }
+)
+"""States a run still has work to do for."""
+
+_S = JobState
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    _S.PENDING: frozenset({_S.SUBMITTING, _S.CANCELLED}),
+    _S.SUBMITTING: frozenset({_S.SUBMITTED, _S.UNKNOWN, _S.FAILED, _S.PENDING}),
+    _S.SUBMITTED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.TIMED_OUT}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.TIMED_OUT}),
+    _S.SUCCEEDED: frozenset({_S.DOWNLOADING, _S.FAILED}),
+    _S.DOWNLOADING: frozenset({_S.DONE, _S.FAILED, _S.SUCCEEDED}),
+    _S.DONE: frozenset(),
+    _S.FAILED: frozenset({_S.PENDING}),  # --retry-failed
+    _S.CANCELLED: frozenset({_S.PENDING}),  # --retry-failed
+    _S.TIMED_OUT: frozenset({_S.PENDING, _S.SUBMITTED}),  # --retry-failed; resume polling
+    _S.UNKNOWN: frozenset({_S.PENDING, _S.SUBMITTED}),  # --resubmit-unknown; reconciled
+}
+"""Every legal state change. ``SUBMITTING → PENDING`` is only for a submit the server
+provably never received (connection refused before sending)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` requests per ``per_seconds`` (``60/min`` → Rate(60, 60.0))."""
+
+    count: int
+    per_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """One entry of ``providers:`` in the spec, validated and with ``${VAR}`` resolved.
+
+    ``name`` is the key in the spec (and in job ids); ``type`` the API it speaks
+    (defaults to ``name``), so two accounts of one API can sit side by side.
+    """
+
+    name: str
+    type: str
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    base_url: str | None = None
+    concurrency: int = 4
+    rate: Rate | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # default job parameters
+    options: Mapping[str, Any] = field(default_factory=dict)  # adapter options (completion…)
+    emulate: Mapping[str, Any] | None = None  # None: real API; a dict: built-in emulator knobs
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    root: Path
+    path: str = "{provider}/{prompt_slug}/{job_id}-{index}.{ext}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """Timing of one run. All durations in seconds."""
+
+    deadline: float = 1800.0  # per job, submit → outputs on disk
+    poll_initial: float = 1.0
+    poll_max: float = 30.0
+    poll_factor: float = 1.5
+    http_timeout: float = 60.0
+    retries: int = 6  # transient errors on poll and download; never on submit
+
+
+@dataclass(frozen=True, slots=True)
+class PlainPrompt:
+    """A prompt written out in the spec, used as is (braces are not special)."""
+
+    text: str
+    index: int = 0  # position in the spec's ``prompts:`` list
+
+
+@dataclass(frozen=True, slots=True)
+class TemplatePrompt:
+    """``{text: "a {animal}", vars: {animal: [cat, fox]}}``: one prompt per product of vars.
+
+    ``text`` uses ``{name}`` fields and ``{{``/``}}`` for literal braces; every field is a
+    key of ``vars`` (checked when the spec is loaded).
+    """
+
+    text: str
+    vars: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFile:
+    """A file of prompts, streamed when jobs are expanded (never loaded whole).
+
+    ``txt``: one prompt per non-empty line, ``#`` lines ignored. ``csv``: the ``column``
+    column, or ``text`` rendered with the row's columns as variables. ``jsonl``: one
+    object per line, ``{"prompt": ..., **params}``. ``path`` is absolute.
+    """
+
+    path: Path
+    format: Literal["txt", "csv", "jsonl"]
+    column: str = "prompt"
+    text: str | None = None  # csv only: a template over the row's columns
+    params: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+
+PromptSource = PlainPrompt | TemplatePrompt | PromptFile
+"""One item of ``prompts:`` in the spec."""
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixSpec:
+    """The parameter matrix, with GitHub-Actions semantics for ``include``/``exclude``.
+
+    ``dimensions`` are ``(key, values)`` in spec order; the loader always adds the
+    ``provider`` dimension last (all provider names when the spec does not restrict it).
+    """
+
+    dimensions: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    include: tuple[Mapping[str, Any], ...] = ()
+    exclude: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A loaded, validated spec. ``source`` is the file it came from.
+
+    ``raw`` is the parsed YAML *before* ``${VAR}`` expansion, so it holds no secrets.
+    ``base_dir`` is the spec file's directory (prompt files are relative to it).
+    ``seeds`` is None when the spec sets none (then jobs carry no ``seed`` parameter).
+    """
+
+    source: Path
+    name: str
+    providers: Mapping[str, ProviderSettings]
+    output: OutputSettings
+    run: RunSettings
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    base_dir: Path = Path()
+    prompts: tuple[PromptSource, ...] = ()
+    matrix: MatrixSpec = field(default_factory=MatrixSpec)
+    seeds: Sequence[int] | None = None  # a tuple, or a range for {start, count}
+    repeats: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of work: what is sent to one provider, once.
+
+    ``params`` are the final parameters in the common vocabulary (``prompt``, ``seed``,
+    ``width``…) plus provider-specific ones, after defaults, matrix cell and prompt
+    variables are merged. ``id`` is the hash of (provider, model, params, replicate): see
+    ``identity.job_id`` and contract 1 in DESIGN.md.
+    """
+
+    id: str
+    provider: str
+    model: str | None
+    params: Mapping[str, Any]
+    replicate: int = 0
+    prompt_slug: str = ""
+
+    @property
+    def prompt(self) -> str:
+        return str(self.params.get("prompt", ""))
+
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class RemoteStatus(enum.StrEnum):
+    """The common states every provider's own status values map onto."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {RemoteStatus.SUCCEEDED, RemoteStatus.FAILED, RemoteStatus.CANCELLED}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    """One file a finished remote task offers. ``ext`` is a guess from the provider."""
+
+    url: str
+    ext: str | None = None
+    size: int | None = None  # bytes, when the provider states it
+    sha256: str | None = None  # when the provider states it
+    content_type: str | None = None  # expected family, e.g. "image/" or "video/"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTask:
+    """What a provider says about one task."""
+
+    remote_id: str
+    status: RemoteStatus
+    progress: float | None = None  # 0..100
+    outputs: tuple[OutputRef, ...] = ()
+    error: str | None = None  # the provider's failure reason
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One file on disk, verified. ``path`` is relative to the output root."""
+
+    job_id: str
+    index: int
+    path: str
+    size: int
+    sha256: str
+    url: str
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the manifest knows it."""
+
+    job: Job
+    state: JobState
+    remote_id: str | None = None
+    client_ref: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    outputs: tuple[Output, ...] = ()

@@ -1,0 +1,216 @@
+"""The Provider protocol every API adapter implements, and the common parameter vocabulary.
+
+An adapter turns a ``Job`` into HTTP requests and HTTP responses into ``RemoteTask``
+states and output URLs. It never touches the manifest, files or progress, and it never
+retries a submit: the scheduler owns retries, limits and state.
+
+Common vocabulary (mapped by each adapter onto its API's own field names):
+
+    prompt, negative_prompt, width, height, aspect_ratio, seed, model, style,
+    count (images per task), duration and quality (video)
+
+Any other parameter passes through to the API unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from pipeline.errors import (
+    AccountError,
+    FinalError,
+    ProviderError,
+    RateLimited,
+    SubmitUnknown,
+    TransientError,
+)
+from pipeline.http import send
+from pipeline.models import Job, ProviderSettings, RemoteTask
+
+__all__ = [
+    "COMMON_PARAMS",
+    "ParamInfo",
+    "PreparedRequest",
+    "Provider",
+    "error_for_status",
+]
+
+_AMBIGUOUS_SUBMIT_STATUSES = frozenset({500, 502, 504})
+"""A submit answered with these may have created the task before failing. 429 and 503
+are refusals (nothing was created) and 4xx are final."""
+
+COMMON_PARAMS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "aspect_ratio",
+    "seed",
+    "model",
+    "style",
+    "count",
+    "duration",
+    "quality",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamInfo:
+    """A documented parameter: its API field, a description, and its allowed values."""
+
+    field: str
+    description: str
+    choices: tuple[Any, ...] | None = None
+    maximum_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """One HTTP request, fully built but not sent (``pipeline plan`` shows these)."""
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None = None
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        body = json.dumps(self.json, ensure_ascii=False, sort_keys=True) if self.json else ""
+        return f"{self.method} {self.path} {body}".rstrip()
+
+
+class Provider(abc.ABC):
+    """One generation API. Subclasses set the class attributes and the four methods."""
+
+    type: ClassVar[str]
+    title: ClassVar[str]
+    default_base_url: ClassVar[str]
+    media: ClassVar[str] = "image"
+    completion_modes: ClassVar[tuple[str, ...]] = ("poll",)
+    parameters: ClassVar[Mapping[str, ParamInfo]] = {}
+
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The API client; an adapter made without one can only build requests (plan)."""
+        if self._client is None:
+            raise RuntimeError(f"{self.type} adapter has no HTTP client (offline use only)")
+        return self._client
+
+    @classmethod
+    def auth_headers(cls, api_key: str | None) -> dict[str, str]:
+        """Headers that carry the credentials on API requests (never on downloads)."""
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    @classmethod
+    def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems with one job's parameters as ``(parameter, message)`` pairs."""
+        problems: list[tuple[str, str]] = []
+        for name, info in cls.parameters.items():
+            if name not in params:
+                continue
+            value = params[name]
+            if info.choices is not None and value not in info.choices:
+                allowed = ", ".join(map(str, info.choices))
+                problems.append((name, f"{value!r} is not one of: {allowed}"))
+            if info.maximum_length is not None and len(str(value)) > info.maximum_length:
+                problems.append((name, f"longer than {info.maximum_length} characters"))
+        return problems
+
+    @abc.abstractmethod
+    def build_submit(self, job: Job) -> PreparedRequest:
+        """The request that creates this job's remote task. Pure: no I/O."""
+
+    @abc.abstractmethod
+    async def submit(self, job: Job) -> str:
+        """Create the remote task and return its id. Never retried by the caller blindly:
+        raise ``SubmitUnknown`` when the outcome cannot be known."""
+
+    @abc.abstractmethod
+    async def status(self, remote_id: str) -> RemoteTask:
+        """What the provider says about one task now."""
+
+    async def status_many(self, remote_ids: Sequence[str]) -> list[RemoteTask]:
+        """Several tasks at once; APIs with a batch endpoint override this."""
+        return [await self.status(remote_id) for remote_id in remote_ids]
+
+    async def cancel(self, remote_id: str) -> bool:
+        """Ask the provider to stop a task. Returns False where the API cannot cancel."""
+        return False
+
+    # -- helpers shared by adapters -------------------------------------------------
+
+    async def _send_json(
+        self, request: PreparedRequest, *, submit: bool = False
+    ) -> Mapping[str, Any]:
+        """Send a prepared request and return its JSON body, or raise the right error."""
+        response = await send(
+            self.client,
+            request.method,
+            request.path,
+            submit=submit,
+            json=request.json,
+            params=dict(request.query) or None,
+        )
+        if response.status_code >= 400:
+            error = self.error_from_response(response)
+            if submit and response.status_code in _AMBIGUOUS_SUBMIT_STATUSES:
+                raise SubmitUnknown(
+                    f"submit answered {error.reason()}; the task may exist",
+                    status=response.status_code,
+                    code=error.code,
+                ) from error
+            raise error
+        try:
+            body = response.json()
+        except ValueError as exc:
+            message = f"{request.method} {request.path}: answer is not JSON"
+            if submit:
+                raise SubmitUnknown(message, status=response.status_code) from exc
+            raise TransientError(message, status=response.status_code) from exc
+        if not isinstance(body, Mapping):
+            message = f"{request.method} {request.path}: expected a JSON object"
+            if submit:
+                raise SubmitUnknown(message, status=response.status_code)
+            raise TransientError(message, status=response.status_code)
+        return body
+
+    def error_from_response(self, response: httpx.Response) -> ProviderError:
+        """Map an error response onto the error tree. Adapters refine ``error_code``."""
+        code, message = self.error_code(response)
+        retry_after = response.headers.get("Retry-After")
+        return error_for_status(response.status_code, code, message, retry_after)
+
+    def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
+        """The provider's (code, message) from an error body; adapters override."""
+        return None, response.reason_phrase or "error"
+
+
+def error_for_status(
+    status: int, code: str | None, message: str, retry_after: str | None = None
+) -> ProviderError:
+    """429 → RateLimited; 408/5xx → TransientError; 401/402 → AccountError; else Final."""
+    from pipeline.limits import parse_retry_after
+
+    if status == 429:
+        import time
+
+        return RateLimited(
+            message,
+            status=status,
+            code=code,
+            retry_after=parse_retry_after(retry_after, now=time.time()),
+        )
+    if status == 408 or status >= 500:
+        return TransientError(message, status=status, code=code)
+    if status in (401, 402):
+        return AccountError(message, status=status, code=code)
+    return FinalError(message, status=status, code=code)

@@ -1,0 +1,41 @@
+"""Where provider adapters are found: the built-ins plus the ``pipeline.providers`` entry
+point group, so a third-party package can add an API without touching pipeline.
+
+A plugin declares, in its own pyproject.toml::
+
+    [project.entry-points."pipeline.providers"]
+    myapi = "my_package.adapter:MyApiProvider"
+
+where ``MyApiProvider`` subclasses ``pipeline.providers.base.Provider``.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+
+from pipeline.providers.base import Provider
+from pipeline.providers.pixellabs import PixelLabsProvider
+
+__all__ = ["BUILTIN", "available", "get"]
+
+BUILTIN: dict[str, type[Provider]] = {
+    PixelLabsProvider.type: PixelLabsProvider,
+}
+
+
+@functools.cache
+def available() -> dict[str, type[Provider]]:
+    """Every provider type: built-ins first, then plugins (which cannot shadow them)."""
+    found = dict(BUILTIN)
+    for entry in entry_points(group="pipeline.providers"):
+        if entry.name in found:
+            continue
+        loaded = entry.load()
+        if isinstance(loaded, type) and issubclass(loaded, Provider):
+            found[entry.name] = loaded
+    return found
+
+
+def get(type_name: str) -> type[Provider]:
+    return available()[type_name]

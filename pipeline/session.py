@@ -1,0 +1,122 @@
+"""Everything a run holds open: one lane per provider (adapter, API client, limiter,
+follower), the credential-free download client, and any built-in emulators the spec
+asked for (served in-process on loopback).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
+
+import httpx
+
+from pipeline.http import make_api_client, make_download_client
+from pipeline.limits import ProviderLimiter
+from pipeline.models import ProviderSettings, RunSettings, Spec
+from pipeline.notify import Follower, PollFollower
+from pipeline.providers import registry
+from pipeline.providers.base import Provider
+
+__all__ = ["EMULATOR_KEY", "Lane", "Session", "open_session", "prepaid_requests"]
+
+EMULATOR_KEY = "emulator-key-not-secret"
+"""The API key sent to built-in emulators: they accept any key."""
+
+_prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
+
+
+@contextmanager
+def prepaid_requests() -> Iterator[None]:
+    """Within this block, the current task's requests were rate-limited by the caller.
+
+    The scheduler takes a submit's rate token *before* it records the submit intent, so
+    that waiting for a token stays cancellable while the submit itself is shielded.
+    """
+    token = _prepaid.set(True)
+    try:
+        yield
+    finally:
+        _prepaid.reset(token)
+
+
+@dataclass
+class Lane:
+    """One provider entry of the spec, ready to use."""
+
+    settings: ProviderSettings
+    adapter: Provider
+    limiter: ProviderLimiter
+    follower: Follower
+    stopped: str | None = None  # why submits to this provider stopped (account error)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+@dataclass
+class Session:
+    lanes: Mapping[str, Lane]
+    downloads: httpx.AsyncClient
+    emulator_urls: Mapping[str, str]
+
+
+@asynccontextmanager
+async def open_session(spec: Spec) -> AsyncIterator[Session]:
+    async with AsyncExitStack() as stack:
+        settings, urls = await _start_emulators(stack, spec)
+        lanes = {}
+        for entry in settings.values():
+            lanes[entry.name] = await _open_lane(stack, entry, spec.run)
+        width = sum(entry.concurrency for entry in settings.values())
+        downloads = make_download_client(
+            timeout=spec.run.http_timeout, max_connections=max(width, 8)
+        )
+        await stack.enter_async_context(downloads)
+        yield Session(lanes=lanes, downloads=downloads, emulator_urls=urls)
+
+
+async def _start_emulators(
+    stack: AsyncExitStack, spec: Spec
+) -> tuple[dict[str, ProviderSettings], dict[str, str]]:
+    """Start an in-process emulator for each provider entry with ``emulate`` set."""
+    settings = dict(spec.providers)
+    urls: dict[str, str] = {}
+    for name, entry in spec.providers.items():
+        if entry.emulate is None:
+            continue
+        from pipeline.emulators import serve
+
+        running = await stack.enter_async_context(
+            serve([entry.type], knobs={entry.type: dict(entry.emulate)})
+        )
+        url = running[entry.type].base_url
+        settings[name] = replace(entry, base_url=url, api_key=entry.api_key or EMULATOR_KEY)
+        urls[name] = url
+    return settings, urls
+
+
+async def _open_lane(stack: AsyncExitStack, entry: ProviderSettings, run: RunSettings) -> Lane:
+    adapter_type = registry.get(entry.type)
+    limiter = ProviderLimiter(entry.concurrency, entry.rate)
+
+    async def on_request(request: httpx.Request) -> None:
+        if not _prepaid.get():
+            await limiter.request()
+
+    async def on_response(response: httpx.Response) -> None:
+        limiter.observe_response(response.headers)
+
+    client = make_api_client(
+        entry.base_url or adapter_type.default_base_url,
+        headers=adapter_type.auth_headers(entry.api_key),
+        timeout=run.http_timeout,
+        max_connections=max(entry.concurrency, 4),
+        on_request=on_request,
+        on_response=on_response,
+    )
+    await stack.enter_async_context(client)
+    adapter = adapter_type(entry, client)
+    return Lane(entry, adapter, limiter, PollFollower(adapter, run))

@@ -1,0 +1,191 @@
+"""Prompt sources → prompts: templates, and prompt files read as streams.
+
+A prompt file is opened only when its prompts are wanted and read one line at a time,
+so a file of a million prompts costs no memory. Problems inside a file are SpecErrors
+naming the prompt file and its line.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import string
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+from pipeline.errors import SpecError
+from pipeline.models import PlainPrompt, PromptFile, PromptSource, TemplatePrompt
+
+__all__ = [
+    "Prompt",
+    "iter_prompts",
+    "read_csv_header",
+    "render_template",
+    "template_fields",
+]
+
+_ENCODING = "utf-8-sig"  # tolerate the byte-order mark spreadsheet programs write
+
+
+class Prompt(NamedTuple):
+    """One prompt and the parameters its source gives it (template/jsonl ``params``)."""
+
+    text: str
+    params: Mapping[str, Any]
+
+
+# --- templates ------------------------------------------------------------------------
+
+
+def template_fields(text: str) -> list[str]:
+    """The ``{name}`` fields of a prompt template, in order. ValueError if malformed."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc} (write {{{{ and }}}} for literal braces)") from exc
+    fields: list[str] = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"bad template field {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}}: use {{variable}}, and {{{{ }}}} for braces"
+            )
+        if name not in fields:
+            fields.append(name)
+    return fields
+
+
+def render_template(text: str, values: Mapping[str, Any]) -> str:
+    """``text`` with each ``{name}`` replaced by ``values[name]`` (checked beforehand)."""
+    pieces: list[str] = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(text):
+        pieces.append(literal)
+        if name is not None:
+            pieces.append(_scalar_text(values[name]))
+    return "".join(pieces)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- sources --------------------------------------------------------------------------
+
+
+def iter_prompts(source: PromptSource) -> Iterator[Prompt]:
+    """Every prompt of one ``prompts:`` item, lazily, in file/product order."""
+    if isinstance(source, PlainPrompt):
+        yield Prompt(source.text, {})
+    elif isinstance(source, TemplatePrompt):
+        yield from _template_prompts(source)
+    elif source.format == "csv":
+        yield from _csv_prompts(source)
+    elif source.format == "jsonl":
+        yield from _jsonl_prompts(source)
+    else:
+        yield from _txt_prompts(source)
+
+
+def _template_prompts(source: TemplatePrompt) -> Iterator[Prompt]:
+    names = list(source.vars)
+    for combination in itertools.product(*(source.vars[name] for name in names)):
+        yield Prompt(
+            render_template(source.text, dict(zip(names, combination, strict=True))), source.params
+        )
+
+
+def _txt_prompts(source: PromptFile) -> Iterator[Prompt]:
+    for _lineno, line in _numbered_lines(source):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield Prompt(text, source.params)
+
+
+def _jsonl_prompts(source: PromptFile) -> Iterator[Prompt]:
+    for lineno, line in _numbered_lines(source):
+        if line.strip():
+            yield _jsonl_prompt(source, lineno, line)
+
+
+def _jsonl_prompt(source: PromptFile, lineno: int, line: str) -> Prompt:
+    try:
+        record = json.loads(line, parse_constant=_reject_constant)
+    except ValueError as exc:
+        _fail(source, lineno, f"not valid JSON: {exc}")
+    if not isinstance(record, dict):
+        _fail(source, lineno, 'each line must be a JSON object like {"prompt": "..."}')
+    text = record.pop("prompt", None)
+    if not isinstance(text, str) or not text.strip():
+        _fail(source, lineno, 'the object needs a non-empty string "prompt"')
+    return Prompt(text, {**source.params, **record})
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _csv_prompts(source: PromptFile) -> Iterator[Prompt]:
+    reader = csv.reader(line for _lineno, line in _numbered_lines(source))
+    header: list[str] | None = None
+    try:
+        for row in reader:
+            if header is None:
+                header = [name.strip() for name in row]
+            elif any(cell.strip() for cell in row):
+                prompt = _csv_row_prompt(source, header, row, reader.line_num)
+                if prompt.text.strip():
+                    yield prompt
+    except csv.Error as exc:
+        _fail(source, reader.line_num, f"bad CSV: {exc}")
+
+
+def _csv_row_prompt(source: PromptFile, header: list[str], row: list[str], lineno: int) -> Prompt:
+    if len(row) != len(header):
+        _fail(source, lineno, f"the row has {len(row)} fields but the header has {len(header)}")
+    values = dict(zip(header, row, strict=True))
+    if source.text is not None:
+        return Prompt(render_template(source.text, values), source.params)
+    return Prompt(values[source.column].strip(), source.params)
+
+
+def read_csv_header(source: PromptFile) -> list[str]:
+    """The column names of a CSV prompt file (its first row); SpecError if unreadable."""
+    reader = csv.reader(line for _lineno, line in _numbered_lines(source))
+    try:
+        first = next(reader, None)
+    except csv.Error as exc:
+        _fail(source, reader.line_num, f"bad CSV header: {exc}")
+    if not first:
+        _fail(source, 1, "the CSV file has no header row")
+    return [name.strip() for name in first]
+
+
+def _numbered_lines(source: PromptFile) -> Iterator[tuple[int, str]]:
+    lineno = 0
+    try:
+        with source.path.open(encoding=_ENCODING, newline="") as handle:
+            for lineno, line in enumerate(handle, 1):
+                yield lineno, line
+    except UnicodeDecodeError:
+        _fail(source, lineno + 1, "the file is not UTF-8 text")
+    except OSError as exc:
+        _fail(source, None, f"cannot read prompt file: {exc.strerror or exc}")
+
+
+def _fail(source: PromptFile, lineno: int | None, message: str) -> NoReturn:
+    raise SpecError(
+        message, file=_display(source.path), line=lineno, path=f"prompts[{source.index}]"
+    )
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,223 @@
+"""Spec YAML → plain data, with the line of every key, and ``${VAR}`` expansion.
+
+The loader is PyYAML's safe loader with three YAML 1.1 surprises removed, because specs
+are full of values they mangle: ``16:9`` stays a string (not the base-60 integer 969),
+``yes``/``no``/``on``/``off`` stay strings (only ``true``/``false`` are booleans), and
+dates stay strings. Duplicate keys are an error instead of silently keeping the last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from pipeline.errors import SpecError
+
+__all__ = ["FieldPath", "ParsedYaml", "expand_env", "format_path", "parse_yaml"]
+
+FieldPath = tuple[str | int, ...]
+"""Where a value sits: ``("providers", "pixai", "rate")``, ``("prompts", 2, "file")``."""
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE_KEY = "<<"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe loader with YAML 1.2-like scalars (see the module docstring)."""
+
+    yaml_implicit_resolvers = {  # noqa: RUF012 -- PyYAML reads this class attribute
+        first: [(tag, rx) for tag, rx in resolvers if tag not in {_BOOL, _INT, _FLOAT, _TIMESTAMP}]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_SpecLoader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_SpecLoader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0b[01_]+)$"),
+    list("-+0123456789"),
+)
+_SpecLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedYaml:
+    """The data of a YAML file and the 1-based line of each key and list item in it."""
+
+    file: str
+    data: Any
+    lines: Mapping[FieldPath, int]
+
+    def line_of(self, path: FieldPath) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(_line_key(path[:end]))
+            if line is not None:
+                return line
+        return None
+
+    def error(self, message: str, path: FieldPath, hint: str | None = None) -> SpecError:
+        """A SpecError for the value at ``path``, naming this file and its line."""
+        return SpecError(
+            message, file=self.file, line=self.line_of(path), path=format_path(path), hint=hint
+        )
+
+
+def _line_key(path: FieldPath) -> FieldPath:
+    return tuple(part if isinstance(part, int) else str(part) for part in path)
+
+
+def format_path(path: FieldPath) -> str:
+    """``("prompts", 2, "file")`` → ``"prompts[2].file"``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_yaml(text: str, *, file: str) -> ParsedYaml:
+    """Parse one YAML document; any YAML problem becomes a SpecError at its line."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return ParsedYaml(file, None, {})
+        lines: dict[FieldPath, int] = {(): node.start_mark.line + 1}
+        _record_lines(node, (), lines, file, ancestors=())
+        return ParsedYaml(file, loader.construct_document(node), lines)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "cannot parse"
+        context_mark = exc.context_mark
+        if exc.context and context_mark is not None and context_mark is not mark:
+            problem += f" ({exc.context} at line {context_mark.line + 1})"
+        raise SpecError(
+            f"YAML syntax error: {problem}",
+            file=file,
+            line=line,
+            hint="check the indentation; quote values containing ': ' or starting with { * &",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"YAML error: {exc}", file=file) from exc
+    finally:
+        loader.dispose()
+
+
+def _record_lines(
+    node: yaml.Node,
+    path: FieldPath,
+    lines: dict[FieldPath, int],
+    file: str,
+    ancestors: tuple[int, ...],
+) -> None:
+    if id(node) in ancestors:
+        raise SpecError("a YAML alias refers to itself", file=file, line=node.start_mark.line + 1)
+    inner = (*ancestors, id(node))
+    if isinstance(node, yaml.MappingNode):
+        _record_mapping_lines(node, path, lines, file, inner)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.setdefault((*path, index), item.start_mark.line + 1)
+            _record_lines(item, (*path, index), lines, file, inner)
+
+
+def _record_mapping_lines(
+    node: yaml.MappingNode,
+    path: FieldPath,
+    lines: dict[FieldPath, int],
+    file: str,
+    ancestors: tuple[int, ...],
+) -> None:
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key == _MERGE_KEY:
+            continue
+        if key in seen:
+            raise SpecError(
+                f"duplicate key {key!r}", file=file, line=line, path=format_path((*path, key))
+            )
+        seen.add(key)
+        lines.setdefault((*path, key), line)
+        _record_lines(value_node, (*path, key), lines, file, ancestors)
+
+
+# --- ${VAR} expansion -----------------------------------------------------------------
+
+_ENV_REFERENCE = re.compile(r"\$(\$\{)|\$\{([^}]*)\}|(\$\{)")
+_ENV_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def expand_env(parsed: ParsedYaml, env: Mapping[str, str]) -> Any:
+    """A copy of ``parsed.data`` with ``${VAR}``/``${VAR:-default}`` expanded in every
+    string value (``$${`` is a literal ``${``). A missing variable is a SpecError."""
+    return _expand(parsed.data, (), env, parsed.error)
+
+
+_ErrorAt = Callable[[str, FieldPath, str | None], SpecError]
+
+
+def _expand(value: Any, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> Any:
+    if isinstance(value, str):
+        return _expand_text(value, path, env, error_at)
+    if isinstance(value, dict):
+        return {key: _expand(item, (*path, key), env, error_at) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, (*path, i), env, error_at) for i, item in enumerate(value)]
+    return value
+
+
+def _expand_text(text: str, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> str:
+    def replace(match: re.Match[str]) -> str:
+        escaped, body, unterminated = match.groups()
+        if escaped is not None:
+            return "${"
+        if unterminated is not None or body is None:
+            raise error_at("unterminated '${' (write '$${' for a literal '${')", path, None)
+        return _env_value(body, path, env, error_at)
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def _env_value(body: str, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> str:
+    match = _ENV_BODY.fullmatch(body)
+    if match is None:
+        raise error_at(
+            f"bad variable reference '${{{body}}}'",
+            path,
+            "write ${NAME} or ${NAME:-default}; NAME is letters, digits and _",
+        )
+    name, default = match.groups()
+    value = env.get(name)
+    if value:
+        return value
+    if default is not None:
+        return default
+    if value is not None:
+        return value  # set but empty, and no default: use it
+    raise error_at(
+        f"environment variable {name} is not set", path, f"export {name}=... before running"
+    )

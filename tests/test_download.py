@@ -1,0 +1,445 @@
+"""download(): real HTTP on loopback against a small aiohttp server with bad habits.
+
+The server can honour or ignore Range, cut a body short, refuse with 403/404/429/503,
+answer with an HTML page, redirect, and it records every request's headers. Every test
+runs with both transports the project uses (httpx's own and httpx-aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx_aiohttp
+import pytest
+from aiohttp import web
+
+from pipeline.download import (
+    download,
+    download_retry_verdict,
+    part_path,
+    write_atomic_text,
+    write_sidecar,
+)
+from pipeline.errors import DownloadError, VerificationError
+from pipeline.models import Output, OutputRef
+
+BODY = os.urandom(300_000) + b"\x89PNG-ish tail"
+SHA = hashlib.sha256(BODY).hexdigest()
+CUT = 200_000  # where truncated answers stop
+CHUNK = 32 * 1024  # small coalescing chunks, so a cut body leaves a resumable prefix
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Server:
+    base: str
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def headers_for(self, path: str) -> list[dict[str, str]]:
+        return [headers for seen, headers in self.requests if seen == path]
+
+
+def _ranged(request: web.Request, content_type: str = "image/png") -> web.Response:
+    header = request.headers.get("Range")
+    if not header:
+        return web.Response(body=BODY, content_type=content_type)
+    start = int(header.removeprefix("bytes=").split("-")[0])
+    if start >= len(BODY):
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{len(BODY)}"})
+    content_range = f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"
+    return web.Response(
+        status=206,
+        body=BODY[start:],
+        content_type=content_type,
+        headers={"Content-Range": content_range},
+    )
+
+
+async def _cut_short(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "image/png"})
+    response.content_length = len(BODY)
+    await response.prepare(request)
+    await response.write(BODY[:CUT])
+    await asyncio.sleep(0.05)  # let the client read the prefix (aiohttp drops unread data)
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+def _make_app(server: Server) -> web.Application:
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        server.requests.append((request.path, dict(request.headers)))
+        server.hits[request.path] = server.hits.get(request.path, 0) + 1
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    async def file(request: web.Request) -> web.StreamResponse:
+        return _ranged(request)
+
+    async def no_range(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=BODY, content_type="image/png")
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        if server.hits[request.path] == 1:
+            return await _cut_short(request)
+        return _ranged(request)
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        return await _cut_short(request)
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        code = int(request.match_info["code"])
+        headers = {}
+        if code == 429:
+            headers["Retry-After"] = "7"
+        if code == 503:
+            headers["Retry-After"] = "Wed, 21 Oct 2099 07:28:00 GMT"
+        return web.Response(status=code, text="no", headers=headers)
+
+    async def html(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<html><body>Access denied</body></html>", content_type="text/html"
+        )
+
+    async def json_as_octets(request: web.Request) -> web.StreamResponse:
+        body = b'{"error": "quota exceeded"}'
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def wrong_start(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Range": f"bytes 5-{len(BODY) - 1}/{len(BODY)}"}
+        return web.Response(status=206, body=BODY[5:], content_type="image/png", headers=headers)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/file/a.png")
+
+    async def api(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=[web.middleware(record)])
+    app.router.add_get("/file/{name}", file)
+    app.router.add_get("/norange/{name}", no_range)
+    app.router.add_get("/flaky/{name}", flaky)
+    app.router.add_get("/cut/{name}", cut)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/html", html)
+    app.router.add_get("/octets", json_as_octets)
+    app.router.add_get("/wrong-start", wrong_start)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/api", api)
+    return app
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server(base="")
+    runner = web.AppRunner(_make_app(state), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    state.base = f"http://{host}:{port}"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx_aiohttp.AiohttpTransport() if request.param == "aiohttp" else None
+    async with httpx.AsyncClient(transport=transport, timeout=10) as plain:
+        yield plain
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "out" / "deep" / "img.png"
+
+
+async def fetch(client: httpx.AsyncClient, url: str, dest: Path, **ref: Any) -> Output:
+    return await download(
+        client,
+        OutputRef(url, **ref),
+        dest,
+        job_id="j1",
+        index=0,
+        rel_path="p/img.png",
+        chunk_size=CHUNK,
+    )
+
+
+# --- success ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_success_writes_verified_file(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    url = server.url("/file/a.png")
+    output = await fetch(client, url, dest, size=len(BODY), sha256=SHA, content_type="image/")
+    assert dest.read_bytes() == BODY
+    assert output == Output("j1", 0, "p/img.png", len(BODY), SHA, url=url, content_type="image/png")
+    assert not part_path(dest).exists()
+    assert list(dest.parent.iterdir()) == [dest]
+
+
+@pytest.mark.anyio
+async def test_follows_redirects(client: httpx.AsyncClient, server: Server, dest: Path) -> None:
+    output = await fetch(client, server.url("/redirect"), dest, sha256=SHA)
+    assert output.sha256 == SHA
+    assert dest.read_bytes() == BODY
+
+
+def test_sidecar_is_pretty_sorted_json_and_atomic(tmp_path: Path) -> None:
+    output_file = tmp_path / "img.png"
+    data = {"sha256": SHA, "prompt": "a cat ☕", "path": tmp_path, "params": {"b": 1, "a": 2}}
+    sidecar = write_sidecar(output_file, data)
+    assert sidecar == tmp_path / "img.png.json"
+    text = sidecar.read_text(encoding="utf-8")
+    loaded = json.loads(text)
+    assert loaded["prompt"] == "a cat ☕"
+    assert loaded["path"] == str(tmp_path)
+    assert text.index('"a"') < text.index('"b"')
+    assert "\n  " in text
+    assert [p.name for p in tmp_path.iterdir()] == ["img.png.json"]  # no temporary left
+
+
+def test_sidecar_redacts_credential_keys(tmp_path: Path) -> None:
+    sidecar = write_sidecar(tmp_path / "x.png", {"provider": {"api_key": "sk-123", "name": "p"}})
+    assert "sk-123" not in sidecar.read_text()
+
+
+def test_write_atomic_text_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "export.jsonl"
+    target.write_text("old\n")
+
+    def broken(out: Any) -> None:
+        out.write("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_atomic_text(target, broken)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["export.jsonl"]
+
+
+# --- truncation and resume -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_truncated_body_is_transient_and_leaves_no_file(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, server.url("/cut/a.png"), dest, sha256=SHA)
+    assert caught.value.transient
+    assert download_retry_verdict(caught.value) is True
+    assert not dest.exists()
+    assert part_path(dest).stat().st_size <= CUT  # a prefix, kept for resuming
+
+
+@pytest.mark.anyio
+async def test_cut_body_resumes_with_range(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    url = server.url("/flaky/a.png")
+    with pytest.raises(DownloadError):
+        await fetch(client, url, dest, sha256=SHA)
+    kept = part_path(dest).stat().st_size
+    assert kept <= CUT  # aiohttp may drop what it had buffered when the peer hangs up
+    output = await fetch(client, url, dest, sha256=SHA, size=len(BODY))
+    assert output.sha256 == SHA and dest.read_bytes() == BODY
+    if kept:
+        assert server.headers_for("/flaky/a.png")[-1]["Range"] == f"bytes={kept}-"
+
+
+@pytest.mark.anyio
+async def test_resumes_existing_part(client: httpx.AsyncClient, server: Server, dest: Path) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(BODY[:12345])
+    output = await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
+    assert output.sha256 == SHA and output.size == len(BODY)
+    assert dest.read_bytes() == BODY and not part_path(dest).exists()
+    assert server.headers_for("/file/a.png")[0]["Range"] == "bytes=12345-"
+
+
+@pytest.mark.anyio
+async def test_server_without_range_restarts_from_zero(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(b"stale bytes that are not a prefix")
+    output = await fetch(client, server.url("/norange/a.png"), dest, size=len(BODY))
+    assert output.sha256 == SHA and dest.read_bytes() == BODY
+    assert server.headers_for("/norange/a.png")[0]["Range"].startswith("bytes=")
+
+
+@pytest.mark.anyio
+async def test_part_longer_than_file_restarts(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(BODY + b"junk")
+    output = await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
+    assert output.sha256 == SHA and dest.read_bytes() == BODY
+    assert [h.get("Range") for h in server.headers_for("/file/a.png")] == [
+        f"bytes={len(BODY) + 4}-",
+        None,
+    ]
+
+
+@pytest.mark.anyio
+async def test_bad_resumed_prefix_fails_checksum_and_is_discarded(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(b"x" * 1000)  # not the file's first 1000 bytes
+    with pytest.raises(VerificationError, match="sha256"):
+        await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
+    assert not dest.exists() and not part_path(dest).exists()
+    assert (await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)).sha256 == SHA
+
+
+@pytest.mark.anyio
+async def test_wrong_content_range_start_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(BODY[:100])
+    with pytest.raises(VerificationError, match="resumed at byte 5"):
+        await fetch(client, server.url("/wrong-start"), dest)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+# --- verification ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_size_mismatch_with_provider_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="provider promised"):
+        await fetch(client, server.url("/file/a.png"), dest, size=len(BODY) - 1)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.anyio
+async def test_checksum_mismatch_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="sha256"):
+        await fetch(client, server.url("/file/a.png"), dest, sha256="0" * 64)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.anyio
+async def test_html_page_is_not_an_image(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="HTML"):
+        await fetch(client, server.url("/html"), dest, content_type="image/")
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.anyio
+async def test_wrong_content_family_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="video/"):
+        await fetch(client, server.url("/file/a.png"), dest, content_type="video/")
+    assert not dest.exists()
+
+
+@pytest.mark.anyio
+async def test_error_json_served_as_octets_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="error page"):
+        await fetch(client, server.url("/octets"), dest, content_type="image/")
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+# --- HTTP errors -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("code", [403, 404, 410])
+async def test_gone_or_forbidden_is_final(
+    client: httpx.AsyncClient, server: Server, dest: Path, code: int
+) -> None:
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, server.url(f"/status/{code}"), dest)
+    assert not caught.value.transient
+    assert str(code) in str(caught.value) and "expired or forbidden" in str(caught.value)
+    assert download_retry_verdict(caught.value) is False
+    assert not dest.exists()
+
+
+@pytest.mark.anyio
+async def test_429_is_transient_with_retry_after(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, server.url("/status/429"), dest)
+    assert caught.value.transient and caught.value.retry_after == 7.0
+    assert download_retry_verdict(caught.value) == 7.0
+
+
+@pytest.mark.anyio
+async def test_503_with_http_date_retry_after(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, server.url("/status/503"), dest)
+    assert caught.value.transient
+    assert caught.value.retry_after is not None and caught.value.retry_after > 1e6
+
+
+@pytest.mark.anyio
+async def test_connection_refused_is_transient(client: httpx.AsyncClient, dest: Path) -> None:
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, "http://127.0.0.1:9/nothing", dest)
+    assert caught.value.transient
+    assert isinstance(caught.value.__cause__, httpx.HTTPError)
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_no_authorization_reaches_download_host(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    headers = {"Authorization": "Bearer sk-secret"}
+    async with httpx.AsyncClient(headers=headers, timeout=10) as api_client:
+        assert (await api_client.get(server.url("/api"))).status_code == 200
+        await fetch(client, server.url("/redirect"), dest, sha256=SHA)
+        await api_client.get(server.url("/api"))
+    assert server.headers_for("/api")[0]["Authorization"] == "Bearer sk-secret"
+    for path in ("/redirect", "/file/a.png"):
+        assert server.headers_for(path)
+        assert all("Authorization" not in seen for seen in server.headers_for(path))
+
+
+@pytest.mark.anyio
+async def test_credentials_on_a_misused_client_are_stripped(server: Server, dest: Path) -> None:
+    headers = {"Authorization": "Bearer sk-secret", "X-API-Key": "k", "Cookie": "s=1"}
+    async with httpx.AsyncClient(headers=headers, auth=("user", "pw"), timeout=10) as misused:
+        await fetch(misused, server.url("/redirect"), dest, sha256=SHA)
+    for _path, seen in server.requests:
+        lowered = {name.lower() for name in seen}
+        assert not lowered & {"authorization", "x-api-key", "cookie"}

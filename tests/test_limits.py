@@ -1,0 +1,413 @@
+"""limits: rate, pauses, server hints, backoff and retries, all on virtual time.
+
+``VirtualTime`` is an injected clock and sleep: sleepers wait on events, and ``drive``
+jumps the clock to the next wake-up whenever every task is blocked, so nothing here
+really waits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import anyio
+import pytest
+from anyio.lowlevel import checkpoint
+
+from pipeline import limits
+from pipeline.limits import (
+    Backoff,
+    ProviderLimiter,
+    TokenBucket,
+    parse_retry_after,
+    retrying,
+)
+from pipeline.models import Rate
+
+T = TypeVar("T")
+EPOCH = 1_700_000_000.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class VirtualTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return EPOCH + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        event = anyio.Event()
+        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._order), event))
+        await event.wait()
+
+    def _wake_next(self) -> None:
+        if not self._sleepers:
+            raise RuntimeError("deadlock: every task is blocked and nobody sleeps")
+        wake_at = self._sleepers[0][0]
+        self.now = max(self.now, wake_at)
+        while self._sleepers and self._sleepers[0][0] <= wake_at:
+            heapq.heappop(self._sleepers)[2].set()
+
+    async def drive(self, main: Callable[[], Awaitable[T]]) -> T:
+        """Run ``main`` to the end, jumping the clock whenever everything waits."""
+        results: list[T] = []
+        async with anyio.create_task_group() as group:
+
+            async def run_main() -> None:
+                results.append(await main())
+                group.cancel_scope.cancel()
+
+            group.start_soon(run_main)
+            while True:
+                await anyio.wait_all_tasks_blocked()
+                self._wake_next()
+                await checkpoint()
+        return results[0]
+
+
+@pytest.fixture
+def vt() -> VirtualTime:
+    return VirtualTime()
+
+
+@pytest.fixture
+def real_delays() -> Iterator[None]:
+    limits.set_testing(False)
+    yield
+    limits.set_testing(True)
+
+
+def bucket(vt: VirtualTime, rate: Rate | None, **kwargs: int) -> TokenBucket:
+    return TokenBucket(rate, clock=vt.clock, sleep=vt.sleep, wall=vt.wall, **kwargs)
+
+
+async def acquire_times(vt: VirtualTime, tb: TokenBucket, count: int) -> list[tuple[int, float]]:
+    """Start ``count`` acquirers in order; return (who, when) in the order they got through."""
+    got: list[tuple[int, float]] = []
+
+    async def one(who: int) -> None:
+        await tb.acquire()
+        got.append((who, vt.now))
+
+    async with anyio.create_task_group() as group:
+        for who in range(count):
+            group.start_soon(one, who)
+            await checkpoint()
+    return got
+
+
+# --- TokenBucket -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_rate_is_respected_in_fifo_order(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(10, 1.0), burst=1)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 20))
+    assert [who for who, _ in got] == list(range(20))
+    assert [when for _, when in got] == pytest.approx([i * 0.1 for i in range(20)])
+
+
+@pytest.mark.anyio
+async def test_burst_then_steady_rate(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(10, 1.0), burst=5)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 8))
+    assert [when for _, when in got] == pytest.approx([0, 0, 0, 0, 0, 0.1, 0.2, 0.3])
+
+
+@pytest.mark.anyio
+async def test_default_burst_is_one_second_of_requests(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(60, 60.0))  # 60/min: one per second, not 60 at once
+    got = await vt.drive(lambda: acquire_times(vt, tb, 3))
+    assert [when for _, when in got] == pytest.approx([0, 1, 2])
+
+
+@pytest.mark.anyio
+async def test_no_rate_means_no_waiting(vt: VirtualTime) -> None:
+    tb = bucket(vt, None)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 50))
+    assert {when for _, when in got} == {0.0}
+
+
+@pytest.mark.anyio
+async def test_pause_for_delays_every_acquirer_including_waiting_ones(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(1, 1.0))
+
+    async def scenario() -> list[tuple[int, float]]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(refuse_at, 2.5)
+            got = await acquire_times(vt, tb, 6)
+        return got
+
+    async def refuse_at(moment: float) -> None:
+        await vt.sleep(moment)
+        tb.pause_for(10)  # a 429 with Retry-After: 10
+
+    got = await vt.drive(scenario)
+    # 0, 1, 2 went out before the 429; the rest wait it out, then resume at the steady rate
+    assert [when for _, when in got] == pytest.approx([0, 1, 2, 12.5, 13.5, 14.5])
+    assert [who for who, _ in got] == list(range(6))
+
+
+@pytest.mark.anyio
+async def test_pause_until_never_shortens_a_pause(vt: VirtualTime) -> None:
+    tb = bucket(vt, None)
+    tb.pause_until(20)
+    tb.pause_until(5)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 1))
+    assert got == [(0, 20.0)]
+
+
+@pytest.mark.anyio
+async def test_low_remaining_spreads_budget_before_refusal(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(100, 1.0), burst=100)
+    tb.observe_headers(remaining=4, reset_at_epoch=EPOCH + 8, limit=100)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 5))
+    assert [when for _, when in got] == pytest.approx([0, 2, 4, 6, 8])
+
+
+@pytest.mark.anyio
+async def test_plenty_remaining_does_not_slow_down(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(100, 1.0), burst=100)
+    tb.observe_headers(remaining=90, reset_at_epoch=EPOCH + 60, limit=100)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 10))
+    assert {when for _, when in got} == {0.0}
+
+
+@pytest.mark.anyio
+async def test_hint_expires_at_reset(vt: VirtualTime) -> None:
+    tb = bucket(vt, Rate(10, 1.0), burst=1)
+    tb.observe_headers(remaining=1, reset_at_epoch=EPOCH + 3, limit=10)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 4))
+    assert [when for _, when in got] == pytest.approx([0, 3, 3.1, 3.2])
+
+
+@pytest.mark.anyio
+async def test_zero_remaining_pauses_until_reset(vt: VirtualTime) -> None:
+    tb = bucket(vt, None)
+    tb.observe_headers(remaining=0, reset_at_epoch=EPOCH + 42, limit=100)
+    got = await vt.drive(lambda: acquire_times(vt, tb, 2))
+    assert [when for _, when in got] == pytest.approx([42, 42])
+
+
+def test_burst_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        TokenBucket(Rate(1, 1.0), burst=0)
+
+
+# --- ProviderLimiter -------------------------------------------------------------------
+
+
+def limiter(vt: VirtualTime, concurrency: int = 2, rate: Rate | None = None) -> ProviderLimiter:
+    return ProviderLimiter(concurrency, rate, clock=vt.clock, sleep=vt.sleep, wall=vt.wall)
+
+
+@pytest.mark.anyio
+async def test_slots_bound_jobs_in_flight(vt: VirtualTime) -> None:
+    pl = limiter(vt, concurrency=2)
+    peak = 0
+
+    async def job() -> None:
+        nonlocal peak
+        async with pl.slot():
+            peak = max(peak, pl.in_flight)
+            await vt.sleep(1)
+
+    async def scenario() -> float:
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(job)
+        return vt.now
+
+    assert await vt.drive(scenario) == 3.0
+    assert peak == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "paused_until"),
+    [
+        ({"Retry-After": "30"}, 30.0),
+        ({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(EPOCH + 15)}, 15.0),
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": str((EPOCH + 15) * 1000)}, 15.0),
+        ({"RateLimit-Remaining": "0", "RateLimit-Reset": "9"}, 9.0),  # delta seconds
+        ({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "9"}, float("-inf")),
+        ({"Retry-After": "soon"}, float("-inf")),
+        ({}, float("-inf")),
+    ],
+)
+def test_observe_response_reads_server_hints(
+    vt: VirtualTime, headers: dict[str, str], paused_until: float
+) -> None:
+    pl = limiter(vt)
+    pl.observe_response(headers)
+    assert pl.bucket.paused_until == paused_until
+
+
+@pytest.mark.anyio
+async def test_observe_response_low_remaining_slows_requests(vt: VirtualTime) -> None:
+    pl = limiter(vt, rate=Rate(50, 1.0))
+    pl.observe_response(
+        {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "2", "X-RateLimit-Reset": "10"}
+    )
+
+    async def two() -> list[float]:
+        times = []
+        for _ in range(2):
+            await pl.request()
+            times.append(vt.now)
+        return times
+
+    assert await vt.drive(two) == pytest.approx([0, 5])
+
+
+def test_penalize_pauses_with_default_when_no_retry_after(vt: VirtualTime) -> None:
+    pl = limiter(vt)
+    pl.penalize(None)
+    assert pl.bucket.paused_until == 1.0
+    pl.penalize(12)
+    assert pl.bucket.paused_until == 12.0
+
+
+# --- parse_retry_after -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        (" 1.5 ", 1.5),
+        ("-3", 0.0),
+        ("Tue, 14 Nov 2023 22:13:40 GMT", 20.0),  # EPOCH is 22:13:20 GMT
+        ("Tue, 14 Nov 2023 22:13:00 GMT", 0.0),  # in the past
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("nan", None),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, now=EPOCH) == expected
+
+
+# --- Backoff ---------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("real_delays")
+def test_backoff_grows_within_jitter_bounds_and_caps() -> None:
+    backoff = Backoff(initial=1.0, factor=2.0, maximum=30.0, jitter=0.25, rng=random.Random(7))
+    for attempt in range(1, 12):
+        base = min(30.0, 2.0 ** (attempt - 1))
+        samples = [backoff.delay(attempt) for _ in range(200)]
+        assert all(0.75 * base <= s <= base for s in samples)
+        assert max(samples) - min(samples) > 0.1 * base  # there is jitter
+    assert backoff.delay(10_000) <= 30.0  # no overflow
+
+
+@pytest.mark.usefixtures("real_delays")
+def test_backoff_without_jitter_is_exact() -> None:
+    backoff = Backoff(initial=0.5, factor=3.0, maximum=100.0, jitter=0.0)
+    assert [backoff.delay(n) for n in (1, 2, 3, 4)] == [0.5, 1.5, 4.5, 13.5]
+
+
+@pytest.mark.usefixtures("real_delays")
+def test_backoff_never_below_retry_after() -> None:
+    backoff = Backoff(initial=1.0, maximum=2.0)
+    assert backoff.delay(1, retry_after=45.0) == 45.0
+    assert backoff.delay(5, retry_after=0.1) >= 1.5
+
+
+def test_testing_switch_makes_delays_zero() -> None:
+    limits.set_testing(True)
+    assert limits.is_testing()
+    assert Backoff().delay(5, retry_after=60.0) == 0.0
+
+
+# --- retrying --------------------------------------------------------------------------
+
+
+class Flaky:
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+
+class Transient(Exception):
+    def __init__(self, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+
+
+def verdict(exc: BaseException) -> float | bool | None:
+    if isinstance(exc, Transient):
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seen.append(seconds)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("real_delays")
+async def test_retrying_retries_transient_errors_then_succeeds() -> None:
+    fn, sleeps, retries = Flaky([Transient(), Transient(9.0)]), Sleeps(), []
+    result = await retrying(
+        fn,
+        retries=3,
+        backoff=Backoff(jitter=0.0),
+        is_transient=verdict,
+        sleep=sleeps,
+        on_retry=lambda n, exc, delay: retries.append((n, type(exc).__name__, delay)),
+    )
+    assert result == "ok" and fn.calls == 3
+    assert sleeps.seen == [1.0, 9.0]  # backoff, then the server's retry_after floor
+    assert retries == [(1, "Transient", 1.0), (2, "Transient", 9.0)]
+
+
+@pytest.mark.anyio
+async def test_retrying_stops_at_once_on_final_error() -> None:
+    fn, sleeps = Flaky([ValueError("bad request"), Transient()]), Sleeps()
+    with pytest.raises(ValueError, match="bad request"):
+        await retrying(fn, retries=5, backoff=Backoff(), is_transient=verdict, sleep=sleeps)
+    assert fn.calls == 1 and sleeps.seen == []
+
+
+@pytest.mark.anyio
+async def test_retrying_gives_up_after_retries() -> None:
+    failures: list[BaseException] = [Transient(float(n)) for n in range(10)]
+    fn, sleeps = Flaky(failures), Sleeps()
+    with pytest.raises(Transient) as caught:
+        await retrying(fn, retries=2, backoff=Backoff(), is_transient=verdict, sleep=sleeps)
+    assert fn.calls == 3 and len(sleeps.seen) == 2
+    assert caught.value.retry_after == 2.0  # the last error propagates
+    assert sleeps.seen == [0.0, 0.0]  # set_testing(True) from conftest: no real waits
+
+
+@pytest.mark.anyio
+async def test_retrying_none_verdict_counts_as_transient() -> None:
+    fn = Flaky([Transient()])
+    result = await retrying(
+        fn, retries=1, backoff=Backoff(), is_transient=lambda exc: None, sleep=Sleeps()
+    )
+    assert result == "ok"
