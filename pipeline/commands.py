@@ -18,6 +18,7 @@ from pipeline.matrix import iter_jobs
 from pipeline.models import TERMINAL_STATES, JobState, Spec
 from pipeline.providers import registry
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
+from pipeline.session import completion_mode
 
 __all__ = [
     "check_params",
@@ -47,6 +48,7 @@ def load_checked_spec(
 def check_params(spec: Spec) -> None:
     """Check each distinct parameter value once against the provider's documented
     enums and limits; prompts are checked one by one (they differ per job)."""
+    check_completion_modes(spec)
     seen: set[tuple[str, str, str]] = set()
     for job in iter_jobs(spec):
         settings = spec.providers[job.provider]
@@ -59,20 +61,44 @@ def check_params(spec: Spec) -> None:
         if not fresh:
             continue
         for key, message in registry.get(settings.type).validate_params(fresh):
-            raise SpecError(
+            raise spec_error(
+                spec,
                 f"{message} (provider {job.provider!r}, type {settings.type})",
-                file=str(spec.source),
-                path=_param_origin(spec, job.provider, key),
+                _param_origin(spec, job.provider, key),
                 hint=f"see `pipeline providers` for what {settings.type} accepts",
             )
 
 
-def _param_origin(spec: Spec, provider: str, key: str) -> str:
+def check_completion_modes(spec: Spec) -> None:
+    for name, settings in spec.providers.items():
+        adapter = registry.get(settings.type)
+        mode = completion_mode(settings, adapter)
+        if mode not in adapter.completion_modes:
+            raise spec_error(
+                spec,
+                f"{settings.type} cannot complete by {mode!r}; it offers "
+                + ", ".join(adapter.completion_modes),
+                ("providers", name, "options", "completion"),
+            )
+
+
+def spec_error(
+    spec: Spec, message: str, path: tuple[str | int, ...], hint: str | None = None
+) -> SpecError:
+    """A SpecError for a problem found after loading, pointing at the spec's line."""
+    from pipeline.spec_yaml import format_path
+
+    return SpecError(
+        message, file=str(spec.source), line=spec.line_of(path), path=format_path(path), hint=hint
+    )
+
+
+def _param_origin(spec: Spec, provider: str, key: str) -> tuple[str | int, ...]:
     if key in spec.providers[provider].params:
-        return f"providers.{provider}.params.{key}"
+        return ("providers", provider, "params", key)
     if key == "prompt":
-        return "prompts"
-    return f"matrix.{key}"
+        return ("prompts",)
+    return ("matrix", key)
 
 
 # -- plan ------------------------------------------------------------------------------

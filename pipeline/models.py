@@ -216,6 +216,17 @@ class Spec:
     matrix: MatrixSpec = field(default_factory=MatrixSpec)
     seeds: Sequence[int] | None = None  # a tuple, or a range for {start, count}
     repeats: int = 1
+    lines: Mapping[tuple[str | int, ...], int] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # YAML line of each key / list item, for errors found after loading
+
+    def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        """The spec line of ``path``, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,24 +1,42 @@
 """How a job learns its remote task is finished.
 
 A ``Follower`` turns a remote id into the task's final ``RemoteTask``, reporting every
-intermediate state through ``on_update``. ``PollFollower`` asks ``status`` with a
-growing interval; transient errors are retried with backoff (honouring Retry-After),
-final ones (the task is unknown to the provider) end the job.
+intermediate state through ``on_update``. Each completion mode has one:
+
+    poll          PollFollower (here): ``status`` per task with a growing interval
+    batch         notify_batch: one ``status_many`` request per round for every task
+    subscription  notify_ws: one shared WebSocket per API key, events routed by task id
+    webhook       webhooks: callbacks are hints, confirmed with a status query
+
+Transient errors are retried with backoff (honouring Retry-After); final ones (the task
+is unknown to the provider) end the job. A lane picks its mode from the provider
+entry's ``options.completion``, defaulting to the adapter's first completion mode.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from pipeline.errors import TransientError
 from pipeline.limits import Backoff, retrying
-from pipeline.models import RemoteTask, RunSettings
+from pipeline.models import ProviderSettings, RemoteTask, RunSettings
 from pipeline.providers.base import Provider
 
-__all__ = ["Follower", "PollFollower", "UpdateCallback", "transient_delay"]
+__all__ = [
+    "FOLLOWERS",
+    "FollowContext",
+    "Follower",
+    "PollFollower",
+    "UpdateCallback",
+    "make_follower",
+    "transient_delay",
+]
 
 UpdateCallback = Callable[[RemoteTask], None]
 
@@ -27,6 +45,39 @@ class Follower(Protocol):
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask: ...
+
+
+@dataclass
+class FollowContext:
+    """What a follower may use: the adapter, timings, a task group for background loops
+    (a batch round, a WebSocket), and run-wide services such as the webhook receiver."""
+
+    adapter: Provider
+    settings: ProviderSettings
+    run: RunSettings
+    task_group: TaskGroup
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+FOLLOWERS: dict[str, str] = {
+    "poll": "pipeline.notify:create_poll_follower",
+    "batch": "pipeline.notify_batch:create",
+    "subscription": "pipeline.notify_ws:create",
+    "webhook": "pipeline.webhooks:create",
+}
+"""Completion mode → ``module:function`` taking a FollowContext, imported on first use."""
+
+
+def make_follower(mode: str, context: FollowContext) -> Follower:
+    module_name, _, function = FOLLOWERS[mode].partition(":")
+    factory: Callable[[FollowContext], Follower] = getattr(
+        importlib.import_module(module_name), function
+    )
+    return factory(context)
+
+
+def create_poll_follower(context: FollowContext) -> Follower:
+    return PollFollower(context.adapter, context.run)
 
 
 def transient_delay(exc: BaseException) -> float | bool | None:

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 
+import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from pipeline.http import make_api_client, make_download_client
 from pipeline.limits import ProviderLimiter
-from pipeline.models import ProviderSettings, RunSettings, Spec
-from pipeline.notify import Follower, PollFollower
+from pipeline.models import ProviderSettings, Spec
+from pipeline.notify import FollowContext, Follower, make_follower
 from pipeline.providers import registry
 from pipeline.providers.base import Provider
 
@@ -67,9 +69,12 @@ class Session:
 async def open_session(spec: Spec) -> AsyncIterator[Session]:
     async with AsyncExitStack() as stack:
         settings, urls = await _start_emulators(stack, spec)
+        background = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(background.cancel_scope.cancel)  # runs first on exit
+        services: dict[str, object] = {}
         lanes = {}
         for entry in settings.values():
-            lanes[entry.name] = await _open_lane(stack, entry, spec.run)
+            lanes[entry.name] = await _open_lane(stack, entry, spec, background, services)
         width = sum(entry.concurrency for entry in settings.values())
         downloads = make_download_client(
             timeout=spec.run.http_timeout, max_connections=max(width, 8)
@@ -98,8 +103,26 @@ async def _start_emulators(
     return settings, urls
 
 
-async def _open_lane(stack: AsyncExitStack, entry: ProviderSettings, run: RunSettings) -> Lane:
+def completion_mode(entry: ProviderSettings, adapter_type: type[Provider]) -> str:
+    """The lane's completion mode: ``options.completion`` or the adapter's default."""
+    mode = entry.options.get("completion", adapter_type.completion_modes[0])
+    return str(mode)
+
+
+async def _open_lane(
+    stack: AsyncExitStack,
+    entry: ProviderSettings,
+    spec: Spec,
+    background: TaskGroup,
+    services: dict[str, object],
+) -> Lane:
+    run = spec.run
     adapter_type = registry.get(entry.type)
+    if (
+        adapter_type.max_concurrency is not None
+        and entry.concurrency > adapter_type.max_concurrency
+    ):
+        entry = replace(entry, concurrency=adapter_type.max_concurrency)
     limiter = ProviderLimiter(entry.concurrency, entry.rate)
 
     async def on_request(request: httpx.Request) -> None:
@@ -119,4 +142,6 @@ async def _open_lane(stack: AsyncExitStack, entry: ProviderSettings, run: RunSet
     )
     await stack.enter_async_context(client)
     adapter = adapter_type(entry, client)
-    return Lane(entry, adapter, limiter, PollFollower(adapter, run))
+    context = FollowContext(adapter, entry, run, background, services)
+    follower = make_follower(completion_mode(entry, adapter_type), context)
+    return Lane(entry, adapter, limiter, follower)

@@ -61,6 +61,7 @@ def build_spec(
         matrix=_matrix(model.matrix, list(providers), parsed),
         seeds=_seeds(model.seeds, parsed),
         repeats=model.repeats,
+        lines=parsed.lines,
     )
 
 

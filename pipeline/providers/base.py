@@ -92,6 +92,7 @@ class Provider(abc.ABC):
     default_base_url: ClassVar[str]
     media: ClassVar[str] = "image"
     completion_modes: ClassVar[tuple[str, ...]] = ("poll",)
+    max_concurrency: ClassVar[int | None] = None  # the API's own cap on tasks in flight
     parameters: ClassVar[Mapping[str, ParamInfo]] = {}
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
