@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SOURCES := pipeline tests $(wildcard benchmarks)
 
 .PHONY: install demo test test-fast lint typecheck format bench clean
 
@@ -22,12 +23,12 @@ test: $(STAMP)  ## the whole suite (unit, end-to-end on loopback, crash tests)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests benchmarks
-	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 format: $(STAMP)
-	$(BIN)/ruff format pipeline tests benchmarks
-	$(BIN)/ruff check --fix pipeline tests benchmarks
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
