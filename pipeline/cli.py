@@ -195,7 +195,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.output is None:
             manifest.export_jsonl(sys.stdout)
         else:
-            from pipeline.download import write_atomic_text
+            from pipeline.fsio import write_atomic_text
 
             write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
     return EXIT_OK
@@ -203,7 +203,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from pipeline.commands import parse_knobs
-    from pipeline.emulators import EMULATORS, run_forever
+    from pipeline.session import emulators
+
+    EMULATORS, run_forever = emulators().EMULATORS, emulators().run_forever
 
     names = args.providers or sorted(EMULATORS)
     unknown = [name for name in names if name not in EMULATORS]

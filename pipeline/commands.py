@@ -188,6 +188,9 @@ def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
     yield f"  submitted this run: {summary.submitted}"
     for name, reason in summary.stopped.items():
         yield f"  {name}: submits stopped: {reason}"
+    if summary.errors:
+        yield f"  {len(summary.errors)} job(s) hit a local error and will continue next run;"
+        yield f"    first: {summary.errors[0]}"
     unknown = summary.count(JobState.UNKNOWN)
     if unknown:
         yield (

@@ -27,9 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -38,6 +37,7 @@ import anyio
 import httpx
 
 from pipeline.errors import DownloadError, VerificationError
+from pipeline.fsio import replace_durably, write_atomic_text
 from pipeline.limits import parse_retry_after
 from pipeline.models import Output, OutputRef
 
@@ -45,7 +45,6 @@ __all__ = [
     "download",
     "download_retry_verdict",
     "part_path",
-    "write_atomic_text",
     "write_sidecar",
 ]
 
@@ -105,7 +104,7 @@ async def download(
         raise DownloadError(f"cannot follow result URL: {exc}", transient=False) from exc
     except httpx.HTTPError as exc:
         raise DownloadError(f"download interrupted: {_describe(exc)}", transient=True) from exc
-    await anyio.to_thread.run_sync(_replace_durably, part, dest)
+    await anyio.to_thread.run_sync(replace_durably, part, dest)
     return Output(job_id, index, rel_path, size, digest, url=ref.url, content_type=content_type)
 
 
@@ -334,20 +333,6 @@ def _hash_prefix(part: Path, length: int) -> _Hasher:
     return hasher
 
 
-def _replace_durably(source: Path, target: Path) -> None:
-    """``os.replace`` then fsync the directory, so the rename survives a crash."""
-    os.replace(source, target)
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_sidecar(path: Path, data: Mapping[str, Any]) -> Path:
     """Write the provenance of output ``path`` to ``<path>.json``, atomically.
 
@@ -359,24 +344,6 @@ def write_sidecar(path: Path, data: Mapping[str, Any]) -> Path:
     return write_atomic_text(
         path.with_name(path.name + ".json"), lambda out: out.write(text + "\n")
     )
-
-
-def write_atomic_text(path: Path, write: Callable[[IO[str]], object]) -> Path:
-    """Create or replace text file ``path`` atomically: ``write(file)`` fills a temporary
-    file in the same directory, which is fsynced and renamed over ``path``. Readers see
-    the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        _replace_durably(Path(tmp_name), path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _redact(value: Any) -> Any:

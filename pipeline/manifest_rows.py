@@ -6,13 +6,12 @@ Private to ``manifest``.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO, cast
 
+from .fsio import write_atomic_text
 from .models import Job, JobRecord, JobState, Output
 
 __all__ = [
@@ -165,26 +164,11 @@ def export_lines(conn: sqlite3.Connection, out: TextIO) -> int:
 def write_atomically(target: Path, conn: sqlite3.Connection) -> int:
     """Export into a temporary file next to ``target``, fsync it, rename it over ``target``
     and fsync the directory: readers see the old snapshot or the new one, never a part."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as out:
-            lines = export_lines(conn, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    lines = 0
+
+    def fill(out: IO[str]) -> None:
+        nonlocal lines
+        lines = export_lines(conn, cast(TextIO, out))
+
+    write_atomic_text(target, fill)
     return lines
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

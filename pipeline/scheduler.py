@@ -13,6 +13,7 @@ becomes ``unknown`` and is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import Counter
@@ -61,6 +62,7 @@ class RunSummary:
     stopped: dict[str, str] = field(default_factory=dict)  # provider → why it stopped
     interrupted: bool = False
     elapsed: float = 0.0
+    errors: list[str] = field(default_factory=list)  # unexpected local errors, per job
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -170,10 +172,23 @@ class Scheduler:
     async def _work(self, lane: Lane, receive: MemoryObjectReceiveStream[JobRecord]) -> None:
         async with receive:
             async for record in receive:
-                end = await self._process(lane, record)
+                try:
+                    end = await self._process(lane, record)
+                except Exception as exc:  # one job's trouble must not end the run
+                    end = None
+                    self._unexpected(lane, record, exc)
                 if end is not None:
                     self.summary.finished[end] += 1
                     self.progress.advance(lane.name, end)
+
+    def _unexpected(self, lane: Lane, record: JobRecord, exc: Exception) -> None:
+        """A local problem (disk full, permissions) or a bug: the job keeps its state, so
+        the next run continues it; the run goes on and the summary says what happened."""
+        text = f"{type(exc).__name__}: {exc}"
+        self.summary.errors.append(f"{lane.name} job {record.job.id}: {text}")
+        self.progress.note(lane.name, f"job {record.job.id}: {text}")
+        with contextlib.suppress(Exception):
+            self.manifest.log_event(record.job.id, "error", text)
 
     # -- one job ------------------------------------------------------------------------
 

@@ -6,14 +6,17 @@ asked for (served in-process on loopback).
 from __future__ import annotations
 
 import contextvars
+import importlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
+from types import ModuleType
 
 import anyio
 import httpx
 from anyio.abc import TaskGroup
 
+from pipeline.errors import PipelineError
 from pipeline.http import make_api_client, make_download_client
 from pipeline.limits import ProviderLimiter
 from pipeline.models import ProviderSettings, Spec
@@ -83,6 +86,17 @@ async def open_session(spec: Spec) -> AsyncIterator[Session]:
         yield Session(lanes=lanes, downloads=downloads, emulator_urls=urls)
 
 
+def emulators() -> ModuleType:
+    """The built-in emulators package, or a clear error when its extra is missing."""
+    try:
+        return importlib.import_module("pipeline.emulators")
+    except ImportError as exc:
+        raise PipelineError(
+            f"the built-in emulators need extra packages ({exc.name} is missing): "
+            "pip install 'pipeline[emulators]'"
+        ) from exc
+
+
 async def _start_emulators(
     stack: AsyncExitStack, spec: Spec
 ) -> tuple[dict[str, ProviderSettings], dict[str, str]]:
@@ -92,8 +106,7 @@ async def _start_emulators(
     for name, entry in spec.providers.items():
         if entry.emulate is None:
             continue
-        from pipeline.emulators import serve
-
+        serve = emulators().serve
         running = await stack.enter_async_context(
             serve([entry.type], knobs={entry.type: dict(entry.emulate)})
         )

@@ -162,3 +162,23 @@ def test_account_error_stops_that_provider_and_keeps_jobs_pending(tmp_path, emul
     assert summary.count(JobState.PENDING) == 6
     assert emulator.ledger("pixellabs") == []
     assert Counter(summary.finished) == Counter()
+
+
+def test_a_local_error_does_not_end_the_run_and_the_rerun_continues(tmp_path, emulator_factory):
+    emulator = emulator_factory(task_seconds=0.1)
+    spec = load_checked_spec(
+        pixellabs_spec(tmp_path, emulator.urls["pixellabs"], seeds="[1]"), env=ENV
+    )
+    spec.output.root.mkdir(parents=True)
+    blocker = spec.output.root / "pixellabs"
+    blocker.write_text("not a directory")  # every download fails to create its folder
+
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    assert not summary.complete
+    assert len(summary.errors) == 6 and "pixellabs job" in summary.errors[0]
+    assert summary.count(JobState.DOWNLOADING) == 6  # paid for, kept for the next run
+
+    blocker.unlink()
+    again = run_spec(spec, quiet=True, handle_signals=False)
+    assert again.complete and again.submitted == 0
+    assert len(emulator.ledger("pixellabs")) == 6
