@@ -15,7 +15,7 @@ import anyio
 from pipeline.errors import SpecError
 from pipeline.manifest import Manifest
 from pipeline.matrix import iter_jobs
-from pipeline.models import TERMINAL_STATES, JobState, Spec
+from pipeline.models import TERMINAL_STATES, JobState, Rate, Spec
 from pipeline.providers import registry
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.session import completion_mode
@@ -123,9 +123,7 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
     yield f"{spec.name}: {total} jobs → {spec.output.root}"
     for name, count in counts.items():
         settings = spec.providers[name]
-        rate = (
-            f", rate {settings.rate.count}/{settings.rate.per_seconds:g}s" if settings.rate else ""
-        )
+        rate = f", rate {_rate_text(settings.rate)}" if settings.rate else ""
         where = (
             "built-in emulator"
             if settings.emulate is not None
@@ -136,6 +134,12 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
             f"{settings.concurrency}{rate}, via {where}"
         )
         yield from shown[name]
+
+
+def _rate_text(rate: Rate) -> str:
+    units = {1.0: "s", 60.0: "min", 3600.0: "hour"}
+    unit = units.get(rate.per_seconds, f"{rate.per_seconds:g}s")
+    return f"{rate.count}/{unit}"
 
 
 # -- run -------------------------------------------------------------------------------
