@@ -182,3 +182,33 @@ def test_a_local_error_does_not_end_the_run_and_the_rerun_continues(tmp_path, em
     again = run_spec(spec, quiet=True, handle_signals=False)
     assert again.complete and again.submitted == 0
     assert len(emulator.ledger("pixellabs")) == 6
+
+
+def test_deadline_times_out_slow_tasks_with_a_reason(tmp_path, emulator_factory):
+    emulator = emulator_factory(task_seconds=30)
+    path = pixellabs_spec(tmp_path, emulator.urls["pixellabs"], seeds="[1]")
+    path.write_text(path.read_text().replace("deadline: 2m", "deadline: 0.5s"))
+    spec = load_checked_spec(path, env=ENV)
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    assert summary.count(JobState.TIMED_OUT) == 6
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        assert all("deadline" in (f.error or "") for f in manifest.failures())
+
+
+def test_rate_limits_and_server_errors_never_cost_a_double_charge(tmp_path, emulator_factory):
+    emulator = emulator_factory(
+        task_seconds=0.2, rate_limit_rate=0.1, retry_after=1, error_rate=0.15, seed=7
+    )
+    spec = load_checked_spec(pixellabs_spec(tmp_path, emulator.urls["pixellabs"]), env=ENV)
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    done, unknown = summary.count(JobState.DONE), summary.count(JobState.UNKNOWN)
+    assert done + unknown == 18, summary.states  # a 500 on submit is ambiguous: unknown
+    assert done >= 9
+    charged = Counter(
+        (e["body"]["prompt"], e["body"]["seed"], e["body"]["aspectRatio"])
+        for e in emulator.ledger("pixellabs")
+    )
+    assert max(charged.values()) == 1
+    assert len(charged) == done  # this emulator creates nothing when it answers 5xx
+    stats = emulator.admin("pixellabs", "stats")
+    assert sum(stats["faults"].values()) > 0, stats
