@@ -46,21 +46,22 @@ def load_checked_spec(
 
 
 def check_params(spec: Spec) -> None:
-    """Check each distinct parameter value once against the provider's documented
-    enums and limits; prompts are checked one by one (they differ per job)."""
+    """Check every job against its API's documented parameters: each prompt on its own,
+    and each distinct combination of the other parameters (model included) once."""
     check_completion_modes(spec)
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str]] = set()
     for job in iter_jobs(spec):
         settings = spec.providers[job.provider]
-        fresh = {}
-        for key, value in job.params.items():
-            marker = (job.provider, key, json.dumps(value, sort_keys=True, default=str))
-            if key == "prompt" or marker not in seen:
-                seen.add(marker)
-                fresh[key] = value
-        if not fresh:
-            continue
-        for key, message in registry.get(settings.type).validate_params(fresh):
+        adapter = registry.get(settings.type)
+        params = {key: value for key, value in job.params.items() if key != "prompt"}
+        if job.model is not None:
+            params["model"] = job.model
+        problems = adapter.validate_prompt(job.prompt)
+        signature = (job.provider, json.dumps(params, sort_keys=True, default=str))
+        if signature not in seen:
+            seen.add(signature)
+            problems += adapter.validate_params(params)
+        for key, message in problems:
             raise spec_error(
                 spec,
                 f"{message} (provider {job.provider!r}, type {settings.type})",
@@ -98,7 +99,10 @@ def _param_origin(spec: Spec, provider: str, key: str) -> tuple[str | int, ...]:
         return ("providers", provider, "params", key)
     if key == "prompt":
         return ("prompts",)
-    return ("matrix", key)
+    dimensions = {name for name, _values in spec.matrix.dimensions}
+    if key in dimensions or any(key in entry for entry in spec.matrix.include):
+        return ("matrix", key)
+    return ("providers", provider)
 
 
 # -- plan ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "RunSettings",
     "Spec",
     "TemplatePrompt",
+    "WebhookSettings",
 ]
 
 
@@ -141,6 +142,19 @@ class RunSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Where the run's webhook receiver listens, and the address providers are told.
+
+    ``port`` 0 picks a free port; ``public_url`` (e.g. a tunnel or reverse proxy) replaces
+    ``http://host:port`` in callback URLs.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    public_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PlainPrompt:
     """A prompt written out in the spec, used as is (braces are not special)."""
 
@@ -216,6 +230,7 @@ class Spec:
     matrix: MatrixSpec = field(default_factory=MatrixSpec)
     seeds: Sequence[int] | None = None  # a tuple, or a range for {start, count}
     repeats: int = 1
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     lines: Mapping[tuple[str | int, ...], int] = field(
         default_factory=dict, repr=False, compare=False
     )  # YAML line of each key / list item, for errors found after loading

@@ -72,9 +72,10 @@ class Session:
 async def open_session(spec: Spec) -> AsyncIterator[Session]:
     async with AsyncExitStack() as stack:
         settings, urls = await _start_emulators(stack, spec)
+        services: dict[str, object] = {}
+        await _start_webhooks(stack, spec, settings, services)
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)  # runs first on exit
-        services: dict[str, object] = {}
         lanes = {}
         for entry in settings.values():
             lanes[entry.name] = await _open_lane(stack, entry, spec, background, services)
@@ -116,6 +117,22 @@ async def _start_emulators(
     return settings, urls
 
 
+async def _start_webhooks(
+    stack: AsyncExitStack,
+    spec: Spec,
+    settings: Mapping[str, ProviderSettings],
+    services: dict[str, object],
+) -> None:
+    """Start the run's webhook receiver, once, if any lane is called back."""
+    from pipeline.webhooks import SERVICE, open_receiver, wants_callbacks
+
+    for entry in settings.values():
+        adapter_type = registry.get(entry.type)
+        if wants_callbacks(completion_mode(entry, adapter_type), adapter_type):
+            services[SERVICE] = await stack.enter_async_context(open_receiver(spec.webhooks))
+            return
+
+
 def completion_mode(entry: ProviderSettings, adapter_type: type[Provider]) -> str:
     """The lane's completion mode: ``options.completion`` or the adapter's default."""
     mode = entry.options.get("completion", adapter_type.completion_modes[0])
@@ -155,6 +172,11 @@ async def _open_lane(
     )
     await stack.enter_async_context(client)
     adapter = adapter_type(entry, client)
+    mode = completion_mode(entry, adapter_type)
+    if services:
+        from pipeline.webhooks import attach_callbacks
+
+        attach_callbacks(services, entry.name, adapter, mode)
     context = FollowContext(adapter, entry, run, background, services)
-    follower = make_follower(completion_mode(entry, adapter_type), context)
+    follower = make_follower(mode, context)
     return Lane(entry, adapter, limiter, follower)

@@ -22,6 +22,7 @@ from pipeline.models import (
     RunSettings,
     Spec,
     TemplatePrompt,
+    WebhookSettings,
 )
 from pipeline.spec_prompts import read_csv_header, template_fields
 from pipeline.spec_schema import (
@@ -31,6 +32,7 @@ from pipeline.spec_schema import (
     SeedRange,
     SpecModel,
     TemplateItem,
+    WebhooksModel,
 )
 from pipeline.spec_units import parse_rate
 from pipeline.spec_yaml import FieldPath, ParsedYaml
@@ -61,6 +63,7 @@ def build_spec(
         matrix=_matrix(model.matrix, list(providers), parsed),
         seeds=_seeds(model.seeds, parsed),
         repeats=model.repeats,
+        webhooks=_webhooks(model.webhooks, parsed),
         lines=parsed.lines,
     )
 
@@ -135,6 +138,15 @@ def _run(model: SpecModel) -> RunSettings:
         http_timeout=run.http_timeout,
         retries=run.retries,
     )
+
+
+def _webhooks(model: WebhooksModel, parsed: ParsedYaml) -> WebhookSettings:
+    public_url = model.public_url
+    if public_url is not None and not re.match(r"https?://[^/]", public_url):
+        raise parsed.error(
+            "public_url must start with http:// or https://", ("webhooks", "public_url")
+        )
+    return WebhookSettings(host=model.host, port=model.port, public_url=public_url)
 
 
 # --- prompts --------------------------------------------------------------------------

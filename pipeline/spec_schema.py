@@ -34,6 +34,7 @@ __all__ = [
     "SeedRange",
     "SpecModel",
     "TemplateItem",
+    "WebhooksModel",
 ]
 
 DEFAULT_OUTPUT_PATH = "{provider}/{prompt_slug}/{job_id}-{index}.{ext}"
@@ -273,6 +274,18 @@ class RunModel(_Section):
     )
 
 
+class WebhooksModel(_Section):
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address the run's webhook receiver listens on."
+    )
+    port: int = Field(0, ge=0, le=65535, description="Its port; 0 picks a free one.")
+    public_url: str | None = Field(
+        None,
+        description="The receiver as providers reach it (a tunnel or reverse proxy), "
+        "e.g. https://hooks.example.com. Default: http://host:port.",
+    )
+
+
 class SpecModel(_Section):
     """A pipeline spec: prompts, providers and parameters, expanded into jobs."""
 
@@ -301,4 +314,8 @@ class SpecModel(_Section):
     repeats: int = Field(1, ge=1, description="Replicates of every job (distinct job ids).")
     run: RunModel = Field(
         default_factory=lambda: RunModel.model_validate({}), description="Timing of the run."
+    )
+    webhooks: WebhooksModel = Field(
+        default_factory=lambda: WebhooksModel.model_validate({}),
+        description="The webhook receiver, for providers that call back (completion: webhook).",
     )

@@ -16,7 +16,8 @@ from typing import Any
 
 __all__ = ["Knobs"]
 
-# kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text"
+# kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text",
+# "seconds_list" (a list of seconds)
 _KINDS: dict[str, tuple[str, bool]] = {
     "task_seconds": ("seconds", False),
     "task_jitter": ("rate", False),
@@ -34,6 +35,11 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "invalid_key_prefix": ("text", True),
     "forbidden_key_prefix": ("text", True),
     "broke_key_prefix": ("text", True),
+    "callback_retry_delays": ("seconds_list", False),
+    "callback_timeout": ("seconds", False),
+    "callback_delay": ("seconds", False),
+    "callback_loss_rate": ("rate", False),
+    "callback_duplicate_rate": ("rate", False),
 }
 
 
@@ -73,6 +79,16 @@ class Knobs:
     """API keys starting with this lack permission (403)."""
     broke_key_prefix: str | None = "broke"
     """API keys starting with this have no credit (402), where the API documents 402."""
+    callback_retry_delays: tuple[float, ...] = (30.0, 60.0, 120.0)
+    """Seconds before each retry of a callback answered non-200 or not in time."""
+    callback_timeout: float = 30.0
+    """Seconds a callback receiver has to answer before the attempt counts as failed."""
+    callback_delay: float = 0.0
+    """Extra seconds between a task's end and its callback (a late callback)."""
+    callback_loss_rate: float = 0.0
+    """Probability that a task's callback is never sent."""
+    callback_duplicate_rate: float = 0.0
+    """Probability that a task's callback is sent twice."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:
@@ -103,11 +119,20 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"knob {name} must be true or false, got {value!r}")
         return value
+    if kind == "seconds_list":
+        return _seconds_list(name, value)
     if kind == "text":
         if not isinstance(value, str):
             raise ValueError(f"knob {name} must be a string, got {value!r}")
         return value
     return _number(name, kind, value)
+
+
+def _seconds_list(name: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple):
+        # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
+        raise ValueError(f"knob {name} must be a list of seconds, got {value!r}")  # noqa: TRY004
+    return tuple(float(_number(name, "seconds", item)) for item in value)
 
 
 def _number(name: str, kind: str, value: Any) -> float | int:

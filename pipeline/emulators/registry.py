@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from pipeline.emulators import pixellabs
+from pipeline.emulators import apixo, pixellabs
 from pipeline.emulators.knobs import Knobs
 
 __all__ = ["EMULATORS"]
 
 EMULATORS: dict[str, Callable[[Knobs], web.Application]] = {
     "pixellabs": pixellabs.create_app,
+    "apixo": apixo.create_app,
 }

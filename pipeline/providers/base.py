@@ -112,8 +112,17 @@ class Provider(abc.ABC):
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     @classmethod
+    def validate_prompt(cls, prompt: str) -> list[tuple[str, str]]:
+        """Problems with one job's prompt, as ``(parameter, message)`` pairs."""
+        limit = cls.parameters["prompt"].maximum_length if "prompt" in cls.parameters else None
+        if limit is not None and len(prompt) > limit:
+            return [("prompt", f"longer than {limit} characters")]
+        return []
+
+    @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
-        """Problems with one job's parameters as ``(parameter, message)`` pairs."""
+        """Problems with one job's parameters other than the prompt (``model`` included)
+        as ``(parameter, message)`` pairs."""
         problems: list[tuple[str, str]] = []
         for name, info in cls.parameters.items():
             if name not in params:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
+from pipeline.providers.apixo import ApixoProvider
 from pipeline.providers.base import Provider
 from pipeline.providers.pixellabs import PixelLabsProvider
 
@@ -21,6 +22,7 @@ __all__ = ["BUILTIN", "available", "get"]
 
 BUILTIN: dict[str, type[Provider]] = {
     PixelLabsProvider.type: PixelLabsProvider,
+    ApixoProvider.type: ApixoProvider,
 }
 
 
