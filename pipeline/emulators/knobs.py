@@ -40,6 +40,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "callback_delay": ("seconds", False),
     "callback_loss_rate": ("rate", False),
     "callback_duplicate_rate": ("rate", False),
+    "event_loss_rate": ("rate", False),
 }
 
 
@@ -88,6 +89,7 @@ class Knobs:
     callback_loss_rate: float = 0.0
     """Probability that a task's callback is never sent."""
     callback_duplicate_rate: float = 0.0
+    event_loss_rate: float = 0.0  # PixAI: share of taskUpdated events never sent
     """Probability that a task's callback is sent twice."""
 
     @classmethod

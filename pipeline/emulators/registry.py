@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from pipeline.emulators import apixo, pixellabs
+from pipeline.emulators import apixo, pixai, pixellabs
 from pipeline.emulators.knobs import Knobs
 
 __all__ = ["EMULATORS"]
@@ -14,4 +14,5 @@ __all__ = ["EMULATORS"]
 EMULATORS: dict[str, Callable[[Knobs], web.Application]] = {
     "pixellabs": pixellabs.create_app,
     "apixo": apixo.create_app,
+    "pixai": pixai.create_app,
 }

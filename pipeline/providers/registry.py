@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 
 from pipeline.providers.apixo import ApixoProvider
 from pipeline.providers.base import Provider
+from pipeline.providers.pixai import PixAIProvider
 from pipeline.providers.pixellabs import PixelLabsProvider
 
 __all__ = ["BUILTIN", "available", "get"]
@@ -23,6 +24,7 @@ __all__ = ["BUILTIN", "available", "get"]
 BUILTIN: dict[str, type[Provider]] = {
     PixelLabsProvider.type: PixelLabsProvider,
     ApixoProvider.type: ApixoProvider,
+    PixAIProvider.type: PixAIProvider,
 }
 
 
