@@ -15,7 +15,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pipeline.emulators.render import Media, with_padding
+from pipeline.emulators.render import Media
 
 __all__ = ["MediaStore", "Rendered"]
 
@@ -88,7 +88,7 @@ class MediaStore:
             body = await asyncio.to_thread(media.render, draw=True)
         else:
             body = media.render(draw=False)
-        body = with_padding(body, pad_to)
+        body = media.pad(body, pad_to)
         done = Rendered(body, f'"{zlib.crc32(body):08x}-{len(body):x}"', media.content_type)
         self._remember(key, done)
         return done

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.emulators.ledger import key_fingerprint
-from pipeline.emulators.render import ImageSpec
+from pipeline.emulators.render import ImageSpec, with_padding
 from pipeline.emulators.state import EmulatorState
 from pipeline.emulators.tasks import Phase, Task, Timeline
 
@@ -129,6 +129,10 @@ class GridImage:
 
     content_type = "image/png"
     suffix = ".png"
+
+    @staticmethod
+    def pad(body: bytes, size: int | None) -> bytes:
+        return with_padding(body, size)
 
     def render(self, *, draw: bool) -> bytes:
         from PIL import Image

@@ -39,6 +39,10 @@ class Media(Protocol):
         """The file; ``draw=False`` asks for the cheapest valid file instead."""
         ...
 
+    def pad(self, body: bytes, size: int | None) -> bytes:
+        """``body`` grown to about ``size`` bytes, still a valid file of its type."""
+        ...
+
 
 def size_for_ratio(ratio: str, long_side: int = LONG_SIDE) -> tuple[int, int]:
     """Pixel size for an aspect ratio such as ``"16:9"``, ``long_side`` on the long side."""
@@ -61,6 +65,10 @@ class ImageSpec:
 
     content_type = "image/png"
     suffix = ".png"
+
+    @staticmethod
+    def pad(body: bytes, size: int | None) -> bytes:
+        return with_padding(body, size)
 
     def render(self, *, draw: bool) -> bytes:
         png = _drawn_png(self) if draw else _plain_png(self.width, self.height)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
+from pipeline.providers.acedata import AceDataPixverseProvider
 from pipeline.providers.apixo import ApixoProvider
 from pipeline.providers.base import Provider
 from pipeline.providers.pixai import PixAIProvider
@@ -24,6 +25,7 @@ __all__ = ["BUILTIN", "available", "get"]
 BUILTIN: dict[str, type[Provider]] = {
     PixelLabsProvider.type: PixelLabsProvider,
     ApixoProvider.type: ApixoProvider,
+    AceDataPixverseProvider.type: AceDataPixverseProvider,
     PixAIProvider.type: PixAIProvider,
 }
 
