@@ -44,6 +44,11 @@ UpdateCallback = Callable[[RemoteTask], None]
 
 
 class Follower(Protocol):
+    async def ready(self) -> None:
+        """Return when tasks submitted from now on cannot be missed (e.g. a subscription
+        is live, or failed to come up in time). The scheduler awaits it before submits."""
+        ...
+
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask: ...
@@ -108,6 +113,9 @@ class PollFollower:
         self._backoff = backoff or Backoff(initial=1.0, factor=2.0, maximum=run.poll_max)
         self._sleep = sleep
         self._clock = clock
+
+    async def ready(self) -> None:
+        return None
 
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None

@@ -101,6 +101,9 @@ class BatchFollower:
         """Tasks with at least one waiter."""
         return len(self._waiters)
 
+    async def ready(self) -> None:
+        return None
+
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:

@@ -34,7 +34,7 @@ import hashlib
 import json
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,8 +79,6 @@ class SubscriptionSource(Protocol):
 
     def submit_sent_at(self, remote_id: str) -> float | None: ...
 
-    def gate_submits(self, gate: Callable[[], Awaitable[None]] | None) -> None: ...
-
     async def status(self, remote_id: str) -> RemoteTask: ...
 
 
@@ -100,7 +98,6 @@ def create(context: FollowContext) -> Follower:
         hub = SocketHub(source, context.task_group)
         context.services[key] = hub
         hub.start()
-        source.gate_submits(hub.first_attempt_done)
     options = context.settings.options
     safety = float(options.get("ws_safety_poll", max(context.run.poll_max, SAFETY_POLL_FLOOR)))
     return SubscriptionFollower(hub, source, context.run, safety_poll=safety)
@@ -324,6 +321,11 @@ class SubscriptionFollower:
     @property
     def hub(self) -> SocketHub:
         return self._hub
+
+    async def ready(self) -> None:
+        """Hold submits until the first connection is subscribed (or failed), so events of
+        the first tasks cannot be missed and need no reconciling poll."""
+        await self._hub.first_attempt_done()
 
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None

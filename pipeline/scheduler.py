@@ -279,6 +279,7 @@ class Scheduler:
         """Submit once per refusal-free attempt; a refused submit (429, 503, no
         connection) is safe to repeat after a pause, an ambiguous one never is."""
         job = record.job
+        await lane.follower.ready()
         for attempt in range(self.spec.run.retries + 1):
             if lane.stopped:
                 return None

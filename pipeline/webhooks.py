@@ -144,6 +144,9 @@ class WebhookFollower:
         self._backoff = Backoff(initial=1.0, factor=2.0, maximum=run.poll_max)
         self.confirmations = 0
 
+    async def ready(self) -> None:
+        return None
+
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:

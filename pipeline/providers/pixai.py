@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -117,7 +117,6 @@ class PixAIProvider(Provider):
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(settings, client)
         self._submit_times: OrderedDict[str, float] = OrderedDict()
-        self._submit_gate: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -139,14 +138,7 @@ class PixAIProvider(Provider):
     def build_submit(self, job: Job) -> PreparedRequest:
         return _graphql("createGenerationTask", CREATE_TASK, {"parameters": task_parameters(job)})
 
-    def gate_submits(self, gate: Callable[[], Awaitable[None]] | None) -> None:
-        """Await ``gate`` before each submit: the subscription follower holds the first
-        submits until its socket is subscribed, so their events cannot be missed."""
-        self._submit_gate = gate
-
     async def submit(self, job: Job) -> str:
-        if self._submit_gate is not None:
-            await self._submit_gate()
         sent_at = time.monotonic()
         answer = await self._send_json(self.build_submit(job), submit=True)
         task = _data_field(answer, "createGenerationTask")
