@@ -241,6 +241,6 @@ def cmd_providers(args: argparse.Namespace) -> int:
             f"default base URL {provider.default_base_url})"
         )
         for param, info in provider.parameters.items():
-            choices = f" one of: {', '.join(map(str, info.choices))}" if info.choices else ""
+            choices = f" (one of: {', '.join(map(str, info.choices))})" if info.choices else ""
             print(f"    {param:<16} → {info.field}: {info.description}{choices}")
     return EXIT_OK

@@ -194,10 +194,17 @@ def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
         f"{'; ' + rest if rest else ''}"
     )
     yield f"  submitted this run: {summary.submitted}"
+    if len(summary.states) > 1:
+        width = max(map(len, summary.states))
+        for name, states in sorted(summary.states.items()):
+            cells = ", ".join(
+                f"{state} {n}" for state, n in sorted(states.items(), key=_done_first)
+            )
+            yield f"    {name:<{width}}  {cells}"
     for name, reason in summary.stopped.items():
         yield f"  {name}: submits stopped: {reason}"
     if summary.errors:
-        yield f"  {len(summary.errors)} job(s) hit a local error and will continue next run;"
+        yield f"  {len(summary.errors)} job(s) could not go on and will continue next run;"
         yield f"    first: {summary.errors[0]}"
     unknown = summary.count(JobState.UNKNOWN)
     if unknown:
@@ -208,6 +215,10 @@ def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
     if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
         yield "  failures: pipeline status " + str(spec.output.root)
     yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+def _done_first(item: tuple[str, int]) -> tuple[bool, str]:
+    return item[0] != JobState.DONE.value, item[0]
 
 
 # -- status and export -------------------------------------------------------------------

@@ -301,12 +301,10 @@ class Scheduler:
             if outcome.retry_after:
                 lane.limiter.penalize(outcome.retry_after)
             await anyio.sleep(delay)
-        self.manifest.transition(
-            job.id,
-            S.FAILED,
-            expect=S.PENDING,
-            error=f"submit refused {self.spec.run.retries + 1} times",
-        )
+        # Refusals say "not now", not "never": the job stays pending for the next run.
+        text = f"submit refused {self.spec.run.retries + 1} times; left pending"
+        self.manifest.log_event(job.id, "error", text)
+        self.summary.errors.append(f"{lane.name} job {job.id}: {text}")
         return None
 
     async def _submit_shielded(self, lane: Lane, job_id: str) -> str | TransientError | None:

@@ -212,3 +212,18 @@ def test_rate_limits_and_server_errors_never_cost_a_double_charge(tmp_path, emul
     assert len(charged) == done  # this emulator creates nothing when it answers 5xx
     stats = emulator.admin("pixellabs", "stats")
     assert sum(stats["faults"].values()) > 0, stats
+
+
+def test_submits_refused_again_and_again_stay_pending_for_the_next_run(tmp_path, emulator_factory):
+    emulator = emulator_factory(task_seconds=0.1, rate_limit_rate=1.0)
+    path = pixellabs_spec(tmp_path, emulator.urls["pixellabs"], seeds="[1]")
+    path.write_text(path.read_text().replace("deadline: 2m", "deadline: 2m\n  retries: 1"))
+    spec = load_checked_spec(path, env=ENV)
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    assert summary.count(JobState.PENDING) == 6
+    assert len(summary.errors) == 6 and "refused 2 times" in summary.errors[0]
+    assert emulator.ledger("pixellabs") == []
+
+    emulator.configure("pixellabs", rate_limit_rate=0.0)
+    again = run_spec(spec, quiet=True, handle_signals=False)
+    assert again.complete and again.submitted == 6

@@ -32,6 +32,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "render": ("bool", False),
     "seed": ("int", False),
     "requests_per_minute": ("count", True),
+    "rate_window": ("seconds", False),
     "invalid_key_prefix": ("text", True),
     "forbidden_key_prefix": ("text", True),
     "broke_key_prefix": ("text", True),
@@ -72,7 +73,8 @@ class Knobs:
     """True: a PNG that shows prompt and seed. False: a cheap valid PNG (benchmarks)."""
     seed: int = 0
     """Seed of the fault dice, so a run's faults repeat exactly."""
-    requests_per_minute: int | None = None
+    requests_per_minute: int | None = None  # requests allowed per rate_window, per key
+    rate_window: float = 60.0  # seconds; shorter windows make limiter tests fast
     """A real per-key limiter (429 when exceeded); None: unlimited, headers still sent."""
     invalid_key_prefix: str | None = "bad"
     """API keys starting with this are rejected as invalid (401)."""

@@ -1,4 +1,5 @@
-"""A real per-key rate limiter (fixed one-minute windows) and the quota it reports."""
+"""A real per-key rate limiter (fixed windows, one minute unless the ``rate_window`` knob
+says otherwise) and the quota it reports."""
 
 from __future__ import annotations
 
@@ -40,23 +41,24 @@ class RateLimiter:
 
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, int]] = {}
+        self.window_seconds = WINDOW_SECONDS
 
-    def hit(self, key: str, now: float, per_minute: int | None) -> Quota:
+    def hit(self, key: str, now: float, per_window: int | None) -> Quota:
         """Count one request for ``key``; ``allowed`` is False when over the limit."""
         start, used = self._window(key, now)
-        limit = UNLIMITED if per_minute is None else per_minute
-        allowed = per_minute is None or used < per_minute
+        limit = UNLIMITED if per_window is None else per_window
+        allowed = per_window is None or used < per_window
         if allowed:
             used += 1
             self._windows[key] = (start, used)
-        reset = math.ceil(start + WINDOW_SECONDS)
+        reset = math.ceil(start + self.window_seconds)
         return Quota(allowed, limit, max(0, limit - used), reset)
 
-    def peek(self, key: str, now: float, per_minute: int | None) -> Quota:
+    def peek(self, key: str, now: float, per_window: int | None) -> Quota:
         """The quota for ``key`` without counting a request."""
         start, used = self._windows.get(key, (now, 0))
-        limit = UNLIMITED if per_minute is None else per_minute
-        reset = math.ceil(start + WINDOW_SECONDS)
+        limit = UNLIMITED if per_window is None else per_window
+        reset = math.ceil(start + self.window_seconds)
         return Quota(used < limit, limit, max(0, limit - used), reset)
 
     def clear(self) -> None:
@@ -64,6 +66,6 @@ class RateLimiter:
 
     def _window(self, key: str, now: float) -> tuple[float, int]:
         window = self._windows.get(key)
-        if window is None or now >= window[0] + WINDOW_SECONDS:
+        if window is None or now >= window[0] + self.window_seconds:
             return now, 0
         return window

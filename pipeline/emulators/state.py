@@ -108,6 +108,7 @@ class EmulatorState:
         refusal = _key_refusal(knobs, api_key, credit_documented)
         if refusal is not None:
             return self._refuse(key, now, refusal)
+        self.limiter.window_seconds = knobs.rate_window
         quota = self.limiter.hit(key, now, knobs.requests_per_minute)
         if not quota.allowed:
             self.stats.faults["limit_exceeded"] += 1
