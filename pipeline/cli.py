@@ -243,4 +243,6 @@ def cmd_providers(args: argparse.Namespace) -> int:
         for param, info in provider.parameters.items():
             choices = f" (one of: {', '.join(map(str, info.choices))})" if info.choices else ""
             print(f"    {param:<16} → {info.field}: {info.description}{choices}")
+        for option, about in provider.options.items():
+            print(f"    options.{option}: {about.description} ({about.kind})")
     return EXIT_OK

@@ -17,8 +17,10 @@ from pipeline.manifest import Manifest
 from pipeline.matrix import iter_jobs
 from pipeline.models import TERMINAL_STATES, JobState, Rate, Spec
 from pipeline.providers import registry
+from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.session import completion_mode
+from pipeline.spec_units import parse_duration
 
 __all__ = [
     "check_params",
@@ -48,7 +50,7 @@ def load_checked_spec(
 def check_params(spec: Spec) -> None:
     """Check every job against its API's documented parameters: each prompt on its own,
     and each distinct combination of the other parameters (model included) once."""
-    check_completion_modes(spec)
+    check_options(spec)
     seen: set[tuple[str, str]] = set()
     for job in iter_jobs(spec):
         settings = spec.providers[job.provider]
@@ -70,9 +72,22 @@ def check_params(spec: Spec) -> None:
             )
 
 
-def check_completion_modes(spec: Spec) -> None:
+def check_options(spec: Spec) -> None:
+    """Each provider's ``options``: known names, values of the right kind, a completion
+    mode the API offers, and whatever the adapter itself checks when it is built."""
     for name, settings in spec.providers.items():
         adapter = registry.get(settings.type)
+        known = {**COMMON_OPTIONS, **adapter.options}
+        for key, value in settings.options.items():
+            at = ("providers", name, "options", key)
+            if key not in known:
+                allowed = ", ".join(sorted(known))
+                raise spec_error(
+                    spec, f"unknown option {key!r}; {settings.type} knows: {allowed}", at
+                )
+            problem = _option_problem(known[key], value)
+            if problem:
+                raise spec_error(spec, problem, at)
         mode = completion_mode(settings, adapter)
         if mode not in adapter.completion_modes:
             raise spec_error(
@@ -81,6 +96,24 @@ def check_completion_modes(spec: Spec) -> None:
                 + ", ".join(adapter.completion_modes),
                 ("providers", name, "options", "completion"),
             )
+        try:
+            adapter(settings)
+        except SpecError as exc:
+            raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
+
+
+def _option_problem(info: OptionInfo, value: Any) -> str | None:
+    if info.kind == "duration":
+        try:
+            seconds = parse_duration(value)
+        except (TypeError, ValueError) as exc:
+            return f"expected a duration such as 90s or 5m: {exc}"
+        return None if seconds > 0 else "must be more than 0 seconds"
+    if info.kind == "count" and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        return f"expected a whole number of at least 1, got {value!r}"
+    return None
 
 
 def spec_error(

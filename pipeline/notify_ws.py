@@ -45,6 +45,7 @@ from anyio.abc import TaskGroup
 from pipeline.limits import Backoff, retrying
 from pipeline.models import RemoteTask, RunSettings
 from pipeline.notify import FollowContext, Follower, UpdateCallback, transient_delay
+from pipeline.spec_units import parse_duration
 
 __all__ = ["SocketHub", "SubscriptionFollower", "SubscriptionSource", "create"]
 
@@ -99,7 +100,9 @@ def create(context: FollowContext) -> Follower:
         context.services[key] = hub
         hub.start()
     options = context.settings.options
-    safety = float(options.get("ws_safety_poll", max(context.run.poll_max, SAFETY_POLL_FLOOR)))
+    safety = parse_duration(
+        options.get("ws_safety_poll", max(context.run.poll_max, SAFETY_POLL_FLOOR))
+    )
     return SubscriptionFollower(hub, source, context.run, safety_poll=safety)
 
 

@@ -106,3 +106,31 @@ def test_status_of_a_directory_without_manifest(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "manifest" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ("{completion: telepathy}", "cannot complete by 'telepathy'"),
+        ("{colour: blue}", "unknown option 'colour'"),
+        ("{completion: webhook, callback_timeout: soon}", "expected a duration"),
+    ],
+)
+def test_bad_provider_options_are_spec_errors(tmp_path: Path, options: str, needle: str) -> None:
+    root = tmp_path / "out"
+    spec = write_spec(
+        tmp_path,
+        GOOD_HEAD.format(root=root)
+        + f"""
+providers:
+  apixo:
+    params: {{model: flux2}}
+    options: {options}
+prompts: ["a"]
+""",
+    )
+    result = run_cli("validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert needle in result.stderr and f"{spec}:" in result.stderr
+    assert "providers.apixo.options" in result.stderr
+    assert not root.exists()

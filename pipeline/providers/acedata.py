@@ -38,7 +38,13 @@ from pipeline.errors import (
     SubmitUnknown,
 )
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
-from pipeline.providers.base import ParamInfo, PreparedRequest, Provider, error_for_status
+from pipeline.providers.base import (
+    OptionInfo,
+    ParamInfo,
+    PreparedRequest,
+    Provider,
+    error_for_status,
+)
 
 __all__ = ["AceDataPixverseProvider"]
 
@@ -55,6 +61,13 @@ class AceDataPixverseProvider(Provider):
     default_base_url = "https://api.acedata.cloud"
     media = "video"
     completion_modes = ("batch",)
+    options: ClassVar[Mapping[str, OptionInfo]] = {
+        "batch_size": OptionInfo("task ids per retrieve_batch request (default 50)", "count"),
+        "missing_rounds": OptionInfo(
+            "rounds a task may be missing from batch answers before it is looked up alone",
+            "count",
+        ),
+    }
     parameters: ClassVar[Mapping[str, ParamInfo]] = {
         "prompt": ParamInfo("prompt", "what the video shows"),
         "style": ParamInfo(

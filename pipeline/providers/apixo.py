@@ -30,7 +30,13 @@ import httpx
 
 from pipeline.errors import FinalError, SubmitUnknown, TransientError
 from pipeline.models import Job, OutputRef, RemoteStatus, RemoteTask
-from pipeline.providers.base import ParamInfo, PreparedRequest, Provider, error_for_status
+from pipeline.providers.base import (
+    OptionInfo,
+    ParamInfo,
+    PreparedRequest,
+    Provider,
+    error_for_status,
+)
 
 __all__ = ["IMAGE_MODELS", "VIDEO_MODELS", "ApixoProvider"]
 
@@ -62,6 +68,14 @@ class ApixoProvider(Provider):
     default_base_url = "https://api.apixo.ai"
     media = "image"
     completion_modes = ("poll", "webhook")
+    options: ClassVar[Mapping[str, OptionInfo]] = {
+        "callback_timeout": OptionInfo(
+            "no callback by then: poll instead (webhook mode)", "duration"
+        ),
+        "safety_poll": OptionInfo(
+            "a status query this often while waiting for a callback", "duration"
+        ),
+    }
     parameters: ClassVar[Mapping[str, ParamInfo]] = {
         "model": ParamInfo("{model} in the path", "model id, e.g. nano-banana, flux2, sora-2"),
         "prompt": ParamInfo("input.prompt", "what to generate"),

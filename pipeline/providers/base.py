@@ -34,7 +34,9 @@ from pipeline.http import send
 from pipeline.models import Job, ProviderSettings, RemoteTask
 
 __all__ = [
+    "COMMON_OPTIONS",
     "COMMON_PARAMS",
+    "OptionInfo",
     "ParamInfo",
     "PreparedRequest",
     "Provider",
@@ -71,6 +73,20 @@ class ParamInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class OptionInfo:
+    """An adapter option (``providers.<name>.options``): what it does and its kind,
+    ``duration`` (``90s``, ``5m``), ``count`` (a whole number >= 1) or ``text``."""
+
+    description: str
+    kind: str = "text"
+
+
+COMMON_OPTIONS: Mapping[str, OptionInfo] = {
+    "completion": OptionInfo("how a job learns it is done; one of the completion modes"),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedRequest:
     """One HTTP request, fully built but not sent (``pipeline plan`` shows these)."""
 
@@ -94,6 +110,7 @@ class Provider(abc.ABC):
     completion_modes: ClassVar[tuple[str, ...]] = ("poll",)
     max_concurrency: ClassVar[int | None] = None  # the API's own cap on tasks in flight
     parameters: ClassVar[Mapping[str, ParamInfo]] = {}
+    options: ClassVar[Mapping[str, OptionInfo]] = {}  # besides COMMON_OPTIONS
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings

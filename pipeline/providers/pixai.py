@@ -41,7 +41,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
-from pipeline.providers.base import ParamInfo, PreparedRequest, Provider
+from pipeline.providers.base import OptionInfo, ParamInfo, PreparedRequest, Provider
 
 __all__ = ["PixAIProvider"]
 
@@ -100,6 +100,10 @@ class PixAIProvider(Provider):
     default_base_url = "https://api.pixai.art"
     media = "image"
     completion_modes = ("subscription", "poll")
+    options: ClassVar[Mapping[str, OptionInfo]] = {
+        "ws_url": OptionInfo("the subscription WebSocket URL (default: PixAI's gateway)"),
+        "ws_safety_poll": OptionInfo("query a task that heard no event for this long", "duration"),
+    }
     max_concurrency = 10  # platform.pixai.art/docs/quick-start/limits
     parameters: ClassVar[Mapping[str, ParamInfo]] = {
         "prompt": ParamInfo("prompts", "what to draw"),
