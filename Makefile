@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SOURCES := pipeline tests $(wildcard benchmarks)
+SOURCES := pipeline tests examples $(wildcard benchmarks)
 
 .PHONY: install demo test test-fast lint typecheck format bench clean
 
