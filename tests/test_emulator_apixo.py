@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from aiohttp import web
 from PIL import Image
 
-from pipeline.emulators import ManualClock, RunningEmulator, serve
+from pipeline.emulators import ManualClock, RunningEmulator
 from pipeline.emulators.callbacks import SENDER_KEY
+
+from .emulator_helpers import emulator_client, hook_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -26,37 +26,10 @@ SUBMIT = "/api/v1/generateTask/nano-banana"
 STATUS = "/api/v1/statusTask/nano-banana"
 
 
-@asynccontextmanager
-async def emulator(
+def emulator(
     clock: ManualClock | None = None, **knobs: Any
-) -> AsyncIterator[tuple[RunningEmulator, httpx.AsyncClient]]:
-    settings = {"task_jitter": 0.0, **knobs}
-    async with serve(["apixo"], knobs={"apixo": settings}, clock=clock) as running:
-        apixo = running["apixo"]
-        async with httpx.AsyncClient(base_url=apixo.base_url, headers=AUTH, timeout=10) as client:
-            yield apixo, client
-
-
-@asynccontextmanager
-async def hook_server(statuses: list[int] | None = None) -> AsyncIterator[tuple[str, list[Any]]]:
-    """A callback receiver answering ``statuses`` in turn (then 200); yields its URL and
-    the bodies it got."""
-    bodies: list[Any] = []
-    answers = list(statuses or [])
-
-    async def hook(request: web.Request) -> web.Response:
-        bodies.append(await request.json())
-        return web.json_response({}, status=answers.pop(0) if answers else 200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", bodies
-    finally:
-        await runner.cleanup()
+) -> AbstractAsyncContextManager[tuple[RunningEmulator, httpx.AsyncClient]]:
+    return emulator_client("apixo", AUTH, clock, **knobs)
 
 
 async def submit(client: httpx.AsyncClient, **body: Any) -> str:
@@ -74,12 +47,6 @@ async def status(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()["data"]
     return data
-
-
-async def wait_until(condition: Any, seconds: float = 10.0) -> None:
-    with anyio.fail_after(seconds):
-        while not condition():
-            await anyio.sleep(0.02)
 
 
 async def test_task_goes_pending_processing_success_with_result_json_string():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -13,7 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from pipeline.emulators import ManualClock, RunningEmulator, serve
+from pipeline.emulators import ManualClock, RunningEmulator
+
+from .emulator_helpers import emulator_client
 
 pytestmark = pytest.mark.anyio
 
@@ -33,20 +35,10 @@ SUBSCRIBE = (
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@asynccontextmanager
-async def emulator(
+def emulator(
     clock: ManualClock | None = None, **knobs: Any
-) -> AsyncIterator[tuple[RunningEmulator, httpx.AsyncClient]]:
-    settings = {"task_jitter": 0.0, **knobs}
-    async with serve(["pixai"], knobs={"pixai": settings}, clock=clock) as running:
-        pixai = running["pixai"]
-        async with httpx.AsyncClient(base_url=pixai.base_url, headers=AUTH, timeout=10) as client:
-            yield pixai, client
+) -> AbstractAsyncContextManager[tuple[RunningEmulator, httpx.AsyncClient]]:
+    return emulator_client("pixai", AUTH, clock, **knobs)
 
 
 async def gql(

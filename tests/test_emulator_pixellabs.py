@@ -8,8 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -18,6 +17,8 @@ from PIL import Image
 
 from pipeline.emulators import EMULATORS, Knobs, ManualClock, RunningEmulator, serve
 from pipeline.emulators.downloads import byte_range
+
+from .emulator_helpers import emulator_client
 
 pytestmark = pytest.mark.anyio
 
@@ -28,23 +29,11 @@ ERROR_KEYS = {"error", "message", "details"}
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@asynccontextmanager
-async def emulator(
+def emulator(
     clock: ManualClock | None = None, **knobs: Any
-) -> AsyncIterator[tuple[RunningEmulator, httpx.AsyncClient]]:
+) -> AbstractAsyncContextManager[tuple[RunningEmulator, httpx.AsyncClient]]:
     """A PixelLabs emulator with ``knobs`` and a client that holds a valid key."""
-    settings = {"task_jitter": 0.0, **knobs}
-    async with serve(["pixellabs"], knobs={"pixellabs": settings}, clock=clock) as running:
-        pixellabs = running["pixellabs"]
-        async with httpx.AsyncClient(
-            base_url=pixellabs.base_url, headers=AUTH, timeout=10.0
-        ) as client:
-            yield pixellabs, client
+    return emulator_client("pixellabs", AUTH, clock, **knobs)
 
 
 async def submit(client: httpx.AsyncClient, **fields: Any) -> str:

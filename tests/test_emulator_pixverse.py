@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import av
 import httpx
 import pytest
-from aiohttp import web
 
-from pipeline.emulators import ManualClock, RunningEmulator, serve
+from pipeline.emulators import ManualClock, RunningEmulator
 from pipeline.emulators.pixverse import BLOCKING_ROUTE, SUBMIT_ROUTE, tasks_route
 from pipeline.emulators.video import VideoSpec
+
+from .emulator_helpers import emulator_client, hook_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -59,17 +58,10 @@ ITEM_KEYS = {
 }
 
 
-@asynccontextmanager
-async def emulator(
+def emulator(
     clock: ManualClock | None = None, **knobs: Any
-) -> AsyncIterator[tuple[RunningEmulator, httpx.AsyncClient]]:
-    settings = {"task_jitter": 0.0, "callback_retry_delays": [], **knobs}
-    async with serve(["acedata"], knobs={"acedata": settings}, clock=clock) as running:
-        acedata = running["acedata"]
-        async with httpx.AsyncClient(
-            base_url=acedata.base_url, headers=AUTH, timeout=10.0
-        ) as client:
-            yield acedata, client
+) -> AbstractAsyncContextManager[tuple[RunningEmulator, httpx.AsyncClient]]:
+    return emulator_client("acedata", AUTH, clock, **{"callback_retry_delays": [], **knobs})
 
 
 async def submit(client: httpx.AsyncClient, **fields: Any) -> str:
@@ -201,28 +193,10 @@ async def test_submit_without_callback_blocks_until_done() -> None:
 
 
 async def test_callback_receives_the_full_body() -> None:
-    received: list[dict[str, Any]] = []
-    arrived = asyncio.Event()
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(json.loads(await request.read()))
-        arrived.set()
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with emulator(task_seconds=0.2) as (_, client):
-            task_id = await submit(client, callback_url=f"http://127.0.0.1:{port}/hook")
-            await asyncio.wait_for(arrived.wait(), 10)
-            record = await retrieve(client, task_id)
-    finally:
-        await runner.cleanup()
+    async with hook_server() as (url, received), emulator(task_seconds=0.2) as (_, client):
+        task_id = await submit(client, callback_url=url)
+        await wait_until(lambda: received)
+        record = await retrieve(client, task_id)
     (body,) = received
     assert body == record["response"]
     assert body["task_id"] == task_id and body["success"] is True

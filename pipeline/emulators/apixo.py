@@ -26,12 +26,18 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.emulators.app import build_app, drop_connection, json_body, origin
-from pipeline.emulators.callbacks import SENDER_KEY, attach_sender, callback_routes
+from pipeline.emulators.app import (
+    admit_request,
+    drop_connection,
+    json_body,
+    origin,
+    retry_after_headers,
+)
+from pipeline.emulators.callbacks import SENDER_KEY, build_app_with_callbacks
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.render import ImageSpec, size_for_ratio
-from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState, Refusal
-from pipeline.emulators.tasks import Phase, Task, Timeline
+from pipeline.emulators.state import Admission, EmulatorState, Refusal
+from pipeline.emulators.tasks import Phase, Task, Timeline, extra_of, unique_id
 
 __all__ = ["MODELS", "create_app"]
 
@@ -104,19 +110,14 @@ def create_app(knobs: Knobs) -> web.Application:
     """The APIXO emulator, behaving as ``knobs`` say."""
     state = EmulatorState("apixo", knobs)
     routes = [
-        *callback_routes(),
         web.post("/api/v1/generateTask/{model}", submit),
         web.get("/api/v1/statusTask/{model}", status),
     ]
-    app = build_app(state, routes, not_found)
-    attach_sender(app)
-    return app
+    return build_app_with_callbacks(state, routes, not_found)
 
 
 async def submit(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.stats.count(SUBMIT_ROUTE)
-    admission = state.admit(_bearer(request), credit_documented=True)
+    state, admission = admit_request(request, SUBMIT_ROUTE, credit_documented=True)
     if admission.refusal is not None:
         return _refused(admission)
     model = request.match_info["model"]
@@ -135,21 +136,16 @@ async def submit(request: web.Request) -> web.Response:
         base=origin(request),
         callback_url=callback_url,
     )
-    state.ledger.charge(
-        at=task.timeline.created_at, task_id=task.id, route=SUBMIT_ROUTE, key=task.owner, body=body
-    )
+    state.charge(task, SUBMIT_ROUTE, body)
     if request_type == "callback" and callback_url is not None:
         _schedule_callback(request.app, state, task)
-    if state.dice.roll(state.knobs.drop_after_create_rate):
-        state.stats.faults["dropped"] += 1
+    if state.drop_after_create():
         return drop_connection(request)
     return _success({"taskId": task.id})
 
 
 async def status(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.stats.count(STATUS_ROUTE)
-    admission = state.admit(_bearer(request))
+    state, admission = admit_request(request, STATUS_ROUTE)
     if admission.refusal is not None:
         return _refused(admission)
     task_id = request.query.get("taskId", "")
@@ -158,13 +154,12 @@ async def status(request: web.Request) -> web.Response:
     task = state.tasks.get(task_id)
     if task is None or task.owner != admission.key:
         return _error(404, "Task not found")
-    if _record(task).model != request.match_info["model"]:
+    if extra_of(task, _Record).model != request.match_info["model"]:
         return _error(404, "Task not found for this model")
     return _success(_view(state, task, origin(request)))
 
 
 async def not_found(request: web.Request) -> web.Response:
-    request.app[STATE_KEY].stats.count(f"{request.method} (unknown path)")
     return _error(404, f"No route for {request.method} {request.path}")
 
 
@@ -187,7 +182,7 @@ def _create(
     details = (f"{model} · {params.get('mode', '-')} · {ratio}",)
     token = state.media.add(ImageSpec(PROVIDER, params["prompt"], seed, width, height, details))
     task = Task(
-        id=_new_id(state),
+        id=unique_id(_task_id, state.tasks),
         owner=owner,
         timeline=line,
         params=params,
@@ -200,7 +195,7 @@ def _create(
 
 
 def _schedule_callback(app: web.Application, state: EmulatorState, task: Task) -> None:
-    record = _record(task)
+    record = extra_of(task, _Record)
     assert record.callback_url is not None
 
     def envelope() -> dict[str, Any]:
@@ -272,20 +267,10 @@ def _check_input(params: dict[str, Any]) -> None:
         raise Invalid("input.image_urls must be a list of URLs")
 
 
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
 def _refused(admission: Admission) -> web.Response:
     assert admission.refusal is not None
     status_code, message = REFUSALS[admission.refusal]
-    headers = {}
-    if status_code == 429 and admission.retry_after is not None:
-        headers["Retry-After"] = str(admission.retry_after)
-    return _error(status_code, message, headers)
+    return _error(status_code, message, retry_after_headers(admission))
 
 
 def _success(data: dict[str, Any]) -> web.Response:
@@ -297,17 +282,8 @@ def _error(status_code: int, error: str, headers: dict[str, str] | None = None) 
     return json_body(body, status=status_code, headers=headers)
 
 
-def _record(task: Task) -> _Record:
-    record = task.extra
-    assert isinstance(record, _Record)
-    return record
-
-
-def _new_id(state: EmulatorState) -> str:
-    while True:
-        candidate = secrets.token_hex(16)
-        if candidate not in state.tasks:
-            return candidate
+def _task_id() -> str:
+    return secrets.token_hex(16)
 
 
 def _ms(epoch: float) -> int:

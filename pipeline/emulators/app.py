@@ -1,7 +1,10 @@
 """Assembling an emulator's aiohttp application around its state.
 
 Every emulator gets the same admin endpoints and file host; it adds its API's routes
-and a catch-all that answers unknown paths with its API's own 404 body.
+and a catch-all that answers unknown paths with its API's own 404 body. The helpers
+below are the parts every API handler shares: the bearer key, the counted and gated
+prologue (``admit_request``), ``Retry-After`` on refusals, JSON bodies and dropped
+connections.
 """
 
 from __future__ import annotations
@@ -14,9 +17,18 @@ from aiohttp import web
 
 from pipeline.emulators.admin import admin_routes
 from pipeline.emulators.downloads import download
-from pipeline.emulators.state import STATE_KEY, EmulatorState
+from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState
 
-__all__ = ["Handler", "build_app", "drop_connection", "json_body", "origin"]
+__all__ = [
+    "Handler",
+    "admit_request",
+    "bearer_token",
+    "build_app",
+    "drop_connection",
+    "json_body",
+    "origin",
+    "retry_after_headers",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,14 +36,49 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def build_app(
     state: EmulatorState, routes: Iterable[web.RouteDef], not_found: Handler
 ) -> web.Application:
-    """An application serving ``routes``, the admin endpoints and ``/files/…``."""
+    """An application serving ``routes``, the admin endpoints and ``/files/…``.
+
+    Any other path is counted as ``"<METHOD> (unknown path)"`` and answered by
+    ``not_found``, which only renders the API's 404 body.
+    """
+
+    async def unknown_path(request: web.Request) -> web.StreamResponse:
+        state.stats.count(f"{request.method} (unknown path)")
+        return await not_found(request)
+
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE_KEY] = state
     app.router.add_routes(admin_routes())
     app.router.add_get("/files/{name}", download)
     app.router.add_routes(list(routes))
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.router.add_route("*", "/{tail:.*}", unknown_path)
     return app
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header; None if absent or blank."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def admit_request(
+    request: web.Request, route: str, *, credit_documented: bool = False
+) -> tuple[EmulatorState, Admission]:
+    """Every API handler's prologue: count the request under ``route`` (the stats key),
+    then pass its bearer key through ``state.admit``. The caller renders a refusal."""
+    state = request.app[STATE_KEY]
+    state.stats.count(route)
+    return state, state.admit(bearer_token(request), credit_documented=credit_documented)
+
+
+def retry_after_headers(admission: Admission) -> dict[str, str]:
+    """``{"Retry-After": …}`` when the refusal carries one (a 429 whose knob asks), else
+    ``{}``."""
+    if admission.retry_after is None:
+        return {}
+    return {"Retry-After": str(admission.retry_after)}
 
 
 def origin(request: web.Request) -> str:

@@ -20,16 +20,23 @@ import heapq
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from pipeline.emulators.app import Handler, build_app
 from pipeline.emulators.state import STATE_KEY, EmulatorState
 
-__all__ = ["SENDER_KEY", "CallbackSender", "attach_sender", "callback_routes"]
+__all__ = [
+    "SENDER_KEY",
+    "CallbackSender",
+    "attach_sender",
+    "build_app_with_callbacks",
+    "callback_routes",
+]
 
 Payload = Callable[[], Mapping[str, Any]]
 
@@ -192,3 +199,13 @@ async def show_callbacks(request: web.Request) -> web.Response:
 def callback_routes() -> list[web.RouteDef]:
     """``GET /_emulator/callbacks``: counts, pending deliveries and the attempt log."""
     return [web.get("/_emulator/callbacks", show_callbacks)]
+
+
+def build_app_with_callbacks(
+    state: EmulatorState, routes: Iterable[web.RouteDef], not_found: Handler
+) -> web.Application:
+    """``app.build_app`` for an API that sends callbacks: also ``callback_routes`` and a
+    sender (``app[SENDER_KEY]``) with its ticker."""
+    app = build_app(state, [*callback_routes(), *routes], not_found)
+    attach_sender(app)
+    return app

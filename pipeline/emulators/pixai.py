@@ -25,12 +25,20 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.emulators.app import build_app, drop_connection, json_body, origin
+from pipeline.emulators.app import (
+    admit_request,
+    bearer_token,
+    build_app,
+    drop_connection,
+    json_body,
+    origin,
+    retry_after_headers,
+)
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.pixai_schema import GqlContext, prepare, run_operation
 from pipeline.emulators.pixai_world import PixaiWorld
 from pipeline.emulators.pixai_ws import WORLD_KEY, admin_routes, websocket
-from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState, Refusal
+from pipeline.emulators.state import Admission, EmulatorState, Refusal
 
 __all__ = ["create_app"]
 
@@ -73,12 +81,10 @@ def create_app(knobs: Knobs) -> web.Application:
 
 
 async def graphql_http(request: web.Request) -> web.Response:
-    state, world = request.app[STATE_KEY], request.app[WORLD_KEY]
-    state.stats.count(ROUTE)
-    api_key = _bearer(request)
-    admission = state.admit(api_key)
+    state, admission = admit_request(request, ROUTE)
     if admission.refusal is not None:
         return _refused(admission)
+    api_key = bearer_token(request)  # admitted, so present; resolvers check its prefix
     assert api_key is not None
     body = await _body(request)
     if isinstance(body, web.Response):
@@ -90,7 +96,7 @@ async def graphql_http(request: web.Request) -> web.Response:
         return json_body({"errors": [e.formatted for e in operation.errors]}, status=400)
     if operation.kind is not None and operation.kind.value == "subscription":
         return _errors(400, "Subscriptions are served over WebSocket at GET /graphql")
-    ctx = GqlContext(world, admission.key, api_key, origin(request))
+    ctx = GqlContext(request.app[WORLD_KEY], admission.key, api_key, origin(request))
     result = await run_operation(operation, ctx, variables, name)
     if ctx.drop_connection:
         return drop_connection(request)
@@ -98,23 +104,13 @@ async def graphql_http(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    request.app[STATE_KEY].stats.count(f"{request.method} (unknown path)")
     return json_body({"message": f"Cannot {request.method} {request.path}"}, status=404)
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
 
 
 def _refused(admission: Admission) -> web.Response:
     assert admission.refusal is not None
     status_code, message = REFUSALS[admission.refusal]
-    headers = {}
-    if status_code == 429 and admission.retry_after is not None:
-        headers["Retry-After"] = str(admission.retry_after)
+    headers = retry_after_headers(admission)
     return json_body({"message": message}, status=status_code, headers=headers)
 
 

@@ -20,9 +20,9 @@ choices worth knowing:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from graphql import (
     ExecutionResult,
@@ -47,12 +47,15 @@ from graphql import (
     validate,
 )
 from graphql.language import DocumentNode
+from graphql.pyutils import AwaitableOrValue
 from graphql.validation import ASTValidationRule, VariablesInAllowedPositionRule
 from graphql.validation.rules.variables_in_allowed_position import allowed_variable_usage
 
 from pipeline.emulators.pixai_world import EventStream, Invalid, PixaiWorld, TooManyTasks
 
 __all__ = ["SCHEMA", "GqlContext", "Operation", "prepare", "run_operation", "run_subscription"]
+
+_T = TypeVar("_T")
 
 SDL = """
 scalar JSONObject
@@ -211,15 +214,8 @@ class Root:
                 "Too many tasks in progress: at most 10 tasks may be waiting or running",
                 "TOO_MANY_TASKS",
             ) from busy
-        state.ledger.charge(
-            at=task.timeline.created_at,
-            task_id=task.id,
-            route="mutation createGenerationTask",
-            key=task.owner,
-            body={"parameters": parameters},
-        )
-        if state.dice.roll(state.knobs.drop_after_create_rate):
-            state.stats.faults["dropped"] += 1
+        state.charge(task, "mutation createGenerationTask", {"parameters": parameters})
+        if state.drop_after_create():
             ctx.drop_connection = True
         return world.task_view(task)
 
@@ -300,26 +296,27 @@ async def run_operation(
     operation: Operation, ctx: GqlContext, variables: Any, operation_name: Any
 ) -> ExecutionResult:
     """Execute a validated query or mutation."""
-    assert operation.document is not None
-    result = execute(
-        SCHEMA,
-        operation.document,
-        root_value=ROOT,
-        context_value=ctx,
-        variable_values=variables if isinstance(variables, dict) else None,
-        operation_name=operation_name if isinstance(operation_name, str) else None,
-    )
-    if isinstance(result, ExecutionResult):
-        return result
-    return await result
+    return await _run(execute, operation, ctx, variables, operation_name)
 
 
 async def run_subscription(
     operation: Operation, ctx: GqlContext, variables: Any, operation_name: Any
 ) -> Any:
     """An async iterator of ExecutionResults, or one ExecutionResult with errors."""
+    return await _run(subscribe, operation, ctx, variables, operation_name)
+
+
+async def _run(
+    run: Callable[..., AwaitableOrValue[_T]],
+    operation: Operation,
+    ctx: GqlContext,
+    variables: Any,
+    operation_name: Any,
+) -> _T:
+    """``run`` (graphql-core's ``execute`` or ``subscribe``) on a validated operation;
+    graphql-core answers at once when nothing is async, else with an awaitable."""
     assert operation.document is not None
-    result = subscribe(
+    result = run(
         SCHEMA,
         operation.document,
         root_value=ROOT,

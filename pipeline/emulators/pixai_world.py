@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.emulators.ledger import key_fingerprint
-from pipeline.emulators.render import ImageSpec, with_padding
+from pipeline.emulators.render import ImageSpec, PngFile
 from pipeline.emulators.state import EmulatorState
-from pipeline.emulators.tasks import Phase, Task, Timeline
+from pipeline.emulators.tasks import Phase, Task, Timeline, extra_of, unique_id
 
 __all__ = [
     "MAX_ACTIVE_TASKS",
@@ -120,19 +120,12 @@ class MediaEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class GridImage:
+class GridImage(PngFile):
     """The 2x2 composite PixAI puts at ``outputs.mediaId`` for a batch."""
 
     cells: tuple[ImageSpec, ...]
     width: int
     height: int
-
-    content_type = "image/png"
-    suffix = ".png"
-
-    @staticmethod
-    def pad(body: bytes, size: int | None) -> bytes:
-        return with_padding(body, size)
 
     def render(self, *, draw: bool) -> bytes:
         from PIL import Image
@@ -228,7 +221,7 @@ class PixaiWorld:
         seed = clean["seed"] if clean["seed"] is not None else state.dice.randbits(31)
         record = self._record(owner, parameters, clean, seed)
         task = Task(
-            id=self._new_id(),
+            id=unique_id(_numeric_id, state.tasks),
             owner=owner,
             timeline=line,
             params=parameters,
@@ -249,7 +242,7 @@ class PixaiWorld:
     def cancel(self, task: Task, reason: str | None) -> None:
         """Cancel a waiting or running task now; finished tasks stay as they are."""
         now = self.state.clock()
-        record = _record(task)
+        record = extra_of(task, Record)
         if status_word(task, now) in TERMINAL_WORDS:
             return
         record.cancelled_at, record.cancel_reason = now, reason
@@ -269,7 +262,7 @@ class PixaiWorld:
     def task_view(self, task: Task, at: float | None = None) -> dict[str, Any]:
         """The GraphQL ``Task`` as it stood at ``at`` (default: now)."""
         now = self.state.clock() if at is None else at
-        record, line = _record(task), task.timeline
+        record, line = extra_of(task, Record), task.timeline
         word = status_word(task, now)
         ended = line.finished_at if record.cancelled_at is None else record.cancelled_at
         started = word != "waiting" and (word != CANCELLED or ended >= line.started_at)
@@ -310,7 +303,7 @@ class PixaiWorld:
         }
 
     def _outputs(self, task: Task, word: str) -> dict[str, Any]:
-        record, line = _record(task), task.timeline
+        record, line = extra_of(task, Record), task.timeline
         if word == "completed":
             outputs: dict[str, Any] = {
                 "duration": round(line.finished_at - line.started_at, 3),
@@ -355,7 +348,7 @@ class PixaiWorld:
         while self._due and self._due[0][0] <= now:
             due, _, task_id = heapq.heappop(self._due)
             task = self.state.tasks.get(task_id)
-            if task is None or _record(task).cancelled_at is not None:
+            if task is None or extra_of(task, Record).cancelled_at is not None:
                 continue
             self._publish(task, due)
             if due == task.timeline.started_at and self.ws.foreign_events:
@@ -369,7 +362,7 @@ class PixaiWorld:
         """A task of the same account made elsewhere (the web UI): nobody here waits for it."""
         stamp = _iso(at)
         view = {
-            "id": self._new_id(),
+            "id": unique_id(_numeric_id, self.state.tasks),
             "userId": _user_id(owner),
             "parameters": {"prompts": "made in the web UI"},
             "outputs": {"mediaId": _numeric_id(), "duration": 1.0, "extra": {}},
@@ -415,21 +408,13 @@ class PixaiWorld:
         seed = image.seed if isinstance(image, ImageSpec) else image.cells[0].seed
         prompt = image.prompt if isinstance(image, ImageSpec) else image.cells[0].prompt
         thumbnail = store.add(ImageSpec(PROVIDER, prompt, seed, thumb_w, thumb_h))
-        media_id = _numeric_id()
-        while media_id in self.media:
-            media_id = _numeric_id()
+        media_id = unique_id(_numeric_id, self.media)
         self.media[media_id] = MediaEntry(media_id, token, thumbnail, image.width, image.height)
         return media_id
 
-    def _new_id(self) -> str:
-        while True:
-            candidate = _numeric_id()
-            if candidate not in self.state.tasks:
-                return candidate
-
 
 def status_word(task: Task, now: float) -> str:
-    record = _record(task)
+    record = extra_of(task, Record)
     if record.cancelled_at is not None and now >= record.cancelled_at:
         return CANCELLED
     return STATUS_WORDS[task.phase(now)]
@@ -478,14 +463,8 @@ def _seed(parameters: dict[str, Any]) -> int | None:
     return value
 
 
-def _record(task: Task) -> Record:
-    record = task.extra
-    assert isinstance(record, Record)
-    return record
-
-
 def _updated_at(task: Task, now: float) -> float:
-    record, line = _record(task), task.timeline
+    record, line = extra_of(task, Record), task.timeline
     if record.cancelled_at is not None and now >= record.cancelled_at:
         return record.cancelled_at
     if now >= line.finished_at:

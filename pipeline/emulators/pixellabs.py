@@ -24,12 +24,19 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.emulators.app import build_app, drop_connection, json_body, origin
+from pipeline.emulators.app import (
+    admit_request,
+    build_app,
+    drop_connection,
+    json_body,
+    origin,
+    retry_after_headers,
+)
 from pipeline.emulators.downloads import send_file
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.render import ImageSpec, size_for_ratio
 from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState, Refusal
-from pipeline.emulators.tasks import Phase, Task, Timeline
+from pipeline.emulators.tasks import Phase, Task, Timeline, extra_of, unique_id
 
 __all__ = ["create_app"]
 
@@ -94,9 +101,7 @@ def create_app(knobs: Knobs) -> web.Application:
 
 
 async def submit(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.stats.count(SUBMIT_ROUTE)
-    admission = state.admit(_bearer(request))
+    state, admission = admit_request(request, SUBMIT_ROUTE)
     headers = admission.quota.headers()
     if admission.refusal is not None:
         return _refused(admission, headers)
@@ -108,26 +113,21 @@ async def submit(request: web.Request) -> web.Response:
     except ValueError:
         return _error(400, "validation_error", "The request body must be valid JSON", headers)
     task = _create(state, admission.key, params)
-    state.ledger.charge(
-        at=task.timeline.created_at, task_id=task.id, route=SUBMIT_ROUTE, key=task.owner, body=body
-    )
-    if state.dice.roll(state.knobs.drop_after_create_rate):
-        state.stats.faults["dropped"] += 1
+    state.charge(task, SUBMIT_ROUTE, body)
+    if state.drop_after_create():
         return drop_connection(request)
     line = task.timeline
     answer = {
         "generationId": task.id,
         "status": "queued",
         "estimatedTime": max(1, math.ceil(line.finished_at - line.created_at)),
-        "createdAt": _record(task).created_at,
+        "createdAt": extra_of(task, _Record).created_at,
     }
     return json_body(answer, headers=headers)
 
 
 async def status(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.stats.count(STATUS_ROUTE)
-    admission = state.admit(_bearer(request))
+    state, admission = admit_request(request, STATUS_ROUTE)
     headers = admission.quota.headers()
     if admission.refusal is not None:
         return _refused(admission, headers)
@@ -146,7 +146,6 @@ async def arweave(request: web.Request) -> web.StreamResponse:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    request.app[STATE_KEY].stats.count(f"{request.method} (unknown path)")
     return _error(404, "not_found", f"No route for {request.method} {request.path}", {})
 
 
@@ -165,7 +164,7 @@ def _create(state: EmulatorState, owner: str, params: dict[str, Any]) -> Task:
         metadata["negativePrompt"] = params["negativePrompt"]
     record = _Record(metadata, _iso(now), _iso(line.finished_at), arweave_id)
     task = Task(
-        id=_new_id(state),
+        id=unique_id(_generation_id, state.tasks),
         owner=owner,
         timeline=line,
         params=params,
@@ -180,7 +179,7 @@ def _create(state: EmulatorState, owner: str, params: dict[str, Any]) -> Task:
 def _view(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
     now = state.clock()
     phase = task.phase(now)
-    record = _record(task)
+    record = extra_of(task, _Record)
     view: dict[str, Any] = {
         "generationId": task.id,
         "status": STATUS_WORDS[phase],
@@ -245,21 +244,13 @@ def _seed(body: dict[str, Any]) -> int | None:
     return value
 
 
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
 def _refused(admission: Admission, headers: dict[str, str]) -> web.Response:
     assert admission.refusal is not None
     status_code, code, message = REFUSALS[admission.refusal]
     details: dict[str, Any] = {}
     if status_code == 429:
         details = {"limit": admission.quota.limit, "reset": admission.quota.reset}
-        if admission.retry_after is not None:
-            headers["Retry-After"] = str(admission.retry_after)
+        headers |= retry_after_headers(admission)
     return _error(status_code, code, message, headers, details)
 
 
@@ -274,17 +265,8 @@ def _error(
     return json_body(body, status=status_code, headers=headers)
 
 
-def _record(task: Task) -> _Record:
-    record = task.extra
-    assert isinstance(record, _Record)
-    return record
-
-
-def _new_id(state: EmulatorState) -> str:
-    while True:
-        candidate = "gen_" + secrets.token_hex(6)
-        if candidate not in state.tasks:
-            return candidate
+def _generation_id() -> str:
+    return "gen_" + secrets.token_hex(6)
 
 
 def _iso(epoch: float) -> str:

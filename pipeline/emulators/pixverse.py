@@ -38,11 +38,17 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.emulators.app import build_app, drop_connection, json_body, origin
-from pipeline.emulators.callbacks import SENDER_KEY, attach_sender, callback_routes
+from pipeline.emulators.app import (
+    admit_request,
+    drop_connection,
+    json_body,
+    origin,
+    retry_after_headers,
+)
+from pipeline.emulators.callbacks import SENDER_KEY, build_app_with_callbacks
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState, Refusal
-from pipeline.emulators.tasks import Phase, Task, Timeline
+from pipeline.emulators.tasks import Phase, Task, Timeline, extra_of
 from pipeline.emulators.video import VideoSpec, size_for_ratio
 
 __all__ = ["BATCH_LIMIT", "BLOCKING_ROUTE", "SUBMIT_ROUTE", "create_app", "tasks_route"]
@@ -103,11 +109,8 @@ def create_app(knobs: Knobs) -> web.Application:
     routes = [
         web.post("/pixverse/videos", submit),
         web.post("/pixverse/tasks", tasks),
-        *callback_routes(),
     ]
-    app = build_app(state, routes, not_found)
-    attach_sender(app)
-    return app
+    return build_app_with_callbacks(state, routes, not_found)
 
 
 def tasks_route(action: str) -> str:
@@ -119,11 +122,10 @@ def tasks_route(action: str) -> str:
 
 
 async def submit(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
     body = await _json(request)
     blocking = not (isinstance(body, dict) and body.get("callback_url"))
-    state.stats.count(BLOCKING_ROUTE if blocking else SUBMIT_ROUTE)
-    admission = state.admit(_bearer(request), credit_documented=True)
+    route = BLOCKING_ROUTE if blocking else SUBMIT_ROUTE
+    state, admission = admit_request(request, route, credit_documented=True)
     if admission.refusal is not None:
         return _refused(admission)
     try:
@@ -131,14 +133,11 @@ async def submit(request: web.Request) -> web.Response:
     except Invalid as invalid:
         return _error(400, "bad_request", str(invalid))
     task = _create(state, admission.key, params, body)
-    state.ledger.charge(
-        at=task.timeline.created_at, task_id=task.id, route=SUBMIT_ROUTE, key=task.owner, body=body
-    )
+    state.charge(task, SUBMIT_ROUTE, body)
     base = origin(request)
     if not blocking:
         _schedule_callback(request.app, task, params["callback_url"], base)
-    if state.dice.roll(state.knobs.drop_after_create_rate):
-        state.stats.faults["dropped"] += 1
+    if state.drop_after_create():
         return drop_connection(request)
     if not blocking:
         return json_body({"task_id": task.id})
@@ -161,7 +160,7 @@ async def _blocking_answer(state: EmulatorState, task: Task, base: str) -> web.R
         await asyncio.sleep(min(BLOCKING_TICK, max(remaining, 0.0)) or BLOCKING_TICK / 10)
     answer = _response(state, task, base)
     if task.failure is not None:
-        return json_body(answer, status=_record(task).failure_status)
+        return json_body(answer, status=extra_of(task, _Record).failure_status)
     return json_body(answer)
 
 
@@ -230,11 +229,9 @@ def _item(params: dict[str, Any], seed: int, width: int, height: int) -> dict[st
 
 
 async def tasks(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
     body = await _json(request)
     action = body.get("action") if isinstance(body, dict) else None
-    state.stats.count(tasks_route(str(action)))
-    admission = state.admit(_bearer(request))
+    state, admission = admit_request(request, tasks_route(str(action)))
     if admission.refusal is not None:
         return _refused(admission)
     base = origin(request)
@@ -268,7 +265,7 @@ def _retrieve_batch(state: EmulatorState, owner: str, ids: Any, base: str) -> we
 
 
 def _view(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
-    record = _record(task)
+    record = extra_of(task, _Record)
     view = dict(record.fields)
     if _finished(state, task):
         view["response"] = _response(state, task, base)
@@ -277,7 +274,7 @@ def _view(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
 
 def _response(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
     """The full body of a finished task (as the blocking submit and the callback send)."""
-    record = _record(task)
+    record = extra_of(task, _Record)
     if task.failure is not None:
         code, message = task.failure
         error = {"code": code, "message": message}
@@ -352,7 +349,6 @@ def _url(body: dict[str, Any], field: str) -> str | None:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    request.app[STATE_KEY].stats.count(f"{request.method} (unknown path)")
     return _error(404, "not_found", f"No route for {request.method} {request.path}")
 
 
@@ -363,20 +359,10 @@ async def _json(request: web.Request) -> Any:
         return None
 
 
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
 def _refused(admission: Admission) -> web.Response:
     assert admission.refusal is not None
     status_code, code, message = REFUSALS[admission.refusal]
-    headers = {}
-    if status_code == 429 and admission.retry_after is not None:
-        headers["Retry-After"] = str(admission.retry_after)
-    return _error(status_code, code, message, headers)
+    return _error(status_code, code, message, retry_after_headers(admission))
 
 
 def _error(
@@ -385,9 +371,3 @@ def _error(
     body = {"success": False, "error": {"code": code, "message": message}}
     body["trace_id"] = str(uuid.uuid4())
     return json_body(body, status=status_code, headers=headers)
-
-
-def _record(task: Task) -> _Record:
-    record = task.extra
-    assert isinstance(record, _Record)
-    return record

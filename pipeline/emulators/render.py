@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from PIL import ImageFont
 
-__all__ = ["ImageSpec", "Media", "size_for_ratio", "with_padding"]
+__all__ = [
+    "ImageSpec",
+    "Media",
+    "PngFile",
+    "background_for",
+    "font",
+    "heading",
+    "ink_on",
+    "size_for_ratio",
+    "with_padding",
+]
 
 LONG_SIDE = 512
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -52,8 +62,46 @@ def size_for_ratio(ratio: str, long_side: int = LONG_SIDE) -> tuple[int, int]:
     return max(1, round(long_side * across / down)), long_side
 
 
+def background_for(seed: int) -> tuple[int, int, int]:
+    """The background colour of a seed's picture (image or video frames): a pastel hue."""
+    hue = ((seed * 2654435761) & 0xFFFFFFFF) / 2**32
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.45, 0.85)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def heading(provider: str, seed: int, details: tuple[str, ...]) -> tuple[str, ...]:
+    """The labelled lines a picture shows above its prompt (image or video frames)."""
+    return (f"{provider} emulator", f"seed {seed}", *details)
+
+
+def ink_on(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Text colour that reads on ``background``: near-black on light, near-white on dark."""
+    return (20, 20, 20) if sum(background) > 380 else (245, 245, 245)
+
+
+@functools.cache
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at ``size`` (loaded once per size)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+class PngFile:
+    """What every PNG the media store serves shares: its type and how it is padded."""
+
+    __slots__ = ()
+
+    content_type = "image/png"
+    suffix = ".png"
+
+    @staticmethod
+    def pad(body: bytes, size: int | None) -> bytes:
+        return with_padding(body, size)
+
+
 @dataclass(frozen=True, slots=True)
-class ImageSpec:
+class ImageSpec(PngFile):
     """A PNG showing the provider, the seed, the prompt and a few labelled details."""
 
     provider: str
@@ -63,25 +111,15 @@ class ImageSpec:
     height: int
     details: tuple[str, ...] = ()
 
-    content_type = "image/png"
-    suffix = ".png"
-
-    @staticmethod
-    def pad(body: bytes, size: int | None) -> bytes:
-        return with_padding(body, size)
-
     def render(self, *, draw: bool) -> bytes:
         png = _drawn_png(self) if draw else _plain_png(self.width, self.height)
         return _with_chunk(png, _itxt("Description", self.caption()))
 
     def caption(self) -> str:
-        lines = [f"{self.provider} emulator", f"seed {self.seed}", *self.details, self.prompt]
-        return "\n".join(lines)
+        return "\n".join([*heading(self.provider, self.seed, self.details), self.prompt])
 
     def background(self) -> tuple[int, int, int]:
-        hue = ((self.seed * 2654435761) & 0xFFFFFFFF) / 2**32
-        red, green, blue = colorsys.hsv_to_rgb(hue, 0.45, 0.85)
-        return round(red * 255), round(green * 255), round(blue * 255)
+        return background_for(self.seed)
 
 
 def with_padding(png: bytes, size: int | None) -> bytes:
@@ -96,10 +134,10 @@ def _drawn_png(spec: ImageSpec) -> bytes:
 
     image = Image.new("RGB", (spec.width, spec.height), spec.background())
     draw = ImageDraw.Draw(image)
-    ink = (20, 20, 20) if sum(spec.background()) > 380 else (245, 245, 245)
-    small, large = _font(14), _font(20)
+    ink = ink_on(spec.background())
+    small, large = font(14), font(20)
     y = 12
-    for text in (f"{spec.provider} emulator", f"seed {spec.seed}", *spec.details):
+    for text in heading(spec.provider, spec.seed, spec.details):
         draw.text((12, y), text, font=small, fill=ink)
         y += 18
     y += 10
@@ -112,13 +150,6 @@ def _drawn_png(spec: ImageSpec) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
-
-
-@functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,7 +20,7 @@ from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.ledger import Ledger, Stats, key_fingerprint
 from pipeline.emulators.limiter import Quota, RateLimiter
 from pipeline.emulators.media import DEFAULT_CACHE_BYTES, MediaStore
-from pipeline.emulators.tasks import TaskStore
+from pipeline.emulators.tasks import Task, TaskStore
 
 __all__ = ["STATE_KEY", "Admission", "EmulatorState", "Refusal"]
 
@@ -58,7 +58,10 @@ class Admission:
     quota: Quota
     refusal: Refusal | None = None
     retry_after: int | None = None
-    """Seconds for a Retry-After header, when the refusal is a 429 and the knob asks."""
+    """Seconds for a Retry-After header, when the refusal is a 429 and the knob asks.
+
+    Only ``LIMIT_EXCEEDED`` and ``RATE_LIMITED`` carry it, and every API answers those
+    with 429, so ``app.retry_after_headers`` needs no status code."""
 
 
 class EmulatorState:
@@ -122,6 +125,22 @@ class EmulatorState:
         if fault is Fault.RATE_LIMITED and knobs.retry_after is not None:
             after = math.ceil(knobs.retry_after)
         return Admission(key, quota, _FAULT_REFUSALS[fault], after)
+
+    def charge(self, task: Task, route: str, body: Any) -> None:
+        """Record the accepted submit that created ``task`` in the ledger."""
+        self.ledger.charge(
+            at=task.timeline.created_at, task_id=task.id, route=route, key=task.owner, body=body
+        )
+
+    def drop_after_create(self) -> bool:
+        """Roll ``drop_after_create_rate``; on a hit count a ``dropped`` fault and say so.
+
+        The caller then drops the connection instead of answering the submit.
+        """
+        if not self.dice.roll(self.knobs.drop_after_create_rate):
+            return False
+        self.stats.faults["dropped"] += 1
+        return True
 
     def _refuse(self, key: str, now: float, refusal: Refusal) -> Admission:
         quota = self.limiter.peek(key, now, self.knobs.requests_per_minute)

@@ -7,13 +7,16 @@ running, when it ends, whether it fails), and its phase is read off that timelin
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.emulators.faults import Dice
 from pipeline.emulators.knobs import Knobs
 
-__all__ = ["Phase", "Task", "TaskStore", "Timeline"]
+__all__ = ["Phase", "Task", "TaskStore", "Timeline", "extra_of", "unique_id"]
+
+_Extra = TypeVar("_Extra")
 
 QUEUED_SHARE = 0.2
 """The share of a task's duration spent queued before it starts running."""
@@ -84,6 +87,21 @@ class Task:
             return 0.0
         ran = min(now, line.finished_at) - line.started_at
         return min(0.99, ran / line.run_seconds)
+
+
+def extra_of(task: Task, kind: type[_Extra]) -> _Extra:
+    """``task.extra``, checked to be the ``kind`` of record its emulator keeps there."""
+    extra = task.extra
+    assert isinstance(extra, kind)
+    return extra
+
+
+def unique_id(make_id: Callable[[], str], taken: Container[str]) -> str:
+    """A fresh ``make_id()`` that is not in ``taken`` (drawn again on a collision)."""
+    while True:
+        candidate = make_id()
+        if candidate not in taken:
+            return candidate
 
 
 class TaskStore:

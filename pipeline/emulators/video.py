@@ -9,7 +9,6 @@ container), so an evicted file re-encodes to the same bytes and keeps its ETag.
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import io
 import struct
@@ -17,8 +16,10 @@ import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline.emulators.render import background_for, font, heading, ink_on
+
 if TYPE_CHECKING:
-    from PIL import Image, ImageFont
+    from PIL import Image
 
 __all__ = ["FPS", "FRAMES", "VideoSpec", "encode_mp4", "pad_mp4", "size_for_ratio"]
 
@@ -63,9 +64,7 @@ class VideoSpec:
         return pad_mp4(body, size)
 
     def background(self) -> tuple[int, int, int]:
-        hue = ((self.seed * 2654435761) & 0xFFFFFFFF) / 2**32
-        red, green, blue = colorsys.hsv_to_rgb(hue, 0.45, 0.85)
-        return round(red * 255), round(green * 255), round(blue * 255)
+        return background_for(self.seed)
 
 
 def encode_mp4(frames: list[Image.Image], fps: int) -> bytes:
@@ -109,14 +108,14 @@ def _frame(spec: VideoSpec, index: int) -> Image.Image:
 
     image = Image.new("RGB", (spec.width, spec.height), spec.background())
     draw = ImageDraw.Draw(image)
-    ink = (20, 20, 20) if sum(spec.background()) > 380 else (245, 245, 245)
+    ink = ink_on(spec.background())
     radius = max(4, spec.height // 14)
     x = radius + (spec.width - 2 * radius) * index // max(1, FRAMES - 1)
     y = spec.height - radius - 6
     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=ink)
-    small, large = _font(11), _font(14)
+    small, large = font(11), font(14)
     top = 6
-    for text in (f"{spec.provider} emulator", f"seed {spec.seed}", *spec.details):
+    for text in heading(spec.provider, spec.seed, spec.details):
         draw.text((8, top), text, font=small, fill=ink)
         top += 13
     top += 4
@@ -127,10 +126,3 @@ def _frame(spec: VideoSpec, index: int) -> Image.Image:
         draw.text((8, top), line, font=large, fill=ink)
         top += 17
     return image
-
-
-@functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    from PIL import ImageFont
-
-    return ImageFont.load_default(size=size)
