@@ -33,7 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.limits import Backoff
 from pipeline.manifest import Manifest
-from pipeline.models import JobRecord, JobState, RemoteStatus, RemoteTask, Spec
+from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
 from pipeline.outputs import fetch_outputs
 from pipeline.progress import NullProgress, Progress
 from pipeline.session import Lane, Session, prepaid_requests
@@ -289,7 +289,7 @@ class Scheduler:
                 job.id, S.SUBMITTING, expect=S.PENDING, client_ref=client_ref
             ):
                 return None
-            outcome = await self._submit_shielded(lane, job.id)
+            outcome = await self._submit_shielded(lane, job)
             if isinstance(outcome, str):
                 return outcome
             if outcome is None:
@@ -307,18 +307,17 @@ class Scheduler:
         self.summary.errors.append(f"{lane.name} job {job.id}: {text}")
         return None
 
-    async def _submit_shielded(self, lane: Lane, job_id: str) -> str | TransientError | None:
+    async def _submit_shielded(self, lane: Lane, job: Job) -> str | TransientError | None:
         """One submit request, immune to Ctrl-C: its outcome is always recorded."""
         outcome: str | TransientError | None = None
         with anyio.CancelScope(shield=True), prepaid_requests():
-            outcome = await self._submit_once(lane, job_id)
+            outcome = await self._submit_once(lane, job)
         return outcome
 
-    async def _submit_once(self, lane: Lane, job_id: str) -> str | TransientError | None:
-        record = self.manifest.get(job_id)
-        assert record is not None
+    async def _submit_once(self, lane: Lane, job: Job) -> str | TransientError | None:
+        job_id = job.id
         try:
-            remote_id = await lane.adapter.submit(record.job)
+            remote_id = await lane.adapter.submit(job)
         except SubmitUnknown as exc:
             self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=exc.reason())
             return None
