@@ -1,0 +1,1 @@
+"""One module per scenario of issue 4; each exposes ``NAME`` and ``run(config)``."""
