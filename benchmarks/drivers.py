@@ -49,7 +49,7 @@ async def _download(urls: list[str], out: Path, concurrency: int, size: int | No
 
 
 def _manifest(spec_path: Path) -> dict:
-    from pipeline.commands import load_checked_spec
+    from pipeline.commands import EXPANSION_KEY, expansion_fingerprint, load_checked_spec
     from pipeline.manifest import Manifest
     from pipeline.matrix import iter_jobs
 
@@ -58,6 +58,8 @@ def _manifest(spec_path: Path) -> dict:
     checked = time.perf_counter()
     with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
         added = manifest.add_jobs(iter_jobs(spec))
+        # as `pipeline run` leaves it: the expansion is recorded, so a resume can skip it
+        manifest.set_meta(EXPANSION_KEY, expansion_fingerprint(spec))
     return {
         "added": added,
         "check_seconds": checked - started,

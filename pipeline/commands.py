@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,10 +13,11 @@ from typing import Any
 
 import anyio
 
-from pipeline.errors import SpecError
+from pipeline import __version__
+from pipeline.errors import ManifestError, SpecError
 from pipeline.manifest import Manifest
 from pipeline.matrix import iter_jobs
-from pipeline.models import TERMINAL_STATES, JobState, Rate, Spec
+from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
@@ -35,15 +37,23 @@ __all__ = [
 
 
 def load_checked_spec(
-    path: Path, *, out: Path | None = None, env: Mapping[str, str] | None = None
+    path: Path,
+    *,
+    out: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    check_jobs: bool = True,
 ) -> Spec:
-    """Load and validate a spec, including every job's parameters against its API."""
+    """Load and validate a spec, including (unless ``check_jobs`` is False) every job's
+    parameters against its API; the provider options are always checked."""
     from pipeline.spec import load_spec
 
     spec = load_spec(path, known_providers=registry.available(), env=env)
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out))
-    check_params(spec)
+    if check_jobs:
+        check_params(spec)
+    else:
+        check_options(spec)
     return spec
 
 
@@ -189,19 +199,76 @@ def run_spec(
     retry_failed: bool = False,
     resubmit_unknown: bool = False,
     handle_signals: bool = True,
+    params_checked: bool = True,
 ) -> RunSummary:
+    """Run (or resume) ``spec``. With ``params_checked=False`` the jobs' parameters are
+    checked here first — unless the manifest already holds this exact expansion."""
     options = RunOptions(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
-    return anyio.run(_run, spec, options, quiet)
+    return anyio.run(_run, spec, options, quiet, params_checked)
 
 
-async def _run(spec: Spec, options: RunOptions, quiet: bool) -> RunSummary:
+EXPANSION_KEY = "expansion"
+"""Manifest meta key: fingerprint of the spec expansion whose jobs are all in the table."""
+
+
+def expansion_fingerprint(spec: Spec) -> str:
+    """A hash of everything the job list depends on (never credentials or URLs): when a
+    resumed run finds the same value in the manifest, expanding, checking and inserting
+    a million jobs again is skipped. Prompt files count by size and modification time."""
+    parts = {
+        "pipeline": __version__,
+        "name": spec.name,
+        "providers": {
+            name: {"type": s.type, "params": s.params} for name, s in spec.providers.items()
+        },
+        "prompts": [_prompt_identity(source) for source in spec.prompts],
+        "matrix": {
+            "dimensions": spec.matrix.dimensions,
+            "include": spec.matrix.include,
+            "exclude": spec.matrix.exclude,
+        },
+        "seeds": _seeds_identity(spec.seeds),
+        "repeats": spec.repeats,
+    }
+    text = json.dumps(parts, sort_keys=True, default=repr, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _prompt_identity(source: PromptSource) -> Any:
+    if isinstance(source, PromptFile):
+        stat = source.path.stat()
+        return [repr(source), stat.st_size, stat.st_mtime_ns]
+    return repr(source)
+
+
+def _seeds_identity(seeds: Sequence[int] | None) -> Any:
+    if isinstance(seeds, range):
+        return ["range", seeds.start, seeds.stop, seeds.step]
+    return None if seeds is None else list(seeds)
+
+
+def _stored_fingerprint(root: Path) -> str | None:
+    try:
+        with Manifest.open(root, readonly=True) as manifest:
+            return manifest.meta().get(EXPANSION_KEY)
+    except ManifestError:
+        return None
+
+
+async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: bool) -> RunSummary:
     from pipeline.progress import make_progress
     from pipeline.session import open_session
 
+    fingerprint = expansion_fingerprint(spec)
+    expanded = _stored_fingerprint(spec.output.root) == fingerprint
+    if not expanded and not params_checked:
+        check_params(spec)  # before anything is written
     with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
-        manifest.add_jobs(iter_jobs(spec))
+        if not expanded:
+            manifest.add_jobs(iter_jobs(spec))
+            manifest.set_meta(EXPANSION_KEY, fingerprint)
         async with open_session(spec) as session:
             scheduler = Scheduler(
                 spec, manifest, session, options=options, progress=make_progress(quiet=quiet)

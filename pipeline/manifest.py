@@ -355,6 +355,15 @@ class Manifest:
         with self._read("read meta") as conn:
             return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Store one ``meta`` entry (e.g. the fingerprint of the expanded spec)."""
+        with self._write("write meta") as conn:
+            conn.execute(
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     # -- plumbing ------------------------------------------------------------------
 
     def _pages(
