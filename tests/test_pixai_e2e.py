@@ -184,3 +184,25 @@ def test_poll_mode_completes_too(tmp_path: Path, emulator_factory: Any) -> None:
     counted = requests(emulator)
     assert counted["graphql getTaskById"] >= 6
     assert counted["ws subscribePersonalEvents"] == 0
+
+
+def test_a_job_past_its_deadline_is_cancelled_at_pixai(tmp_path, emulator_factory):
+    emulator = emulator_factory(["pixai"], task_seconds=60)
+    spec = pixai_spec(tmp_path, emulator.urls["pixai"], seeds="[1]")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(spec_path.read_text().replace("deadline: 2m", "deadline: 1s"))
+    spec = load_checked_spec(spec_path)
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    assert summary.count(JobState.TIMED_OUT) == 2
+    for record in records(spec):
+        assert record.error and "remote task cancelled" in record.error
+        answer = httpx.post(
+            f"{emulator.urls['pixai']}/graphql",
+            json={
+                "query": "query($id: ID!) { task(id: $id) { status } }",
+                "variables": {"id": record.remote_id},
+            },
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        ).json()
+        assert answer["data"]["task"]["status"] == "cancelled"
