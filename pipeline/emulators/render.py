@@ -9,11 +9,12 @@ from __future__ import annotations
 import colorsys
 import functools
 import io
+import random
 import struct
 import textwrap
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL import ImageFont
@@ -132,24 +133,67 @@ def with_padding(png: bytes, size: int | None) -> bytes:
 def _drawn_png(spec: ImageSpec) -> bytes:
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (spec.width, spec.height), spec.background())
-    draw = ImageDraw.Draw(image)
-    ink = ink_on(spec.background())
+    image = _scene(spec.width, spec.height, spec.seed, spec.prompt)
+    panel = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(panel)
     small, large = font(14), font(20)
+    lines = list(heading(spec.provider, spec.seed, spec.details))
+    prompt_lines = textwrap.wrap(spec.prompt, max(10, (spec.width - 24) // 11)) or [""]
+    room = max(1, (spec.height - 40 - 18 * len(lines)) // 25)
+    height = 22 + 18 * len(lines) + 25 * min(len(prompt_lines), room)
+    draw.rectangle((0, 0, spec.width, height), fill=(0, 0, 0, 140))
     y = 12
-    for text in heading(spec.provider, spec.seed, spec.details):
-        draw.text((12, y), text, font=small, fill=ink)
+    for text in lines:
+        draw.text((12, y), text, font=small, fill=(235, 235, 235, 255))
         y += 18
-    y += 10
-    columns = max(10, (spec.width - 24) // 11)
-    for line in textwrap.wrap(spec.prompt, columns) or [""]:
-        if y > spec.height - 26:
-            break
-        draw.text((12, y), line, font=large, fill=ink)
+    y += 6
+    for line in prompt_lines[:room]:
+        draw.text((12, y), line, font=large, fill=(255, 255, 255, 255))
         y += 25
+    image = Image.alpha_composite(image, panel).convert("RGB")
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=1)
     return out.getvalue()
+
+
+def _scene(width: int, height: int, seed: int, prompt: str) -> Any:
+    """A small landscape that is the same for the same seed and prompt: a sky gradient,
+    a sun or moon, soft clouds and two rows of hills, all in the seed's palette."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(prompt.encode()))
+    top, bottom = background_for(seed), background_for(seed * 7 + 3)
+    mask = Image.linear_gradient("L").resize((width, height))
+    sky = Image.composite(
+        Image.new("RGBA", (width, height), (*_shade(bottom, 0.8), 255)),
+        Image.new("RGBA", (width, height), (*top, 255)),
+        mask,
+    )
+    layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    radius = rng.randint(min(width, height) // 12, min(width, height) // 6)
+    cx, cy = rng.randint(radius, width - radius), rng.randint(height // 3, height // 2)
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(255, 244, 214, 220))
+    for _ in range(rng.randint(2, 5)):
+        x, y = rng.randint(0, width), rng.randint(height // 4, height // 2)
+        w, h = rng.randint(width // 8, width // 3), rng.randint(height // 30, height // 14)
+        draw.ellipse((x - w, y - h, x + w, y + h), fill=(255, 255, 255, 90))
+    layer = layer.filter(ImageFilter.GaussianBlur(radius=max(1, width // 160)))
+    hills = ImageDraw.Draw(layer)
+    for row, base in enumerate((0.62, 0.78)):
+        colour = _shade(background_for(seed * 13 + row), 0.55 - 0.2 * row)
+        points: list[tuple[float, float]] = [(0, height)]
+        for step in range(9):
+            x = width * step / 8
+            points.append((x, height * (base + rng.uniform(-0.07, 0.07))))
+        points.append((width, height))
+        hills.polygon(points, fill=(*colour, 255))
+    return Image.alpha_composite(sky, layer)
+
+
+def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    red, green, blue = (max(0, min(255, round(c * factor))) for c in colour)
+    return red, green, blue
 
 
 @functools.lru_cache(maxsize=32)
