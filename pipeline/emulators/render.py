@@ -184,8 +184,8 @@ def _scene(width: int, height: int, seed: int, prompt: str) -> Any:
         colour = _shade(background_for(seed * 13 + row), 0.55 - 0.2 * row)
         points: list[tuple[float, float]] = [(0, height)]
         for step in range(9):
-            x = width * step / 8
-            points.append((x, height * (base + rng.uniform(-0.07, 0.07))))
+            across = width * step / 8
+            points.append((across, height * (base + rng.uniform(-0.07, 0.07))))
         points.append((width, height))
         hills.polygon(points, fill=(*colour, 255))
     return Image.alpha_composite(sky, layer)
