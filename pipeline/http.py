@@ -15,7 +15,7 @@ Two kinds of client, never mixed (contract 5):
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -47,9 +47,45 @@ def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     )
     if _backend() == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits)
-    from httpx_aiohttp import AiohttpTransport
+    return _aiohttp_transport(limits)
 
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """httpx-aiohttp's transport, with bodies handed on as aiohttp receives them.
+
+    Upstream's ``AiohttpResponseStream`` reads 16 KiB at a time, so a 200 MB body makes
+    12,000 trips through five async-generator layers (aiohttp → transport → httpx's
+    bound stream → ``aiter_raw`` → ``aiter_bytes``), and a coalescing ``chunk_size``
+    on top copies every byte once more. ``iter_any()`` yields each piece the socket
+    delivered (asyncio reads up to 256 KiB per ``recv``), without copying. Measured
+    on the project machine (benchmarks scenario 2, one 200 MB file over loopback, with
+    pipeline.download): 16 KiB pieces 1.9-2.9 ms of CPU per MB, whole pieces 1.45.
+    The stream is swapped after upstream builds the response, so everything else
+    (request, timeouts, error mapping) stays upstream's; if a future httpx-aiohttp
+    renames the private ``_aiohttp_response``, its own stream is kept.
+    """
+    from httpx_aiohttp.transport import (
+        AiohttpResponseStream,
+        AiohttpTransport,
+        map_aiohttp_exceptions,
+    )
+
+    class WholePieceStream(AiohttpResponseStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            with map_aiohttp_exceptions():
+                async for piece in self._aiohttp_response.content.iter_any():
+                    yield piece
+
+    class Transport(AiohttpTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response: httpx.Response = await super().handle_async_request(request)
+            upstream = response.stream
+            raw = getattr(upstream, "_aiohttp_response", None)  # absent: keep upstream's
+            if isinstance(upstream, AiohttpResponseStream) and raw is not None:
+                response.stream = WholePieceStream(raw)
+            return response
+
+    transport: httpx.AsyncBaseTransport = Transport(limits=limits)
     return transport
 
 

@@ -2,7 +2,8 @@
 
 The server can honour or ignore Range, cut a body short, refuse with 403/404/429/503,
 answer with an HTML page, redirect, and it records every request's headers. Every test
-runs with both transports the project uses (httpx's own and httpx-aiohttp).
+runs with every transport the project uses (httpx's own, httpx-aiohttp, and the client
+``pipeline.http.make_download_client`` builds, whose aiohttp stream hands on whole pieces).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import httpx
 import httpx_aiohttp
 import pytest
 from aiohttp import web
 
+import pipeline.download
 from pipeline.download import (
     download,
     download_retry_verdict,
@@ -29,6 +33,7 @@ from pipeline.download import (
     write_sidecar,
 )
 from pipeline.errors import DownloadError, VerificationError
+from pipeline.http import make_download_client
 from pipeline.models import Output, OutputRef
 
 BODY = os.urandom(300_000) + b"\x89PNG-ish tail"
@@ -125,6 +130,17 @@ def _make_app(server: Server) -> web.Application:
         headers = {"Content-Range": f"bytes 5-{len(BODY) - 1}/{len(BODY)}"}
         return web.Response(status=206, body=BODY[5:], content_type="image/png", headers=headers)
 
+    async def split_json(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(b" \n")  # a first piece too short to judge on its own
+        await asyncio.sleep(0.02)
+        await response.write(b'{"error": "quota exceeded"}')
+        return response
+
+    async def norange_cut(request: web.Request) -> web.StreamResponse:
+        return await _cut_short(request)  # ignores Range, answers 200 and hangs up
+
     async def redirect(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/file/a.png")
 
@@ -140,6 +156,8 @@ def _make_app(server: Server) -> web.Application:
     app.router.add_get("/html", html)
     app.router.add_get("/octets", json_as_octets)
     app.router.add_get("/wrong-start", wrong_start)
+    app.router.add_get("/split-json", split_json)
+    app.router.add_get("/norange-cut/{name}", norange_cut)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/api", api)
     return app
@@ -158,8 +176,15 @@ async def server() -> AsyncIterator[Server]:
     await runner.cleanup()
 
 
-@pytest.fixture(params=["httpx", "aiohttp"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture(params=["httpx", "aiohttp", "pipeline"])
+async def client(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    if request.param == "pipeline":
+        monkeypatch.delenv("PIPELINE_HTTP_BACKEND", raising=False)
+        async with make_download_client(timeout=10, max_connections=8) as ours:
+            yield ours
+        return
     transport = httpx_aiohttp.AiohttpTransport() if request.param == "aiohttp" else None
     async with httpx.AsyncClient(transport=transport, timeout=10) as plain:
         yield plain
@@ -195,6 +220,67 @@ async def test_success_writes_verified_file(
     assert output == Output("j1", 0, "p/img.png", len(BODY), SHA, url=url, content_type="image/png")
     assert not part_path(dest).exists()
     assert list(dest.parent.iterdir()) == [dest]
+
+
+@pytest.mark.anyio
+async def test_small_body_costs_two_thread_hops(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh body that fits in ``chunk_size`` is held and written by the final hop:
+    one hop before the request (directory, old .part), one after (write, fsync, close,
+    rename, directory fsync)."""
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    url = server.url("/file/a.png")
+    output = await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
+                            rel_path="img.png")  # fmt: skip
+    assert output.sha256 == SHA and output.size == len(BODY)
+    assert dest.read_bytes() == BODY and not part_path(dest).exists()
+    assert hops == ["_prepare", "commit"]
+
+
+@pytest.mark.anyio
+async def test_large_body_streams_and_starts_writeback(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``chunk_size`` the body streams to the .part, and the kernel is asked to
+    start writing back every ``_WRITEBACK_STEP`` bytes; the result is the same file."""
+    calls: list[tuple[int, int]] = []
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, length))
+        os.posix_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(pipeline.download, "_WRITEBACK_STEP", 64 * 1024)
+    if hasattr(os, "posix_fadvise"):
+        monkeypatch.setattr(pipeline.download, "_FADVISE", fadvise)
+    url = server.url("/file/a.png")
+    output = await fetch(client, url, dest, size=len(BODY), sha256=SHA)
+    assert output.sha256 == SHA and dest.read_bytes() == BODY
+    assert list(dest.parent.iterdir()) == [dest]
+    if hasattr(os, "posix_fadvise"):
+        assert calls and calls[0][0] == 0
+        offsets = [offset for offset, _ in calls]
+        assert offsets == sorted(set(offsets)) and offsets[-1] < len(BODY)
+
+
+@pytest.mark.anyio
+async def test_pipeline_transport_hands_on_large_pieces(server: Server) -> None:
+    """Upstream httpx-aiohttp reads 16 KiB at a time; ours yields what the socket gave."""
+    async with (
+        make_download_client(timeout=10, max_connections=2) as ours,
+        ours.stream("GET", server.url("/file/a.png")) as response,
+    ):
+        pieces = [piece async for piece in response.aiter_raw()]
+    assert b"".join(pieces) == BODY
+    if os.environ.get("PIPELINE_HTTP_BACKEND", "aiohttp") == "aiohttp":
+        assert max(map(len, pieces)) > 16 * 1024
 
 
 @pytest.mark.anyio
@@ -371,6 +457,31 @@ async def test_error_json_served_as_octets_is_refused(
     with pytest.raises(VerificationError, match="error page"):
         await fetch(client, server.url("/octets"), dest, content_type="image/")
     assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.anyio
+async def test_error_json_split_across_pieces_is_refused(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    with pytest.raises(VerificationError, match="error page"):
+        await fetch(client, server.url("/split-json"), dest, content_type="image/")
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+@pytest.mark.anyio
+async def test_stale_part_is_truncated_before_a_restarted_body_breaks(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    """A server that ignores Range restarts the body from byte 0: the stale .part must
+    not survive under the new bytes, or the next attempt would resume from junk."""
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(b"j" * 1000)
+    ref = OutputRef(server.url("/norange-cut/a.png"))
+    with pytest.raises(DownloadError) as caught:  # default chunk_size: the cut is held
+        await download(client, ref, dest, job_id="j", index=0, rel_path="img.png")
+    assert caught.value.transient
+    kept = part_path(dest).read_bytes()
+    assert BODY.startswith(kept)
 
 
 # --- HTTP errors -----------------------------------------------------------------------
