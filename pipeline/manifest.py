@@ -10,6 +10,9 @@ leaves (``transition``), so a stale worker can never move a job backwards.
         if manifest.transition(job.id, JobState.SUBMITTING, expect=JobState.PENDING,
                                client_ref=ref):
             ...                                      # only now may the submit leave
+        manifest.transition(job.id, JobState.DOWNLOADING, via=JobState.SUCCEEDED,
+                            expect=JobState.RUNNING)  # two logged steps, one transaction
+        manifest.finish(job.id, outputs)             # outputs + `done`, one transaction
 
 Tables: ``meta`` (schema_version, created_at, spec_name, spec_path), ``jobs``,
 ``outputs`` and ``events`` (the log of transitions, retries and errors).
@@ -46,6 +49,7 @@ from .manifest_sql import (
     INSERT_EVENT,
     INSERT_JOB,
     UPSERT_OUTPUT,
+    guarded_event_sql,
     join_notes,
     legal_sources,
     state_set,
@@ -189,6 +193,7 @@ class Manifest:
         to: JobState,
         *,
         expect: JobState | Collection[JobState],
+        via: JobState | None = None,
         remote_id: str | None = None,
         client_ref: str | None = None,
         error: str | None = None,
@@ -201,26 +206,104 @@ class Manifest:
         ``remote_id``, ``client_ref`` and ``error`` are written only when given, except
         that entering ``pending`` starts afresh: they are cleared unless given, and so
         are ``submitted_at``/``finished_at`` (the old remote id stays in the event log).
+
+        ``via`` makes it two transitions in one transaction, ``expect → via → to``, each
+        checked legal and logged as its own event (the fields above go with the second);
+        both happen or neither does.
         """
-        expected = legal_sources(state_set(expect), JobState(to))
+        return self.transition_at(
+            job_id, to, expect=expect, via=via, remote_id=remote_id, client_ref=client_ref,
+            error=error, detail=detail,
+        ) is not None  # fmt: skip
+
+    def transition_at(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        expect: JobState | Collection[JobState],
+        via: JobState | None = None,
+        remote_id: str | None = None,
+        client_ref: str | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> float | None:
+        """``transition``, returning the time recorded for it (None when not made), so a
+        caller can keep its copy of the job current without reading it back."""
+        steps = _steps(expect, via, JobState(to))
         now = self._clock()
         with self._write("transition") as conn:
+            *first, (sources, last) = steps
+            for step_sources, step_to in first:  # `via`: guarded like any other step
+                if not self._step(conn, job_id, step_to, step_sources, now):
+                    return None
+            if not self._step(
+                conn, job_id, last, sources, now, remote_id=remote_id, client_ref=client_ref,
+                error=error, detail=detail,
+            ):  # fmt: skip
+                return None  # only the first step can miss, before anything was written
+        return now
+
+    def finish(
+        self,
+        job_id: str,
+        outputs: Sequence[Output],
+        *,
+        expect: JobState | Collection[JobState] = JobState.DOWNLOADING,
+    ) -> bool:
+        """Record ``outputs`` and move ``job_id`` to ``done``, in one transaction.
+
+        The outputs are recorded (inserted or replaced by index) whatever the job's
+        state; the transition is guarded by ``expect`` like ``transition``'s.
+        """
+        sources = legal_sources(state_set(expect), JobState.DONE)
+        now = self._clock()
+        with self._write("finish") as conn:
+            if outputs:
+                conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+            return self._step(conn, job_id, JobState.DONE, sources, now)
+
+    def _step(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        to: JobState,
+        sources: frozenset[str],
+        now: float,
+        *,
+        remote_id: str | None = None,
+        client_ref: str | None = None,
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """One guarded transition inside the caller's write transaction."""
+        note = detail if detail is not None else error
+        if to is JobState.PENDING:  # the event names the remote id it forgets
             row = conn.execute(
                 "SELECT state, remote_id FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None:
                 raise ManifestError(f"{self.path}: no job {job_id!r} in the manifest")
-            if row[0] not in expected:
+            if row[0] not in sources:
                 return False
-            conn.execute(
-                update_sql(to, "id = :id"),
-                {"id": job_id, "to": to.value, "now": now, "remote_id": remote_id,
-                 "client_ref": client_ref, "error": error},
-            )  # fmt: skip
-            note = detail if detail is not None else error
-            if to is JobState.PENDING and row[1] and remote_id is None:
+            if row[1] and remote_id is None:
                 note = join_notes(note, f"was remote_id {row[1]}")
             conn.execute(INSERT_EVENT, (job_id, now, "transition", row[0], to.value, note))
+        else:
+            # The event is logged from the row itself, guarded by the states it may
+            # leave: one statement both checks the guard and records where it came from.
+            logged = conn.execute(
+                guarded_event_sql(len(sources)), (now, to.value, note, job_id, *sources)
+            ).rowcount
+            if logged != 1:
+                if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                    raise ManifestError(f"{self.path}: no job {job_id!r} in the manifest")
+                return False
+        conn.execute(
+            update_sql(to, "id = :id"),
+            {"id": job_id, "to": to.value, "now": now, "remote_id": remote_id,
+             "client_ref": client_ref, "error": error},
+        )  # fmt: skip
         return True
 
     def log_event(self, job_id: str, kind: str, detail: str) -> None:
@@ -436,6 +519,19 @@ class Manifest:
                 yield conn
             finally:
                 conn.close()
+
+
+def _steps(
+    expect: JobState | Collection[JobState], via: JobState | None, to: JobState
+) -> tuple[tuple[frozenset[str], JobState], ...]:
+    """The checked ``(sources, to)`` steps of a transition, with or without ``via``."""
+    if via is None:
+        return ((legal_sources(state_set(expect), to), to),)
+    via = JobState(via)
+    return (
+        (legal_sources(state_set(expect), via), via),
+        (legal_sources(frozenset({via}), to), to),
+    )
 
 
 def _opt_state(value: str | None) -> JobState | None:

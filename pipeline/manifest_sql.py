@@ -16,6 +16,7 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_JOB",
     "UPSERT_OUTPUT",
+    "guarded_event_sql",
     "join_notes",
     "legal_sources",
     "state_set",
@@ -50,6 +51,20 @@ def legal_sources(sources: frozenset[JobState], to: JobState) -> frozenset[str]:
     if illegal:
         raise ManifestError(f"illegal transition {'/'.join(illegal)} → {to.value}")
     return frozenset(s.value for s in sources)
+
+
+@functools.lru_cache(maxsize=16)
+def guarded_event_sql(sources: int) -> str:
+    """Log a transition of one job, only if it is in one of ``sources`` states.
+
+    Positional parameters: at, to_state, detail, job id, then the ``sources`` states.
+    The from_state is read from the row in the same statement.
+    """
+    marks = ", ".join("?" * sources)
+    return (
+        "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) "
+        f"SELECT id, ?, 'transition', state, ?, ? FROM jobs WHERE id = ? AND state IN ({marks})"
+    )
 
 
 @functools.lru_cache(maxsize=64)

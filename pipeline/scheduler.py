@@ -18,7 +18,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -41,6 +41,7 @@ from pipeline.session import Lane, Session, prepaid_requests
 __all__ = ["RunOptions", "RunSummary", "Scheduler"]
 
 S = JobState
+Submitted = tuple[str, float | None]  # remote id, and when the manifest recorded it
 IN_FLIGHT = (S.SUBMITTED, S.RUNNING, S.SUCCEEDED, S.DOWNLOADING)
 
 
@@ -195,15 +196,15 @@ class Scheduler:
     async def _process(self, lane: Lane, record: JobRecord) -> str | None:
         """Take one job as far as it can go. Returns its end state, or None if it stays."""
         job = record.job
-        state, remote_id = record.state, record.remote_id
-        if state is S.PENDING:
-            remote_id = await self._submit(lane, record)
-            if remote_id is None:
+        submitted_at = record.submitted_at
+        if record.state is S.PENDING:
+            submitted = await self._submit(lane, record)
+            if submitted is None:
                 return self._state_if_final(job.id)
-            state = S.SUBMITTED
+            record, submitted_at = submitted, None  # the deadline runs from now
+        state, remote_id = record.state, record.remote_id
         assert remote_id is not None, f"job {job.id} in {state} has no remote id"
-        submitted_at = record.submitted_at or self.clock()
-        remaining = submitted_at + self.spec.run.deadline - self.clock()
+        remaining = (submitted_at or self.clock()) + self.spec.run.deadline - self.clock()
         with anyio.move_on_after(max(remaining, 0.0)) as deadline:
             return await self._follow_and_fetch(lane, record, state, remote_id)
         if deadline.cancelled_caught:
@@ -221,9 +222,13 @@ class Scheduler:
                 return None
             if task.status is not RemoteStatus.SUCCEEDED:
                 return self._remote_end(job_id, task)
-            if not self.manifest.transition(job_id, S.SUCCEEDED, expect=(S.SUBMITTED, S.RUNNING)):
+            # Straight on to the download: succeeded and downloading in one transaction.
+            if not self.manifest.transition(
+                job_id, S.DOWNLOADING, via=S.SUCCEEDED, expect=(S.SUBMITTED, S.RUNNING)
+            ):
                 return None
-        return await self._fetch(lane, record, remote_id, task)
+            state = S.DOWNLOADING
+        return await self._fetch(lane, record, state, remote_id, task)
 
     async def _follow(
         self, lane: Lane, job_id: str, remote_id: str, state: JobState
@@ -275,9 +280,11 @@ class Scheduler:
 
     # -- submit: contract 2 ---------------------------------------------------------
 
-    async def _submit(self, lane: Lane, record: JobRecord) -> str | None:
+    async def _submit(self, lane: Lane, record: JobRecord) -> JobRecord | None:
         """Submit once per refusal-free attempt; a refused submit (429, 503, no
-        connection) is safe to repeat after a pause, an ambiguous one never is."""
+        connection) is safe to repeat after a pause, an ambiguous one never is.
+
+        Returns the job as now recorded (submitted, with its remote id), or None."""
         job = record.job
         await lane.follower.ready()
         for attempt in range(self.spec.run.retries + 1):
@@ -290,8 +297,17 @@ class Scheduler:
             ):
                 return None
             outcome = await self._submit_shielded(lane, job)
-            if isinstance(outcome, str):
-                return outcome
+            if isinstance(outcome, tuple):
+                remote_id, submitted_at = outcome
+                return replace(
+                    record,
+                    state=S.SUBMITTED,
+                    remote_id=remote_id,
+                    client_ref=client_ref,
+                    attempts=record.attempts + attempt + 1,
+                    submitted_at=submitted_at,
+                    updated_at=submitted_at,
+                )
             if outcome is None:
                 return None
             delay = self._backoff.delay(attempt, outcome.retry_after)
@@ -307,14 +323,14 @@ class Scheduler:
         self.summary.errors.append(f"{lane.name} job {job.id}: {text}")
         return None
 
-    async def _submit_shielded(self, lane: Lane, job: Job) -> str | TransientError | None:
+    async def _submit_shielded(self, lane: Lane, job: Job) -> Submitted | TransientError | None:
         """One submit request, immune to Ctrl-C: its outcome is always recorded."""
-        outcome: str | TransientError | None = None
+        outcome: Submitted | TransientError | None = None
         with anyio.CancelScope(shield=True), prepaid_requests():
             outcome = await self._submit_once(lane, job)
         return outcome
 
-    async def _submit_once(self, lane: Lane, job: Job) -> str | TransientError | None:
+    async def _submit_once(self, lane: Lane, job: Job) -> Submitted | TransientError | None:
         job_id = job.id
         try:
             remote_id = await lane.adapter.submit(job)
@@ -338,21 +354,31 @@ class Scheduler:
                 job_id, S.PENDING, expect=S.SUBMITTING, detail=f"refused: {exc.reason()}"
             )
             return exc
-        self.manifest.transition(job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id)
+        at = self.manifest.transition_at(
+            job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
+        )
         self.summary.submitted += 1
-        return remote_id
+        return remote_id, at
 
     # -- outputs --------------------------------------------------------------------
 
     async def _fetch(
-        self, lane: Lane, record: JobRecord, remote_id: str, task: RemoteTask | None
+        self,
+        lane: Lane,
+        record: JobRecord,
+        state: JobState,
+        remote_id: str,
+        task: RemoteTask | None,
     ) -> str | None:
+        """Download the outputs of a job in ``state`` (succeeded or downloading).
+
+        ``record`` is the job as this run knows it (its timings go into the sidecars):
+        nothing is read back from the manifest on this path."""
         job_id = record.job.id
-        if record.state is not S.DOWNLOADING and not self.manifest.transition(
+        if state is not S.DOWNLOADING and not self.manifest.transition(
             job_id, S.DOWNLOADING, expect=S.SUCCEEDED
         ):
             return None
-        record = self.manifest.get(job_id) or record  # fresh timings for the sidecar
         try:
             outputs = await fetch_outputs(
                 self.spec,
@@ -378,8 +404,7 @@ class Scheduler:
                 job_id, S.FAILED, expect=S.DOWNLOADING, error=f"download: {reason}"
             )
             return S.FAILED.value
-        self.manifest.record_outputs(outputs)
-        self.manifest.transition(job_id, S.DONE, expect=S.DOWNLOADING)
+        self.manifest.finish(job_id, outputs)  # outputs and `done` in one transaction
         return S.DONE.value
 
     def _log_retry(self, job_id: str) -> Callable[[int, BaseException, float], None]:

@@ -305,6 +305,76 @@ def test_full_life_and_outputs(manifest: Manifest, clock: FakeClock) -> None:
     assert manifest.events(jid)[-1].from_state is None
 
 
+def test_transition_via_is_two_logged_steps_in_one(manifest: Manifest, clock: FakeClock) -> None:
+    manifest.add_jobs([make_job(1)])
+    jid = "pixai-0000001"
+    walk(manifest, jid, S.SUBMITTING, S.SUBMITTED, S.RUNNING)
+    clock.now = 1500.0
+    assert manifest.transition(jid, S.DOWNLOADING, via=S.SUCCEEDED, expect=(S.SUBMITTED, S.RUNNING))
+    rec = manifest.get(jid)
+    assert rec is not None and rec.state is S.DOWNLOADING and rec.updated_at == 1500.0
+    kinds = [(e.from_state, e.to_state, e.at) for e in manifest.events(jid)][-2:]
+    assert kinds == [(S.RUNNING, S.SUCCEEDED, 1500.0), (S.SUCCEEDED, S.DOWNLOADING, 1500.0)]
+
+    # guarded by the state it leaves: a stale caller changes nothing, logs nothing
+    events_before = manifest.events(jid)
+    assert not manifest.transition(jid, S.DOWNLOADING, via=S.SUCCEEDED, expect=S.RUNNING)
+    assert manifest.get(jid) == rec
+    assert manifest.events(jid) == events_before
+    # each step must be legal
+    with pytest.raises(ManifestError, match="illegal transition succeeded → done"):
+        manifest.transition(jid, S.DONE, via=S.SUCCEEDED, expect=S.RUNNING)
+    with pytest.raises(ManifestError, match="no job 'nope'"):
+        manifest.transition("nope", S.DOWNLOADING, via=S.SUCCEEDED, expect=S.RUNNING)
+
+
+def test_transition_at_returns_the_recorded_time(manifest: Manifest, clock: FakeClock) -> None:
+    manifest.add_jobs([make_job(1)])
+    jid = "pixai-0000001"
+    walk(manifest, jid, S.SUBMITTING)
+    clock.now = 1234.5
+    assert manifest.transition_at(jid, S.SUBMITTED, expect=S.SUBMITTING, remote_id="t") == 1234.5
+    assert manifest.get(jid).submitted_at == 1234.5  # type: ignore[union-attr]
+    clock.now = 1300.0
+    assert manifest.transition_at(jid, S.SUBMITTED, expect=S.SUBMITTING) is None
+    assert manifest.get(jid).submitted_at == 1234.5  # type: ignore[union-attr]
+
+
+def test_guard_over_several_states_logs_the_one_left(manifest: Manifest) -> None:
+    manifest.add_jobs(make_jobs(2))
+    walk(manifest, "pixai-0000000", S.SUBMITTING, S.SUBMITTED)
+    walk(manifest, "pixai-0000001", S.SUBMITTING, S.SUBMITTED, S.RUNNING)
+    for jid in ("pixai-0000000", "pixai-0000001"):
+        assert manifest.transition(jid, S.FAILED, expect=(S.SUBMITTED, S.RUNNING), error="x")
+    assert manifest.events("pixai-0000000")[-1].from_state is S.SUBMITTED
+    assert manifest.events("pixai-0000001")[-1].from_state is S.RUNNING
+    assert manifest.events("pixai-0000001")[-1].detail == "x"
+
+
+def test_finish_records_outputs_and_done_in_one(manifest: Manifest, clock: FakeClock) -> None:
+    manifest.add_jobs(make_jobs(2))
+    jid = "pixai-0000001"
+    walk(manifest, jid, S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.DOWNLOADING)
+    outputs = [Output(jid, 0, "pixai/a-cat/x-0.png", 10, "a" * 64, "http://h/0", "image/png")]
+    clock.now = 3000.0
+    assert manifest.finish(jid, outputs)
+    rec = manifest.get(jid)
+    assert rec is not None
+    assert (rec.state, rec.finished_at, rec.outputs) == (S.DONE, 3000.0, tuple(outputs))
+    last = manifest.events(jid)[-1]
+    assert (last.from_state, last.to_state, last.at) == (S.DOWNLOADING, S.DONE, 3000.0)
+
+    # not downloading: the outputs are still recorded (they are on disk), the state stays
+    other = "pixai-0000000"
+    walk(manifest, other, S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED)
+    mine = [Output(other, 0, "p.png", 5, "b" * 64, "http://h/1")]
+    assert not manifest.finish(other, mine)
+    rec = manifest.get(other)
+    assert rec is not None and rec.state is S.SUCCEEDED and rec.outputs == tuple(mine)
+    with pytest.raises(ManifestError, match="no job 'nope'"):
+        manifest.finish("nope", [])
+
+
 # -- queries -------------------------------------------------------------------------
 
 

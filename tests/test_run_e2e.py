@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -71,7 +72,26 @@ def test_run_completes_and_rerun_submits_nothing(tmp_path, emulator_factory):
         assert sidecar["output"]["sha256"] == output.sha256
         assert sidecar["prompt"] == record.job.prompt
         assert FAKE_KEY not in json.dumps(sidecar)
+        # the timings the scheduler kept in memory are the manifest's own
+        assert sidecar["timings"]["created_at"] == record.created_at
+        assert sidecar["timings"]["submitted_at"] == record.submitted_at
     assert not list(spec.output.root.rglob("*.part"))
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        for record in records:  # every step logged, each leaving the state entered before
+            steps = [
+                (e.from_state, e.to_state)
+                for e in manifest.events(record.job.id)
+                if e.kind == "transition"
+            ]
+            assert steps[0][0] is JobState.PENDING and steps[-1][1] is JobState.DONE
+            assert all(a[1] is b[0] for a, b in itertools.pairwise(steps))
+            assert [to for _, to in steps if to is not JobState.RUNNING] == [
+                JobState.SUBMITTING,
+                JobState.SUBMITTED,
+                JobState.SUCCEEDED,
+                JobState.DOWNLOADING,
+                JobState.DONE,
+            ]
     snapshot = (spec.output.root / "manifest.jsonl").read_text().splitlines()
     assert len(snapshot) == 18
     assert FAKE_KEY not in (spec.output.root / "manifest.jsonl").read_text()
