@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ __all__ = [
     "OutputRef",
     "OutputSettings",
     "PlainPrompt",
+    "PollAdvice",
     "PromptFile",
     "PromptSource",
     "ProviderSettings",
@@ -130,8 +131,22 @@ class OutputSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PollAdvice:
+    """An API's documented advice on status polling (None: no advice on that point)."""
+
+    initial: float | None = None
+    factor: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunSettings:
-    """Timing of one run. All durations in seconds."""
+    """Timing of one run. All durations in seconds.
+
+    ``poll_defaults`` names the poll settings (``initial``, ``max``, ``factor``) the spec
+    left unset: for those, each lane follows its API's documented advice (``advised``)
+    where the API gives one, and the values here where it does not.
+    """
 
     deadline: float = 1800.0  # per job, submit → outputs on disk
     poll_initial: float = 1.0
@@ -139,6 +154,19 @@ class RunSettings:
     poll_factor: float = 1.5
     http_timeout: float = 60.0
     retries: int = 6  # transient errors on poll and download; never on submit
+    poll_defaults: frozenset[str] = frozenset()
+
+    def advised(self, advice: PollAdvice) -> RunSettings:
+        """These settings for one API: its advice replaces the poll settings left unset."""
+        unset = self.poll_defaults
+        initial = advice.initial if "initial" in unset and advice.initial else self.poll_initial
+        factor = advice.factor if "factor" in unset and advice.factor else self.poll_factor
+        maximum = advice.maximum if "max" in unset and advice.maximum else self.poll_max
+        if (initial, factor, maximum) == (self.poll_initial, self.poll_factor, self.poll_max):
+            return self
+        return replace(
+            self, poll_initial=initial, poll_factor=factor, poll_max=max(maximum, initial)
+        )
 
 
 @dataclass(frozen=True, slots=True)

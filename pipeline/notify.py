@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from pipeline.errors import TransientError
 from pipeline.limits import Backoff, retrying
-from pipeline.models import ProviderSettings, RemoteTask, RunSettings
+from pipeline.models import PollAdvice, ProviderSettings, RemoteTask, RunSettings
 from pipeline.providers.base import Provider
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "PollFollower",
     "ProgressPace",
     "UpdateCallback",
+    "estimated_first_delay",
+    "expected_finish",
     "make_follower",
     "transient_delay",
 ]
@@ -76,15 +78,39 @@ FOLLOWERS: dict[str, str] = {
 
 
 def make_follower(mode: str, context: FollowContext) -> Follower:
+    """The lane's follower, with the poll settings the spec left unset taken from the
+    API's documented advice (``Provider.poll_advice``)."""
     module_name, _, function = FOLLOWERS[mode].partition(":")
     factory: Callable[[FollowContext], Follower] = getattr(
         importlib.import_module(module_name), function
     )
+    advice = getattr(context.adapter, "poll_advice", None)
+    if isinstance(advice, PollAdvice):
+        context = replace(context, run=context.run.advised(advice))
     return factory(context)
 
 
 def create_poll_follower(context: FollowContext) -> Follower:
     return PollFollower(context.adapter, context.run)
+
+
+def expected_finish(provider: object, remote_id: str) -> float | None:
+    """Seconds from now until the API expects the task done, from its submit answer
+    (``Provider.first_check_in``, e.g. PixelLabs' ``estimatedTime``); None if unknown."""
+    first_check_in = getattr(provider, "first_check_in", None)
+    if not callable(first_check_in):
+        return None
+    seconds = first_check_in(remote_id)
+    return max(float(seconds), 0.0) if isinstance(seconds, int | float) else None
+
+
+ESTIMATE_CAP = 4.0
+"""An estimate from the submit answer puts off the first check by at most this × poll_max."""
+
+
+def estimated_first_delay(expected: float, run: RunSettings) -> float:
+    """The first wait for a task the API expects done in ``expected`` seconds."""
+    return min(expected, ESTIMATE_CAP * run.poll_max)
 
 
 def transient_delay(exc: BaseException) -> float | bool | None:
@@ -97,6 +123,10 @@ def transient_delay(exc: BaseException) -> float | bool | None:
 class PollFollower:
     """Polls one task with growing spacing; once the provider reports progress twice,
     the next poll is aimed at the projected finish instead (fewer polls, less latency).
+    When the submit answer estimated the task's duration (``expected_finish``), the first
+    poll is aimed there (a check before it would be wasted; at most ``ESTIMATE_CAP`` ×
+    ``poll_max`` away, in case of a wild estimate), and spacing starts again from
+    ``poll_initial`` if the task is not done by then.
     """
 
     def __init__(
@@ -120,7 +150,14 @@ class PollFollower:
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:
-        delay = self._run.poll_initial if first_delay is None else first_delay
+        aimed = False
+        if first_delay is None:
+            expected = expected_finish(self._provider, remote_id)
+            if expected is None:
+                first_delay = self._run.poll_initial
+            else:
+                first_delay, aimed = estimated_first_delay(expected, self._run), True
+        delay = first_delay
         pace = ProgressPace()
         while True:
             await self._sleep(delay)
@@ -129,6 +166,8 @@ class PollFollower:
             if task.status.terminal:
                 return task
             grown = min(max(delay, 0.05) * self._run.poll_factor, self._run.poll_max)
+            if aimed:  # the estimate fell short: the finish is near
+                grown, aimed = self._run.poll_initial, False
             projected = pace.observe(self._clock(), task.progress)
             delay = grown if projected is None else _clamp(projected, self._run)
 

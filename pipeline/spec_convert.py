@@ -129,14 +129,17 @@ def _output(model: SpecModel, name: str, parsed: ParsedYaml) -> OutputSettings:
 
 
 def _run(model: SpecModel) -> RunSettings:
-    run = model.run
+    run, poll, default = model.run, model.run.poll, RunSettings()
+    initial = default.poll_initial if poll.initial is None else poll.initial
+    unset = {"initial": poll.initial, "max": poll.max, "factor": poll.factor}
     return RunSettings(
         deadline=run.deadline,
-        poll_initial=run.poll.initial,
-        poll_max=max(run.poll.max, run.poll.initial),
-        poll_factor=run.poll.factor,
+        poll_initial=initial,
+        poll_max=max(default.poll_max if poll.max is None else poll.max, initial),
+        poll_factor=default.poll_factor if poll.factor is None else poll.factor,
         http_timeout=run.http_timeout,
         retries=run.retries,
+        poll_defaults=frozenset(name for name, value in unset.items() if value is None),
     )
 
 

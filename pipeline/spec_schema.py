@@ -258,9 +258,21 @@ Seeds = Annotated[
 
 
 class PollModel(_Section):
-    initial: Duration = Field(1.0, description="First wait between status checks.")
-    max: Duration = Field(30.0, description="Longest wait between status checks.")
-    factor: float = Field(1.5, ge=1.0, description="Each wait is the last one times this.")
+    """Each setting left out follows the API's documented advice where it has one (e.g.
+    APIXO: start at 3 s; PixAI: never under 1.5 s), else the default named here."""
+
+    initial: Duration | None = Field(
+        None,
+        description="First wait between status checks. Default: the API's advice, else 1s.",
+    )
+    max: Duration | None = Field(
+        None, description="Longest wait between status checks. Default: the API's advice, else 30s."
+    )
+    factor: float | None = Field(
+        None,
+        ge=1.0,
+        description="Each wait is the last one times this. Default: the API's advice, else 1.5.",
+    )
 
 
 class RunModel(_Section):

@@ -272,3 +272,152 @@ async def test_callback_hints_from_the_receiver_wake_the_round() -> None:
             subscription.add("t")
     assert results[0].status is S.SUCCEEDED
     assert provider.calls == [["t"]]
+
+
+@contextmanager
+def hint_source(subscription: HintSubscription) -> Iterator[HintSubscription]:
+    yield subscription
+
+
+async def test_a_change_resets_nobodys_spacing() -> None:
+    """A task whose progress moves every round still has its checks spaced out."""
+
+    class Moving(FakeProvider):
+        def _task(self, remote_id: str) -> RemoteTask:
+            task = super()._task(remote_id)
+            return RemoteTask(remote_id, task.status, progress=float(len(self.calls)))
+
+    provider = Moving()
+    run = RunSettings(poll_initial=0.02, poll_max=0.32, poll_factor=2.0)
+    stamps: list[float] = []
+
+    def stamp(task: RemoteTask) -> None:
+        stamps.append(time.monotonic())
+        if len(stamps) == 6:
+            provider.states["t"] = S.SUCCEEDED
+
+    with anyio.fail_after(10):
+        async with follower(provider, run) as batch:
+            await batch.follow("t", on_update=stamp)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert gaps[-1] > 0.15 > gaps[0]
+
+
+async def test_a_new_task_brings_a_round_forward_only_when_its_first_check_is_due() -> None:
+    provider = FakeProvider()
+    run = RunSettings(poll_initial=0.5, poll_max=0.5, poll_factor=1.0)
+    with anyio.fail_after(10):
+        async with follower(provider, run) as batch, anyio.create_task_group() as jobs:
+            jobs.start_soon(lambda: batch.follow("old", on_update=lambda t: None))
+            await anyio.sleep(0.15)
+            jobs.start_soon(lambda: batch.follow("new", on_update=lambda t: None))
+            await anyio.sleep(0.15)
+            assert provider.calls == []  # neither check is due yet
+            await anyio.sleep(0.4)
+            assert provider.calls == [["old", "new"]]  # the new one rode along
+            provider.states.update(old=S.SUCCEEDED, new=S.SUCCEEDED)
+
+
+async def test_with_callbacks_the_checks_are_only_a_safety_net() -> None:
+    provider = FakeProvider()
+    subscription = HintSubscription()
+    run = RunSettings(poll_initial=0.01, poll_max=0.3, poll_factor=2.0)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            batch = BatchFollower(provider, run, group, hints=lambda: hint_source(subscription))
+            group.start_soon(lambda: batch.follow("t", on_update=lambda task: None))
+            await anyio.sleep(0.15)
+            assert provider.calls == []  # not poll_initial: the first check waits poll_max
+            await anyio.sleep(0.3)
+            assert provider.calls == [["t"]]
+            group.cancel_scope.cancel()
+
+
+async def test_one_round_confirms_a_burst_of_callbacks() -> None:
+    provider = FakeProvider()
+    subscription = HintSubscription()
+    ids = [f"t{n}" for n in range(50)]
+    slow = RunSettings(poll_initial=30.0, poll_max=30.0)
+    results: list[RemoteTask] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+
+            async def follow(remote_id: str) -> None:
+                results.append(await batch.follow(remote_id, on_update=lambda task: None))
+                if len(results) == len(ids):
+                    group.cancel_scope.cancel()
+
+            for remote_id in ids:
+                group.start_soon(follow, remote_id)
+            await anyio.wait_all_tasks_blocked()
+            provider.states.update(dict.fromkeys(ids, S.SUCCEEDED))
+            for remote_id in ids:
+                subscription.add(remote_id)
+    assert len(results) == 50
+    assert len(provider.calls) == batch.rounds == 1
+
+
+async def test_a_few_callbacks_wait_a_little_for_others() -> None:
+    """Callbacks for under a fifth of the most tasks in flight wait a share of their
+    task's age, so that one round confirms several; for a fifth the round starts at once."""
+    provider = FakeProvider()
+    subscription = HintSubscription()
+    ids = [f"t{n}" for n in range(20)]  # a fifth: 4
+    slow = RunSettings(poll_initial=30.0, poll_max=30.0)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+            for remote_id in ids:
+                group.start_soon(lambda r=remote_id: batch.follow(r, on_update=lambda t: None))
+            await anyio.sleep(2.0)  # the tasks' age: a callback now waits 0.15 × 2 s
+            provider.states["t0"] = S.SUCCEEDED
+            subscription.add("t0")
+            await anyio.sleep(0.1)
+            assert provider.calls == []
+            await anyio.sleep(0.6)
+            assert len(provider.calls) == 1 and batch.following == 19
+            provider.states.update(dict.fromkeys(ids[1:5], S.SUCCEEDED))
+            for remote_id in ids[1:5]:
+                subscription.add(remote_id)
+            await anyio.wait_all_tasks_blocked()  # four, a fifth of the peak (20): at once
+            assert len(provider.calls) == 2 and batch.following == 15
+            provider.states["t5"] = S.SUCCEEDED
+            subscription.add("t5")
+            await anyio.wait_all_tasks_blocked()
+            assert len(provider.calls) == 2  # the tail waits too: one is not a fifth of 20
+            await anyio.sleep(0.8)
+            assert len(provider.calls) == 3 and batch.following == 14
+            group.cancel_scope.cancel()
+
+
+async def test_a_callback_that_beats_its_follow_is_not_lost() -> None:
+    provider = FakeProvider()
+    subscription = HintSubscription()
+    slow = RunSettings(poll_initial=30.0, poll_max=30.0)
+    provider.states["fast"] = S.SUCCEEDED
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+            group.start_soon(lambda: batch.follow("other", on_update=lambda task: None))
+            await anyio.wait_all_tasks_blocked()
+            subscription.add("fast")  # before anyone follows it
+            await anyio.wait_all_tasks_blocked()
+            done = await batch.follow("fast", on_update=lambda task: None)
+            group.cancel_scope.cancel()
+    assert done.status is S.SUCCEEDED
+    assert provider.calls == [["other", "fast"]]
+
+
+async def test_an_estimate_from_the_submit_sets_the_first_check() -> None:
+    class Estimating(FakeProvider):
+        def first_check_in(self, remote_id: str) -> float | None:
+            return 0.05
+
+    provider = Estimating()
+    provider.states["t"] = S.SUCCEEDED
+    slow = RunSettings(poll_initial=30.0, poll_max=30.0)
+    with anyio.fail_after(5):
+        async with follower(provider, slow) as batch:
+            task = await batch.follow("t", on_update=lambda task: None)
+    assert task.status is S.SUCCEEDED and provider.calls == [["t"]]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import FinalError, TransientError
-from pipeline.models import RemoteStatus, RemoteTask, RunSettings
-from pipeline.notify import PollFollower, ProgressPace
+from pipeline.models import PollAdvice, ProviderSettings, RemoteStatus, RemoteTask, RunSettings
+from pipeline.notify import FollowContext, PollFollower, ProgressPace, make_follower
+from pipeline.providers.apixo import ApixoProvider
+from pipeline.providers.pixellabs import PixelLabsProvider
 
 
 class VirtualTime:
@@ -93,3 +95,84 @@ def test_progress_pace_needs_two_rising_points() -> None:
     assert pace.observe(2.0, 10.0) is None  # no rise
     assert pace.observe(3.0, 30.0) == pytest.approx(3.5)  # 20 %/s, 70 % left
     assert pace.observe(4.0, None) is None
+
+
+class EstimatedTask(LinearTask):
+    """A LinearTask whose submit answer estimated it would take ``estimate`` seconds."""
+
+    def __init__(self, time: VirtualTime, *, queued: float, total: float, estimate: float):
+        super().__init__(time, queued=queued, total=total)
+        self.estimate: float | None = estimate
+
+    def first_check_in(self, remote_id: str) -> float | None:
+        estimate, self.estimate = self.estimate, None
+        return estimate
+
+
+@pytest.mark.anyio
+async def test_an_estimate_from_the_submit_aims_the_first_poll() -> None:
+    time = VirtualTime()
+    task = EstimatedTask(time, queued=6, total=30, estimate=30)
+    await follower(task, time).follow("t", on_update=lambda _: None)
+    assert task.polls == [30]  # one poll, right at the finish
+
+
+@pytest.mark.anyio
+async def test_a_short_estimate_restarts_the_spacing_near_the_finish() -> None:
+    time = VirtualTime()
+    task = EstimatedTask(time, queued=6, total=30, estimate=24)
+    await follower(task, time).follow("t", on_update=lambda _: None)
+    assert task.polls[:2] == [24, 25]  # then poll_initial, not 24 × 1.5
+    assert len(task.polls) <= 4 and task.polls[-1] - 30 < 1.5, task.polls
+
+
+@pytest.mark.anyio
+async def test_an_estimate_past_poll_max_is_trusted_within_reason() -> None:
+    time = VirtualTime()
+    task = EstimatedTask(time, queued=0, total=45, estimate=45)
+    await follower(task, time, poll_max=30).follow("t", on_update=lambda _: None)
+    assert task.polls == [45]  # the API said 45 s: a check at 30 s would be wasted
+
+    class NoProgress(EstimatedTask):
+        async def status(self, remote_id: str) -> RemoteTask:
+            task = await super().status(remote_id)
+            return RemoteTask(remote_id, task.status)
+
+    start = time.now
+    wild = NoProgress(time, queued=0, total=start + 130, estimate=3600)
+    await follower(wild, time, poll_max=30).follow("t", on_update=lambda _: None)
+    polls = [poll - start for poll in wild.polls]
+    assert polls[:3] == [120, 121, 122.5]  # 4 × poll_max at most, then spacing from 1 s
+
+
+@pytest.mark.anyio
+async def test_an_explicit_first_delay_beats_the_estimate() -> None:
+    time = VirtualTime()
+    task = EstimatedTask(time, queued=0, total=2, estimate=30)
+    await follower(task, time).follow("t", on_update=lambda _: None, first_delay=0.0)
+    assert task.polls[0] == 0.0 and task.polls[-1] < 5
+
+
+def test_api_advice_fills_only_the_poll_settings_the_spec_left_out() -> None:
+    advice = PollAdvice(initial=3.0, maximum=20.0)
+    unset = RunSettings(poll_defaults=frozenset({"initial", "max", "factor"}))
+    advised = unset.advised(advice)
+    assert (advised.poll_initial, advised.poll_max, advised.poll_factor) == (3.0, 20.0, 1.5)
+    explicit = RunSettings(poll_initial=0.5, poll_defaults=frozenset({"max", "factor"}))
+    advised = explicit.advised(advice)
+    assert (advised.poll_initial, advised.poll_max) == (0.5, 20.0)
+    assert RunSettings(poll_initial=0.5).advised(advice) == RunSettings(poll_initial=0.5)
+    slow = RunSettings(poll_initial=60.0, poll_max=60.0, poll_defaults=frozenset({"max"}))
+    assert slow.advised(advice).poll_max == 60.0  # never below the first wait
+
+
+def test_each_lane_follows_its_apis_advice() -> None:
+    run = RunSettings(poll_defaults=frozenset({"initial", "max", "factor"}))
+    settings = ProviderSettings(name="a", type="apixo")
+    context = FollowContext(ApixoProvider(settings), settings, run, None)  # type: ignore[arg-type]
+    follower_ = make_follower("poll", context)
+    assert isinstance(follower_, PollFollower)
+    assert follower_._run.poll_initial == 3.0  # APIXO: poll every 3-5 s
+    assert context.run is run  # the run's own settings are untouched
+    plain = FollowContext(PixelLabsProvider(settings), settings, run, None)  # type: ignore[arg-type]
+    assert make_follower("poll", plain)._run.poll_initial == 1.0  # type: ignore[attr-defined]

@@ -145,3 +145,19 @@ async def test_submit_without_an_id_is_ambiguous() -> None:
 
     with pytest.raises(SubmitUnknown):
         await adapter(handler).submit(job())
+
+
+@pytest.mark.anyio
+async def test_estimated_time_aims_the_first_poll_once() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = {"generationId": "gen_1", "status": "queued", "estimatedTime": 15}
+        if json.loads(request.content)["prompt"] == "no estimate":
+            answer = {"generationId": "gen_2", "status": "queued"}
+        return httpx.Response(200, json=answer)
+
+    provider = adapter(handler)
+    assert await provider.submit(job()) == "gen_1"
+    assert 14.0 < (provider.first_check_in("gen_1") or 0) <= 15.0
+    assert provider.first_check_in("gen_1") is None  # asked once
+    assert await provider.submit(job(prompt="no estimate")) == "gen_2"
+    assert provider.first_check_in("gen_2") is None

@@ -552,3 +552,12 @@ def test_schema_documents_every_field() -> None:
         f for f, p in schema["properties"].items() if "description" not in p and "$ref" not in p
     ]
     assert undocumented == []
+
+
+def test_poll_settings_left_out_are_the_apis_advice(tmp_path: Path) -> None:
+    unset = load(tmp_path, MINIMAL).run
+    assert unset.poll_defaults == {"initial", "max", "factor"}
+    assert (unset.poll_initial, unset.poll_max, unset.poll_factor) == (1.0, 30.0, 1.5)
+    some = load(tmp_path, MINIMAL + "run:\n  poll: {initial: 45s}\n").run
+    assert some.poll_defaults == {"max", "factor"}
+    assert (some.poll_initial, some.poll_max) == (45.0, 45.0)

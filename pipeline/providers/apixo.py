@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from pipeline.errors import FinalError, SubmitUnknown, TransientError
-from pipeline.models import Job, OutputRef, RemoteStatus, RemoteTask
+from pipeline.models import Job, OutputRef, PollAdvice, RemoteStatus, RemoteTask
 from pipeline.providers.base import (
     OptionInfo,
     ParamInfo,
@@ -68,6 +68,8 @@ class ApixoProvider(Provider):
     default_base_url = "https://api.apixo.ai"
     media = "image"
     completion_modes = ("poll", "webhook")
+    poll_advice: ClassVar[PollAdvice] = PollAdvice(initial=3.0)
+    """The docs: poll every 3–5 s, with backoff (the spacing then grows × poll.factor)."""
     options: ClassVar[Mapping[str, OptionInfo]] = {
         "callback_timeout": OptionInfo(
             "no callback by then: poll instead (webhook mode)", "duration"

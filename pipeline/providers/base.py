@@ -31,7 +31,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.http import send
-from pipeline.models import Job, ProviderSettings, RemoteTask
+from pipeline.models import Job, PollAdvice, ProviderSettings, RemoteTask
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -111,6 +111,8 @@ class Provider(abc.ABC):
     max_concurrency: ClassVar[int | None] = None  # the API's own cap on tasks in flight
     parameters: ClassVar[Mapping[str, ParamInfo]] = {}
     options: ClassVar[Mapping[str, OptionInfo]] = {}  # besides COMMON_OPTIONS
+    poll_advice: ClassVar[PollAdvice] = PollAdvice()
+    """The API's documented polling advice; it fills the poll settings a spec leaves out."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
@@ -168,6 +170,12 @@ class Provider(abc.ABC):
     async def status_many(self, remote_ids: Sequence[str]) -> list[RemoteTask]:
         """Several tasks at once; APIs with a batch endpoint override this."""
         return [await self.status(remote_id) for remote_id in remote_ids]
+
+    def first_check_in(self, remote_id: str) -> float | None:
+        """Seconds from now until the task's first status check is worth making, from
+        what the submit answer estimated; None when the API gave no estimate. Asked once
+        per task (an adapter may forget the estimate then)."""
+        return None
 
     async def cancel(self, remote_id: str) -> bool:
         """Ask the provider to stop a task. Returns False where the API cannot cancel."""

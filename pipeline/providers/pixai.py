@@ -40,7 +40,14 @@ from pipeline.errors import (
     SubmitUnknown,
     TransientError,
 )
-from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
+from pipeline.models import (
+    Job,
+    OutputRef,
+    PollAdvice,
+    ProviderSettings,
+    RemoteStatus,
+    RemoteTask,
+)
 from pipeline.providers.base import OptionInfo, ParamInfo, PreparedRequest, Provider
 
 __all__ = ["PixAIProvider"]
@@ -105,6 +112,8 @@ class PixAIProvider(Provider):
         "ws_safety_poll": OptionInfo("query a task that heard no event for this long", "duration"),
     }
     max_concurrency = 10  # platform.pixai.art/docs/quick-start/limits
+    poll_advice: ClassVar[PollAdvice] = PollAdvice(initial=1.5)
+    """The limits page: poll no faster than every 1.5 s, with exponential backoff."""
     parameters: ClassVar[Mapping[str, ParamInfo]] = {
         "prompt": ParamInfo("prompts", "what to draw"),
         "negative_prompt": ParamInfo("negativePrompts", "what to avoid"),

@@ -5,11 +5,13 @@
     GET  /v1/generate/{id}     → {generationId, status, progress, metadata, imageUrl…}
 
 Statuses queued/processing/completed/failed; ``imageUrl`` appears only when completed.
+The submit answer's ``estimatedTime`` (seconds) aims the first poll (``first_check_in``).
 Errors are flat: ``{"error": "<code>", "message": "…", "details": {}}``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -17,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from pipeline.errors import SubmitUnknown
-from pipeline.models import Job, OutputRef, RemoteStatus, RemoteTask
+from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
 from pipeline.providers.base import ParamInfo, PreparedRequest, Provider
 
 __all__ = ["PixelLabsProvider"]
@@ -30,6 +32,8 @@ STATUS = {
 }
 
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4")
+MAX_ESTIMATES = 100_000
+"""Estimates kept for tasks whose first poll has not been planned yet (oldest dropped)."""
 
 # common vocabulary → PixelLabs field
 FIELDS = {
@@ -62,6 +66,10 @@ class PixelLabsProvider(Provider):
         "count": ParamInfo("-", "images per task: PixelLabs makes exactly one", (1,)),
     }
 
+    def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(settings, client)
+        self._expected: dict[str, float] = {}  # generation id → monotonic time it should end
+
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems = super().validate_params(params)
@@ -90,7 +98,17 @@ class PixelLabsProvider(Provider):
         generation_id = answer.get("generationId")
         if not isinstance(generation_id, str) or not generation_id:
             raise SubmitUnknown(f"submit answered without a generationId: {dict(answer)}")
+        estimate = answer.get("estimatedTime")
+        if isinstance(estimate, int | float) and not isinstance(estimate, bool) and estimate > 0:
+            self._expected[generation_id] = time.monotonic() + float(estimate)
+            if len(self._expected) > MAX_ESTIMATES:
+                del self._expected[next(iter(self._expected))]
         return generation_id
+
+    def first_check_in(self, remote_id: str) -> float | None:
+        """Seconds until the submit answer's ``estimatedTime`` is up (asked once)."""
+        at = self._expected.pop(remote_id, None)
+        return None if at is None else max(at - time.monotonic(), 0.0)
 
     async def status(self, remote_id: str) -> RemoteTask:
         answer = await self._send_json(PreparedRequest("GET", f"/v1/generate/{remote_id}"))
