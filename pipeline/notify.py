@@ -150,7 +150,7 @@ class PollFollower:
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:
-        aimed = False
+        aimed = first_delay is not None  # a one-off first check; then the usual schedule
         if first_delay is None:
             expected = expected_finish(self._provider, remote_id)
             if expected is None:

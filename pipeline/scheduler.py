@@ -197,6 +197,7 @@ class Scheduler:
         """Take one job as far as it can go. Returns its end state, or None if it stays."""
         job = record.job
         submitted_at = record.submitted_at
+        resumed = record.state is not S.PENDING  # in flight since an earlier run
         if record.state is S.PENDING:
             submitted = await self._submit(lane, record)
             if submitted is None:
@@ -206,18 +207,18 @@ class Scheduler:
         assert remote_id is not None, f"job {job.id} in {state} has no remote id"
         remaining = (submitted_at or self.clock()) + self.spec.run.deadline - self.clock()
         with anyio.move_on_after(max(remaining, 0.0)) as deadline:
-            return await self._follow_and_fetch(lane, record, state, remote_id)
+            return await self._follow_and_fetch(lane, record, state, remote_id, resumed)
         if deadline.cancelled_caught:
             return await self._time_out(lane, job.id, remote_id)
         return None
 
     async def _follow_and_fetch(
-        self, lane: Lane, record: JobRecord, state: JobState, remote_id: str
+        self, lane: Lane, record: JobRecord, state: JobState, remote_id: str, resumed: bool
     ) -> str | None:
         job_id = record.job.id
         task: RemoteTask | None = None
         if state in (S.SUBMITTED, S.RUNNING):
-            task = await self._follow(lane, job_id, remote_id, state)
+            task = await self._follow(lane, job_id, remote_id, state, resumed)
             if task is None:
                 return None
             if task.status is not RemoteStatus.SUCCEEDED:
@@ -231,7 +232,7 @@ class Scheduler:
         return await self._fetch(lane, record, state, remote_id, task)
 
     async def _follow(
-        self, lane: Lane, job_id: str, remote_id: str, state: JobState
+        self, lane: Lane, job_id: str, remote_id: str, state: JobState, resumed: bool
     ) -> RemoteTask | None:
         seen_running = state is S.RUNNING
 
@@ -242,7 +243,10 @@ class Scheduler:
                 self.manifest.transition(job_id, S.RUNNING, expect=S.SUBMITTED)
 
         try:
-            return await lane.follower.follow(remote_id, on_update=on_update)
+            # A resumed task may have finished while nothing watched it (its callbacks
+            # went to the last run's receiver): look at it now, then the usual schedule.
+            first = 0.0 if resumed else None
+            return await lane.follower.follow(remote_id, on_update=on_update, first_delay=first)
         except FinalError as exc:
             self.manifest.transition(
                 job_id, S.FAILED, expect=(S.SUBMITTED, S.RUNNING), error=f"status: {exc.reason()}"

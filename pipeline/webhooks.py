@@ -151,19 +151,24 @@ class WebhookFollower:
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:
         with self._receiver.watch(self._provider, self._hint_key(remote_id)) as mailbox:
-            task = await self._await_callback(remote_id, mailbox, on_update)
+            task = await self._await_callback(remote_id, mailbox, on_update, first_delay)
         if task is not None:
             return task
         poller = PollFollower(self._adapter, self._run, sleep=self._sleep)
         return await poller.follow(remote_id, on_update=on_update, first_delay=0.0)
 
     async def _await_callback(
-        self, remote_id: str, mailbox: Mailbox, on_update: UpdateCallback
+        self,
+        remote_id: str,
+        mailbox: Mailbox,
+        on_update: UpdateCallback,
+        first_delay: float | None,
     ) -> RemoteTask | None:
         """The final task once a hint (or the safety poll) confirms it; None when no
-        callback came in time."""
+        callback came in time. ``first_delay`` brings the first safety check forward."""
         deadline = self._clock() + self._callback_timeout
-        next_check = self._clock() + self._safety_poll
+        first = self._safety_poll if first_delay is None else first_delay
+        next_check = self._clock() + first
         while True:
             hinted = await mailbox.wait(min(deadline, next_check) - self._clock())
             now = self._clock()

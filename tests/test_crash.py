@@ -132,3 +132,60 @@ def test_sigterm_stops_cleanly_and_rerun_continues(tmp_path, emulator_factory):
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert counts(root) == {"done": JOBS}
     assert len(emulator.ledger("pixellabs")) == JOBS
+
+
+def test_resumed_webhook_jobs_are_checked_at_once(tmp_path, emulator_factory):
+    """Callbacks for tasks of a stopped run went to that run's receiver: the resumed run
+    looks at each in-flight task at once instead of waiting for the safety poll (10 s)."""
+    emulator = emulator_factory(["apixo"], task_seconds=1.0)
+    spec = write_spec(
+        tmp_path,
+        f"""
+        output:
+          root: {tmp_path / "out"}
+        providers:
+          apixo:
+            base_url: "{emulator.urls["apixo"]}"
+            api_key: "${{PIXELLABS_API_KEY}}"
+            concurrency: 8
+            params: {{model: nano-banana}}
+            options: {{completion: webhook}}
+        prompts: [a, b, c, d, e, f, g, h]
+        run:
+          poll: {{initial: 0.1s, max: 0.5s}}
+    """,
+    )
+    root = tmp_path / "out"
+    env = {**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = counts_of(root, "apixo")
+        if state.get("submitted", 0) + state.get("running", 0) >= 4:
+            break
+        time.sleep(0.02)
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=60)
+    time.sleep(1.5)  # the tasks finish while nobody is listening
+
+    started = time.monotonic()
+    rerun = run_cli("run", str(spec), "--quiet", cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert time.monotonic() - started < 8
+    assert counts_of(root, "apixo") == {"done": 8}
+    assert len(emulator.ledger("apixo")) == 8
+
+
+def counts_of(root: Path, provider: str) -> dict[str, int]:
+    try:
+        with Manifest.open(root, readonly=True) as manifest:
+            return manifest.counts().get(provider, {})
+    except ManifestError:
+        return {}
