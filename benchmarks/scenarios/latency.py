@@ -63,7 +63,7 @@ def _measure(
             p99s.append(_percentile(lags, 0.99))
     return [
         Row(scenario, "completion → output in place, median", "s", medians,
-            note="default settings" + (" (poll: initial 1 s, ×1.5, max 30 s)"
+            note="default settings" + (" (poll timing: the API's documented advice)"
                                        if case.completion == "poll" else "")),
         Row(scenario, "completion → output in place, p99", "s", p99s),
     ]  # fmt: skip
