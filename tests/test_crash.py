@@ -47,10 +47,10 @@ def crash_spec(tmp_path: Path, url: str) -> Path:
     )
 
 
-def counts(root: Path) -> dict[str, int]:
+def counts(root: Path, provider: str = "pixellabs") -> dict[str, int]:
     try:
         with Manifest.open(root, readonly=True) as manifest:
-            return manifest.counts().get("pixellabs", {})
+            return manifest.counts().get(provider, {})
     except ManifestError:  # not created yet, or its schema is being written right now
         return {}
 
@@ -167,7 +167,7 @@ def test_resumed_webhook_jobs_are_checked_at_once(tmp_path, emulator_factory):
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        state = counts_of(root, "apixo")
+        state = counts(root, "apixo")
         if state.get("submitted", 0) + state.get("running", 0) >= 4:
             break
         time.sleep(0.02)
@@ -179,13 +179,5 @@ def test_resumed_webhook_jobs_are_checked_at_once(tmp_path, emulator_factory):
     rerun = run_cli("run", str(spec), "--quiet", cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert time.monotonic() - started < 8
-    assert counts_of(root, "apixo") == {"done": 8}
+    assert counts(root, "apixo") == {"done": 8}
     assert len(emulator.ledger("apixo")) == 8
-
-
-def counts_of(root: Path, provider: str) -> dict[str, int]:
-    try:
-        with Manifest.open(root, readonly=True) as manifest:
-            return manifest.counts().get(provider, {})
-    except ManifestError:
-        return {}
