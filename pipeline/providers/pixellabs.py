@@ -100,7 +100,10 @@ class PixelLabsProvider(Provider):
             raise SubmitUnknown(f"submit answered without a generationId: {dict(answer)}")
         estimate = answer.get("estimatedTime")
         if isinstance(estimate, int | float) and not isinstance(estimate, bool) and estimate > 0:
-            self._expected[generation_id] = time.monotonic() + float(estimate)
+            # Whole seconds, rounded up: the task may be done up to a second sooner (a
+            # 0.2 s task says 1). Aim a second early; a poll that comes too soon costs
+            # one request, one that comes too late costs every job its latency.
+            self._expected[generation_id] = time.monotonic() + float(estimate) - 1.0
             if len(self._expected) > MAX_ESTIMATES:
                 del self._expected[next(iter(self._expected))]
         return generation_id
