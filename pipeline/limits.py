@@ -101,6 +101,7 @@ class TokenBucket:
         wall: Clock = time.time,
         low_fraction: float = 0.2,
         low_remaining: int = 5,
+        in_flight: int = 0,
     ) -> None:
         self._interval = 1.0 / rate.per_second if rate else 0.0
         self._burst = burst if burst is not None else _default_burst(rate)
@@ -111,6 +112,9 @@ class TokenBucket:
         self._wall = wall
         self._low_fraction = low_fraction
         self._low_remaining = low_remaining
+        # Requests that can be on the wire at once all pass before their answers lower
+        # ``remaining``: start spreading while at least that many are left.
+        self._in_flight = in_flight
         self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
         self._paused_until = -math.inf
         self._pause_epoch = 0  # bumped by every new pause, so sleepers re-check their slot
@@ -168,8 +172,8 @@ class TokenBucket:
 
     def _low_water(self, limit: int | None) -> int:
         if limit is None or limit <= 0:
-            return self._low_remaining
-        return max(1, math.ceil(limit * self._low_fraction))
+            return max(self._low_remaining, self._in_flight)
+        return max(1, math.ceil(limit * self._low_fraction), self._in_flight)
 
     def _current_interval(self, now: float) -> float:
         if now < self._hint_until:
@@ -217,7 +221,9 @@ class ProviderLimiter:
         wall: Clock = time.time,
     ) -> None:
         self._slots = anyio.CapacityLimiter(concurrency)
-        self.bucket = TokenBucket(rate, burst=burst, clock=clock, sleep=sleep, wall=wall)
+        self.bucket = TokenBucket(
+            rate, burst=burst, clock=clock, sleep=sleep, wall=wall, in_flight=concurrency
+        )
         self._default_penalty = default_penalty
         self._wall = wall
 
