@@ -55,6 +55,17 @@ def counts(root: Path, provider: str = "pixellabs") -> dict[str, int]:
         return {}
 
 
+def start_runner(
+    spec: Path, cwd: Path, env: dict[str, str], *, capture: bool
+) -> subprocess.Popen[str]:
+    """`pipeline run SPEC --quiet` in its own process, to be stopped by a signal."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
+        cwd=cwd, env=env, text=True, stdout=output, stderr=output,
+    )  # fmt: skip
+
+
 def kill_between_submits(process: subprocess.Popen[str], root: Path) -> dict[str, int]:
     """Freeze the runner (SIGSTOP) at a moment when some jobs are done and no submit is
     half-recorded, then SIGKILL it. A submit caught between request and commit has an
@@ -80,14 +91,7 @@ def test_sigkill_mid_run_then_rerun_finishes_without_paying_twice(tmp_path, emul
     spec = crash_spec(tmp_path, emulator.urls["pixellabs"])
     root = tmp_path / "out"
     env = {**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start_runner(spec, tmp_path, env, capture=False)
     at_kill = kill_between_submits(runner, root)
     assert at_kill.get("done", 0) < JOBS, at_kill
 
@@ -109,14 +113,7 @@ def test_sigterm_stops_cleanly_and_rerun_continues(tmp_path, emulator_factory):
     spec = crash_spec(tmp_path, emulator.urls["pixellabs"])
     root = tmp_path / "out"
     env = {**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    runner = start_runner(spec, tmp_path, env, capture=True)
     deadline = time.monotonic() + 120
     while counts(root).get("done", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -157,14 +154,7 @@ def test_resumed_webhook_jobs_are_checked_at_once(tmp_path, emulator_factory):
     )
     root = tmp_path / "out"
     env = {**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    runner = start_runner(spec, tmp_path, env, capture=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = counts(root, "apixo")
