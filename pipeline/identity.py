@@ -252,10 +252,12 @@ def _clean_ext(ext: str) -> str:
 
 
 def _clean_component(component: str) -> str:
-    cleaned = "".join(
-        "_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char
-        for char in _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", component))
-    )
+    cleaned = _UNSAFE_CHARS.sub("_", component)
+    if not cleaned.isascii():  # ASCII is NFC already, and _UNSAFE_CHARS covers its controls
+        cleaned = "".join(
+            "_" if unicodedata.category(char) in _UNSAFE_CATEGORIES else char
+            for char in _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", cleaned))
+        )
     cleaned = cleaned.strip(" ").rstrip(". ")
     if cleaned in ("", ".", ".."):
         return "_"
@@ -290,8 +292,9 @@ def resolve_inside(root: Path, rel: PurePosixPath) -> Path:
     Raises ValueError otherwise. Symlinks are not followed: the check is about what the
     template produced, not about links the user placed in the tree.
     """
-    root_abs = Path(os.path.normpath(root.absolute()))
-    candidate = Path(os.path.normpath(root_abs / rel))
-    if rel.is_absolute() or candidate == root_abs or not candidate.is_relative_to(root_abs):
-        raise ValueError(f"output path {str(rel)!r} is not inside {str(root_abs)!r}")
-    return candidate
+    root_abs = os.path.normpath(os.path.abspath(root))
+    candidate = os.path.normpath(os.path.join(root_abs, rel))
+    inside = candidate.startswith(root_abs.rstrip(os.sep) + os.sep)
+    if rel.is_absolute() or not inside:
+        raise ValueError(f"output path {str(rel)!r} is not inside {root_abs!r}")
+    return Path(candidate)

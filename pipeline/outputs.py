@@ -1,7 +1,8 @@
 """From a finished remote task to verified files with provenance sidecars.
 
 Each output goes to the path the spec's template renders (sanitised, inside the output
-root), through ``download`` (``.part``, verify, fsync, atomic rename). Transient trouble
+root), through ``download`` (``.part``, verify, fsync, atomic rename), which writes its
+provenance sidecar in the same step. Transient trouble
 is retried with backoff; a result URL that expired is refreshed once by asking the
 provider for the task again.
 """
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from pipeline import __version__
-from pipeline.download import download, write_sidecar
+from pipeline.download import download
 from pipeline.errors import DownloadError
 from pipeline.identity import render_output_path, resolve_inside
 from pipeline.limits import Backoff, retrying
@@ -81,10 +82,14 @@ async def _fetch_one(
     dest = resolve_inside(spec.output.root, rel)
 
     async def attempt(current: OutputRef) -> Output:
+        def sidecar(output: Output) -> Mapping[str, Any]:
+            return provenance(spec, adapter, record, task, output)
+
         async def once() -> Output:
             return await download(
-                client, current, dest, job_id=job.id, index=index, rel_path=rel.as_posix()
-            )
+                client, current, dest, job_id=job.id, index=index, rel_path=rel.as_posix(),
+                sidecar=sidecar,
+            )  # fmt: skip
 
         return await retrying(
             once,
@@ -103,7 +108,6 @@ async def _fetch_one(
         if len(task.outputs) <= index or task.outputs[index].url == ref.url:
             raise
         output = await attempt(task.outputs[index])
-    write_sidecar(dest, provenance(spec, adapter, record, task, output))
     return output, task
 
 

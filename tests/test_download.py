@@ -223,12 +223,12 @@ async def test_success_writes_verified_file(
 
 
 @pytest.mark.anyio
-async def test_small_body_costs_two_thread_hops(
+async def test_small_body_and_its_sidecar_cost_one_thread_hop(
     client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fresh body that fits in ``chunk_size`` is held and written by the final hop:
-    one hop before the request (directory, old .part), one after (write, fsync, close,
-    rename, directory fsync)."""
+    """A fresh body that fits in ``chunk_size`` is held and written by the one hop after
+    the transfer, with its sidecar (directory, write, fsync, close, renames, directory
+    fsync); the check for an old .part before the request is a stat in the loop."""
     hops: list[str] = []
     run_sync = anyio.to_thread.run_sync
 
@@ -238,11 +238,42 @@ async def test_small_body_costs_two_thread_hops(
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     url = server.url("/file/a.png")
+    seen: list[Output] = []
+
+    def provenance(output: Output) -> dict[str, Any]:
+        seen.append(output)
+        return {"sha256": output.sha256, "api_key": "sk-never"}
+
     output = await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
-                            rel_path="img.png")  # fmt: skip
-    assert output.sha256 == SHA and output.size == len(BODY)
+                            rel_path="img.png", sidecar=provenance)  # fmt: skip
+    assert output.sha256 == SHA and output.size == len(BODY) and seen == [output]
     assert dest.read_bytes() == BODY and not part_path(dest).exists()
-    assert hops == ["_prepare", "commit"]
+    assert hops == ["commit"]
+    sidecar = dest.with_name(dest.name + ".json")
+    assert json.loads(sidecar.read_text()) == {"sha256": SHA, "api_key": "[redacted]"}
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name, sidecar.name]
+
+
+@pytest.mark.anyio
+async def test_failed_sidecar_write_leaves_no_output_in_place(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output is renamed into place only once its sidecar is safely written: when
+    that fails, neither file is in place and nothing temporary is left but the .part."""
+
+    def provenance(output: Output) -> dict[str, Any]:
+        return {"sha256": output.sha256}
+
+    def failing_text(data: Any) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.download, "sidecar_text", failing_text)
+    url = server.url("/file/a.png")
+    with pytest.raises(OSError, match="No space"):
+        await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
+                       rel_path="img.png", sidecar=provenance)  # fmt: skip
+    assert not dest.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == [part_path(dest).name]
 
 
 @pytest.mark.anyio
