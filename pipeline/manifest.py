@@ -105,6 +105,8 @@ class Manifest:
         self._conn: sqlite3.Connection | None = conn
         self._clock = clock
         self._lock = threading.Lock()
+        self._on_pending: Callable[[], None] | None = None  # group commit: see defer_commits
+        self._failed_commit: str | None = None
 
     @classmethod
     def open(
@@ -150,7 +152,10 @@ class Manifest:
             conn, self._conn = self._conn, None
             if conn is None:
                 return
+            self._on_pending = None
             with translated("close", self.path):
+                if conn.in_transaction and self._failed_commit is None:
+                    conn.execute("COMMIT")
                 if not self.readonly:  # keep the planner's statistics fresh, cheaply
                     conn.execute("PRAGMA analysis_limit = 400")
                     conn.execute("PRAGMA optimize")
@@ -166,6 +171,43 @@ class Manifest:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- group commit ---------------------------------------------------------------
+
+    def defer_commits(self, on_pending: Callable[[], None] | None) -> None:
+        """Group commit: with ``on_pending`` set, writes join one open transaction and
+        ``on_pending()`` is called after each, so the caller can ``commit()`` soon (a
+        run commits once per event-loop turn: every job that moved in that turn shares
+        one commit, instead of one ``BEGIN IMMEDIATE``/``COMMIT`` of ≈ 50 µs per move).
+
+        Each write is still all-or-nothing (a savepoint) and guarded as always; reads on
+        this manifest see it at once, other connections at the commit. Whatever must be
+        on disk before something happens outside (contract 2: a submit's intent) calls
+        ``commit()`` first. ``None`` commits what is pending and returns to a
+        transaction per write.
+        """
+        with self._lock:
+            self._on_pending = on_pending
+        if on_pending is None:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the deferred writes (a no-op when nothing is pending).
+
+        If the commit fails, they are rolled back and every later write raises
+        ``ManifestError``: what this process believes the jobs' states are is no longer
+        what the manifest holds, so nothing more may be written on top of it."""
+        with self._lock, translated("commit", self.path):
+            conn = self._connection()
+            if not conn.in_transaction:
+                return
+            try:
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._failed_commit = str(exc) or type(exc).__name__
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     # -- writes --------------------------------------------------------------------
 
@@ -494,19 +536,44 @@ class Manifest:
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One short ``BEGIN IMMEDIATE`` transaction; rolled back if the body raises."""
+        """One short ``BEGIN IMMEDIATE`` transaction; rolled back if the body raises.
+
+        With commits deferred (``defer_commits``), one savepoint inside the open
+        transaction instead, committed later by ``commit()``."""
         if self.readonly:
             raise ManifestError(f"{self.path}: {what}: manifest was opened read-only")
+        if self._failed_commit is not None:
+            raise ManifestError(
+                f"{self.path}: {what}: an earlier commit failed ({self._failed_commit}); "
+                "nothing more is written in this process"
+            )
+        on_pending = self._on_pending
         with self._lock, translated(what, self.path):
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            if on_pending is None:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SAVEPOINT write")
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                else:  # SQLite gave up the whole transaction (disk full, I/O error)
+                    self._failed_commit = str(exc) or type(exc).__name__
                 raise
-            conn.execute("COMMIT")
+            conn.execute("RELEASE write")
+        on_pending()
 
     @contextmanager
     def _reader(self, what: str) -> Iterator[sqlite3.Connection]:

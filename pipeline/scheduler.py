@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from pipeline.commits import GroupCommit, group_commits
 from pipeline.errors import (
     AccountError,
     DownloadError,
@@ -93,6 +94,7 @@ class Scheduler:
         self.clock = clock
         self.summary = RunSummary()
         self._backoff = Backoff(initial=1.0, factor=2.0, maximum=spec.run.poll_max)
+        self._commits: GroupCommit | None = None  # while the lanes run
 
     # -- the run ----------------------------------------------------------------------
 
@@ -105,9 +107,15 @@ class Scheduler:
             async with anyio.create_task_group() as outer:
                 if self.options.handle_signals:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
-                async with anyio.create_task_group() as lanes:
-                    for lane in self.session.lanes.values():
-                        lanes.start_soon(self._run_lane, lane)
+                try:
+                    async with (
+                        group_commits(self.manifest) as self._commits,
+                        anyio.create_task_group() as lanes,
+                    ):
+                        for lane in self.session.lanes.values():
+                            lanes.start_soon(self._run_lane, lane)
+                finally:
+                    self._commits = None
                 outer.cancel_scope.cancel()
         finally:
             self.progress.close()
@@ -331,6 +339,8 @@ class Scheduler:
         """One submit request, immune to Ctrl-C: its outcome is always recorded."""
         outcome: Submitted | TransientError | None = None
         with anyio.CancelScope(shield=True), prepaid_requests():
+            if self._commits is not None:  # the intent is on disk before the request
+                await self._commits.durable()
             outcome = await self._submit_once(lane, job)
         return outcome
 

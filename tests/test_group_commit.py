@@ -1,0 +1,152 @@
+"""Group commit: while a run is on, the manifest's writes share one commit per turn of
+the event loop; a submit's intent is still on disk before the request leaves."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pipeline.commands import load_checked_spec, run_spec
+from pipeline.commits import group_commits
+from pipeline.errors import ManifestError
+from pipeline.manifest import Manifest
+from pipeline.models import Job, JobState
+from pipeline.providers.pixellabs import PixelLabsProvider
+
+from .conftest import FAKE_KEY, write_spec
+
+S = JobState
+
+
+def job(i: int) -> Job:
+    return Job(id=f"job-{i}", provider="p", model="m", params={"prompt": f"p{i}"}, replicate=0)
+
+
+def state_seen_by_another_process(root: Path, job_id: str) -> str:
+    with Manifest.open(root, readonly=True) as other:
+        record = other.get(job_id)
+        assert record is not None
+        return record.state.value
+
+
+def test_deferred_writes_are_seen_here_at_once_and_elsewhere_after_the_commit(
+    tmp_path: Path,
+) -> None:
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job(1), job(2)])
+        pending: list[int] = []
+        manifest.defer_commits(lambda: pending.append(1))
+        assert manifest.transition("job-1", S.SUBMITTING, expect=S.PENDING)
+        assert manifest.transition("job-2", S.SUBMITTING, expect=S.PENDING)
+        assert not manifest.transition("job-2", S.SUBMITTING, expect=S.PENDING)  # guarded
+        assert pending  # the caller was asked to commit soon
+        record = manifest.get("job-1")
+        assert record is not None and record.state is S.SUBMITTING
+        assert state_seen_by_another_process(tmp_path, "job-1") == "pending"
+        manifest.commit()
+        assert state_seen_by_another_process(tmp_path, "job-1") == "submitting"
+        manifest.commit()  # nothing pending: a no-op
+
+
+def test_a_failing_write_undoes_only_itself(tmp_path: Path) -> None:
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job(1)])
+        manifest.defer_commits(lambda: None)
+        assert manifest.transition("job-1", S.SUBMITTING, expect=S.PENDING)
+        with pytest.raises(ManifestError, match="no job"):
+            manifest.transition("nope", S.SUBMITTING, expect=S.PENDING)
+        manifest.defer_commits(None)  # commits what is pending
+        assert state_seen_by_another_process(tmp_path, "job-1") == "submitting"
+
+
+class FailingCommit:
+    """The manifest's connection, except that COMMIT fails as on a full disk."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_rolls_back_and_stops_every_later_write(tmp_path: Path) -> None:
+    manifest = Manifest.open(tmp_path)
+    manifest.add_jobs([job(1), job(2)])
+    real = manifest._conn
+    assert real is not None
+    manifest.defer_commits(lambda: None)
+    assert manifest.transition("job-1", S.SUBMITTING, expect=S.PENDING)
+    manifest._conn = FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(ManifestError, match="disk is full"):
+        manifest.commit()
+    manifest._conn = real
+    with pytest.raises(ManifestError, match="an earlier commit failed"):
+        manifest.transition("job-2", S.SUBMITTING, expect=S.PENDING)
+    manifest.close()
+    assert state_seen_by_another_process(tmp_path, "job-1") == "pending"
+
+
+@pytest.mark.anyio
+async def test_durable_waits_for_the_commit_of_everything_written_before(tmp_path: Path) -> None:
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job(i) for i in range(5)])
+        async with group_commits(manifest) as commits:
+            for i in range(5):
+                manifest.transition(f"job-{i}", S.SUBMITTING, expect=S.PENDING)
+            await commits.durable()
+            assert all(
+                state_seen_by_another_process(tmp_path, f"job-{i}") == "submitting"
+                for i in range(5)
+            )
+            manifest.transition("job-0", S.SUBMITTED, expect=S.SUBMITTING, remote_id="r")
+            for _ in range(3):  # no one waits: committed by the background task anyway
+                await anyio.lowlevel.checkpoint()
+            assert state_seen_by_another_process(tmp_path, "job-0") == "submitted"
+            manifest.transition("job-1", S.SUBMITTED, expect=S.SUBMITTING, remote_id="q")
+        assert state_seen_by_another_process(tmp_path, "job-1") == "submitted"  # on exit
+
+
+def test_every_submit_leaves_only_after_its_intent_is_committed(
+    tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contract 2 under group commit: when a submit request is about to leave, another
+    process reading the manifest already sees the job as ``submitting``."""
+    emulator = emulator_factory(task_seconds=0)
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}\n" for i in range(12)))
+    path = write_spec(
+        tmp_path,
+        f"""
+        output:
+          root: {tmp_path / "out"}
+        providers:
+          pixellabs:
+            base_url: "{emulator.urls["pixellabs"]}"
+            api_key: "${{PIXELLABS_API_KEY}}"
+            concurrency: 6
+        prompts:
+          - file: prompts.txt
+        run:
+          poll: {{initial: 0.01s, max: 0.1s}}
+        """,
+    )
+    seen: list[str] = []
+    real_submit = PixelLabsProvider.submit
+
+    async def submit(self: PixelLabsProvider, job: Job) -> str:
+        seen.append(state_seen_by_another_process(tmp_path / "out", job.id))
+        return await real_submit(self, job)
+
+    monkeypatch.setattr(PixelLabsProvider, "submit", submit)
+    spec = load_checked_spec(path, env={"PIXELLABS_API_KEY": FAKE_KEY})
+    summary = run_spec(spec, quiet=True, handle_signals=False)
+    assert summary.complete and summary.submitted == 12
+    assert seen == ["submitting"] * 12
