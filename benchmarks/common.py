@@ -268,7 +268,7 @@ def write_spec(
     prompts: int,
     seeds: int,
     concurrency: int,
-    out: Path,
+    out: Path | str,
     provider: str = "pixellabs",
     poll: str | None = None,
     name: str = "bench",

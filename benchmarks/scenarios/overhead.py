@@ -3,6 +3,13 @@
 The runner (`pipeline run`, manifest + sidecars + verification on, both HTTP backends)
 against the hand-written peers, each in its own process against the same emulator
 process (reset between runs). Rounds are interleaved so drift hits every contender alike.
+
+Every run writes into a directory of its own, and they are all deleted at the end of
+the scenario, not between runs: on ext4, creating files soon after thousands were
+deleted makes the kernel scan for inodes it may not reuse yet (``recently_deleted``),
+which measured 1 → 2+ s of system time per 2,000 jobs as runs piled up — a cost of
+the benchmark's churn, not of the contenders. When the disk lacks room for that, each
+run's directory is deleted before the next (and the log says so).
 """
 
 from __future__ import annotations
@@ -41,13 +48,14 @@ def run(config: Config) -> list[Row]:
     # its contenders may run fewer jobs (figures are per job, so they stay comparable).
     httpx_jobs = config.options.get("httpx_jobs") or jobs
     rows: list[Row] = []
+    outputs = _Outputs(config, jobs, len(concurrencies) * config.runs * 4)
     with emulator("pixellabs", **KNOBS) as emu:
         for concurrency in concurrencies:
             results: dict[str, list[Proc]] = {}
             emu_cpu: dict[str, list[float]] = {}
             for round_ in range(config.runs):
                 for name, launch in _contenders(
-                    config, emu, jobs, prompts, seeds, concurrency, backends, httpx_jobs
+                    config, emu, jobs, prompts, seeds, concurrency, backends, httpx_jobs, outputs
                 ):
                     config.log(f"  overhead c={concurrency} run {round_ + 1}: {name}")
                     emu.reset()
@@ -56,7 +64,34 @@ def run(config: Config) -> list[Row]:
                     emu_cpu.setdefault(name, []).append(emu_cpu_seconds(emu) - before)
                     results.setdefault(name, []).append(proc)
             rows += _rows(concurrency, jobs, results, emu_cpu)
+    outputs.remove_all()
     return rows
+
+
+class _Outputs:
+    """A fresh output directory for every run (see the module docstring)."""
+
+    def __init__(self, config: Config, jobs: int, runs: int) -> None:
+        import shutil
+
+        self.root = config.scratch("overhead-outputs")
+        self._count = 0
+        needed = 2 * runs * jobs * KNOBS["output_bytes"]  # outputs, sidecars, slack
+        self.keep = shutil.disk_usage(self.root).free > needed
+        if not self.keep:
+            config.log(f"  overhead: under {needed / 1e9:.0f} GB free; clearing between runs")
+
+    def fresh(self) -> Path:
+        if not self.keep:
+            self.remove_all()
+        self._count += 1
+        return self.root / f"run-{self._count:03d}"
+
+    def remove_all(self) -> None:
+        import shutil
+
+        for path in list(self.root.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _contenders(
@@ -68,9 +103,10 @@ def _contenders(
     concurrency: int,
     backends: tuple[str, ...],
     httpx_jobs: int,
+    outputs: _Outputs,
 ) -> list[tuple[str, Callable[[], Proc]]]:
     work = config.scratch(f"overhead-c{concurrency}")
-    out = work / "out"
+    out = "${BENCH_OUT}"  # a fresh directory per run, from the environment
     poll = f"{{initial: {POLL_INITIAL}s, max: 0.5s}}"
     spec = write_spec(
         work, url=emu.url, prompts=prompts, seeds=seeds, concurrency=concurrency, out=out,
@@ -89,11 +125,10 @@ def _contenders(
             spec_, work_, jobs_ = (small_spec, small, prompts * small_seeds)
 
         def launch() -> Proc:
-            _clear(out)
             proc = run_measured(
                 runner_cmd("run", str(spec_), "--quiet"),
                 cwd=work_,
-                env={"PIPELINE_HTTP_BACKEND": backend},
+                env={"PIPELINE_HTTP_BACKEND": backend, "BENCH_OUT": str(outputs.fresh())},
             ).check()
             if f"done {jobs_}/{jobs_}" not in proc.stdout:
                 raise RuntimeError(f"runner did not finish every job: {proc.stdout[-500:]}")
@@ -106,10 +141,9 @@ def _contenders(
         seeds_ = small_seeds if module == "httpx_script" else seeds
 
         def launch() -> Proc:
-            _clear(out)
             args = [PYTHON, "-m", f"benchmarks.peers.{module}", "--base-url", emu.url]
             args += ["--prompts", str(work / "prompts.txt"), "--seeds", str(seeds_)]
-            args += ["--concurrency", str(concurrency), "--out", str(out)]
+            args += ["--concurrency", str(concurrency), "--out", str(outputs.fresh())]
             args += ["--poll-initial", str(POLL_INITIAL), "--poll-max", "0.5"]
             proc = run_measured(args, cwd=work).check()
             proc.jobs = proc.json()["jobs"]
@@ -124,12 +158,6 @@ def _contenders(
     if "httpx" in backends:
         contenders.append(("httpx script", peer("httpx_script")))
     return contenders
-
-
-def _clear(out: Path) -> None:
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
 
 
 def emu_cpu_seconds(emu: Emulator) -> float:
