@@ -1,28 +1,62 @@
 """HTTP clients and the boundary where transport errors become ours.
 
-Code everywhere uses httpx's API. What runs underneath is chosen here, once: by default
-the aiohttp transport from ``httpx-aiohttp`` (measured at several times less CPU per
-request than httpx's own transport on this workload; see benchmarks/RESULTS.md), with
-``PIPELINE_HTTP_BACKEND=httpx`` to fall back to httpx's native transport.
+Code everywhere uses httpx's API and receives real ``httpx.Response`` objects. What runs
+underneath is chosen here, once: by default aiohttp (measured at several times less CPU
+per request than httpx's own transport on this workload; see benchmarks/RESULTS.md),
+with ``PIPELINE_HTTP_BACKEND=httpx`` to fall back to httpx's native transport.
 
 Two kinds of client, never mixed (contract 5):
 - an *API client* per provider, carrying that provider's credentials, with event hooks
   that take a rate-limit token before every request and feed every response's rate
   headers back to the limiter;
 - one *download client* with no credentials at all, for result URLs on other hosts.
+
+Both are ``LeanClient``s over ``AiohttpTransport``: the same httpx API and objects, with
+less of the work httpx and httpx-aiohttp add on top of aiohttp for the simple requests
+made here. CPU per request on the project machine (2 shared cores; 32 requests in
+flight to the PixelLabs emulator on loopback; lowest of 7 rounds, in 3 runs)::
+
+                               aiohttp    httpx.AsyncClient +    LeanClient +
+                               alone      httpx-aiohttp          AiohttpTransport
+    GET, 423 B of JSON         68-69 µs   253-256 µs             110-115 µs
+    POST json, 88 B answer     88-90      273-283                133-135
+    GET 100 KB, stream=True    71-74      262-272                167-179
+    as pipeline.download does
+
+With a canned transport (the client layers alone): GET 111 → 18 µs, POST 129 → 24,
+the download's ``_send`` + ``aiter_bytes`` + ``aclose`` 96 → 40. Where it went:
+``build_request`` (35 µs: the URL parsed again, ≈ 10, and the headers copied three
+times; 6 here), the auth flow and redirect layers, the cookie jar (≈ 20 µs per response
+even when it holds nothing), five async-generator layers and a decoder to read a body
+of a few hundred bytes (≈ 15 µs), and in the transport the URL quoted again by yarl,
+every header decoded again into a new multidict, a ``ClientTimeout`` per request.
 """
 
 from __future__ import annotations
 
+import datetime
+import json as jsonlib
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
 
+# Private parts of httpx that LeanClient.send shares with AsyncClient.send, so that both
+# paths behave the same: the client's open/closed state and the stream wrapper that
+# sets ``response.elapsed`` (the same in httpx 0.27 and 0.28; tests cover them).
+from httpx._client import BoundAsyncStream, ClientState
+
 from pipeline.errors import SubmitUnknown, TransientError
+from pipeline.http_transport import READ_AT_ONCE, AiohttpTransport, PlainBody
 
 __all__ = [
+    "READ_AT_ONCE",
+    "AiohttpTransport",
+    "LeanClient",
     "RequestHook",
     "ResponseHook",
     "make_api_client",
@@ -36,6 +70,12 @@ ResponseHook = Callable[[httpx.Response], Awaitable[None]]
 
 USER_AGENT = "pipeline/0.1 (+https://github.com/pipeline)"
 
+_URL_CACHE_SIZE = 1024  # merged URLs remembered per client (then forgotten all at once)
+_TEMPLATE_CACHE_SIZE = 64  # hosts whose header template a client remembers
+_encode_json = jsonlib.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_logger = logging.getLogger("httpx")  # where httpx logs each request
+
 
 def _backend() -> str:
     return os.environ.get("PIPELINE_HTTP_BACKEND", "aiohttp")
@@ -47,46 +87,289 @@ def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     )
     if _backend() == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits)
-    return _aiohttp_transport(limits)
+    return AiohttpTransport(limits)
 
 
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport, with bodies handed on as aiohttp receives them.
+def _merge_headers(merged: httpx.Headers, headers: Any) -> None:
+    """``merged.update(headers)``; for a dict of ASCII strings, as it always is here, by
+    setting each: 1.4 µs for one header, where ``update`` takes 5.4."""
+    if type(headers) is dict and all(
+        type(k) is str and type(v) is str and k.isascii() and v.isascii()
+        for k, v in headers.items()
+    ):
+        for name, value in headers.items():
+            merged[name] = value
+    else:
+        merged.update(headers)
 
-    Upstream's ``AiohttpResponseStream`` reads 16 KiB at a time, so a 200 MB body makes
-    12,000 trips through five async-generator layers (aiohttp → transport → httpx's
-    bound stream → ``aiter_raw`` → ``aiter_bytes``), and a coalescing ``chunk_size``
-    on top copies every byte once more. ``iter_any()`` yields each piece the socket
-    delivered (asyncio reads up to 256 KiB per ``recv``), without copying. Measured
-    on the project machine (benchmarks scenario 2, one 200 MB file over loopback, with
-    pipeline.download): 16 KiB pieces 1.9-2.9 ms of CPU per MB, whole pieces 1.45.
-    The stream is swapped after upstream builds the response, so everything else
-    (request, timeouts, error mapping) stays upstream's; if a future httpx-aiohttp
-    renames the private ``_aiohttp_response``, its own stream is kept.
+
+class LeanClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` with a short path for the requests this project makes.
+
+    ``build_request`` and ``send`` are overridden; everything built on them (``request``,
+    ``stream``, ``get``…) takes the short path. ``build_request`` takes it for a URL
+    given as a string, absolute or a path under ``base_url``, with any of ``json``,
+    ``params``, ``headers``, ``timeout``, ``extensions``: the merged URL is parsed once
+    and remembered, the headers are copied from a template that already holds ``Host``,
+    and JSON is encoded as httpx encodes it. The result equals httpx's own request
+    (tests compare them). ``send`` takes it whenever no ``auth`` is involved and no
+    ``mounts`` are set: it runs the event hooks around every request, follows redirects
+    when asked (the download client), applies the timeout extension, and hands over a
+    body the transport already read without passing it through httpx's decoder
+    layers (when it has no Content-Encoding). Anything else goes to httpx's code.
+
+    One deliberate difference: the client keeps no cookies from responses (its jar
+    refuses them). No API we call relies on cookies, the cookie jar costs ≈ 20 µs per
+    response, and a download client must carry nothing a host gave it (contract 5).
+    Cookies set on the client explicitly are still sent (via httpx's path).
     """
-    from httpx_aiohttp.transport import (
-        AiohttpResponseStream,
-        AiohttpTransport,
-        map_aiohttp_exceptions,
-    )
 
-    class WholePieceStream(AiohttpResponseStream):
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            with map_aiohttp_exceptions():
-                async for piece in self._aiohttp_response.content.iter_any():
-                    yield piece
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cookies", CookieJar(DefaultCookiePolicy(allowed_domains=[])))
+        super().__init__(**kwargs)
+        self._urls: dict[str, httpx.URL] = {}
+        self._urls_with_params: dict[tuple[str, str | None], httpx.URL] = {}
+        self._urls_base: httpx.URL | None = None  # the base_url the cached URLs are under
+        self._prefix: str | None = None  # str(base_url), when paths may be appended to it
+        self._templates: dict[bytes, tuple[list[tuple[bytes, bytes]], httpx.Headers]] = {}
 
-    class Transport(AiohttpTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response: httpx.Response = await super().handle_async_request(request)
-            upstream = response.stream
-            raw = getattr(upstream, "_aiohttp_response", None)  # absent: keep upstream's
-            if isinstance(upstream, AiohttpResponseStream) and raw is not None:
-                response.stream = WholePieceStream(raw)
-            return response
+    def build_request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        content: Any = None,
+        data: Any = None,
+        files: Any = None,
+        json: Any = None,
+        params: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+        extensions: Any = None,
+    ) -> httpx.Request:
+        target = None
+        if (
+            content is None
+            and data is None
+            and files is None
+            and cookies is None
+            and isinstance(url, str)
+            and not self.cookies
+            and not self.params
+        ):
+            target = self._merged_url(url)
+        if target is None:
+            return super().build_request(
+                method, url, content=content, data=data, files=files, json=json,
+                params=params, headers=headers, cookies=cookies, timeout=timeout,
+                extensions=extensions,
+            )  # fmt: skip
+        if params is not None:
+            target = self._with_params(target, params)
+        merged = httpx.Headers(self._template(target))
+        if headers:
+            _merge_headers(merged, headers)
+        method = method.upper()
+        body = b""
+        if json is not None:
+            body = _encode_json.encode(json).encode("utf-8")
+            if "Content-Length" not in merged:  # 1 µs each; setdefault takes 3
+                merged["Content-Length"] = str(len(body))
+            if "Content-Type" not in merged:
+                merged["Content-Type"] = "application/json"
+        elif method in _BODY_METHODS and not (
+            "Content-Length" in merged or "Transfer-Encoding" in merged
+        ):
+            merged["Content-Length"] = "0"
+        extensions = {} if extensions is None else extensions
+        if "timeout" not in extensions:
+            chosen = self.timeout if timeout is httpx.USE_CLIENT_DEFAULT else httpx.Timeout(timeout)
+            extensions = {**extensions, "timeout": chosen.as_dict()}
+        request = httpx.Request(
+            method, target, headers=merged, stream=httpx.ByteStream(body), extensions=extensions
+        )
+        request.read()  # ``request.content``, as httpx sets it for a body of bytes
+        return request
 
-    transport: httpx.AsyncBaseTransport = Transport(limits=limits)
-    return transport
+    def _merged_url(self, url: str) -> httpx.URL | None:
+        """``url`` merged with ``base_url`` as httpx merges it, or None when unsure.
+
+        A path (``/v1/x``) is appended to ``base_url``; an ``http(s)://`` URL stands
+        alone. Anything else (``//host``, fragments, relative paths, a ``base_url``
+        with a query) is left to httpx. Parsing costs ≈ 10 µs, so URLs under
+        ``base_url`` are remembered: a submit URL never changes, a status URL repeats
+        at every poll. Absolute URLs (result files, each fetched once) are not.
+        """
+        if self.base_url is not self._urls_base:
+            base = self._urls_base = self.base_url
+            plain = base.is_absolute_url and not base.query and not base.fragment
+            text = str(base)  # no "/" after the host when base_url has no path
+            self._prefix = (text if text.endswith("/") else text + "/") if plain else None
+            self._urls.clear()
+            self._urls_with_params.clear()
+        if "#" in url:
+            return None
+        if url.startswith("/") and not url.startswith("//"):
+            if self._prefix is None:
+                return None
+            full = self._prefix + url[1:]
+        elif url.startswith(("http://", "https://")):
+            return httpx.URL(url)
+        else:
+            return None
+        known = self._urls.get(full)
+        if known is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            known = self._urls[full] = httpx.URL(full)
+        return known
+
+    def _with_params(self, url: httpx.URL, params: Any) -> httpx.URL:
+        """``httpx.URL(url, params=params)``, as ``httpx.Request`` makes it (≈ 15 µs),
+        remembered: the URL and the encoded query (≈ 3 µs) decide the result, and a
+        status URL with the task in its query repeats at every poll."""
+        key = (str(url), str(httpx.QueryParams(params)) if params else None)
+        known = self._urls_with_params.get(key)
+        if known is None:
+            if len(self._urls_with_params) >= _URL_CACHE_SIZE:
+                self._urls_with_params.clear()
+            known = self._urls_with_params[key] = httpx.URL(url, params=params)
+        return known
+
+    def _template(self, url: httpx.URL) -> httpx.Headers:
+        """``Host`` first, then the client's headers, as httpx orders them: built once
+        per host, and again whenever the client's headers change."""
+        netloc = url.netloc
+        current = self.headers.raw
+        known = self._templates.get(netloc)
+        if known is None or known[0] != current:
+            if len(self._templates) >= _TEMPLATE_CACHE_SIZE:
+                self._templates.clear()
+            template = httpx.Headers([(b"Host", netloc), *current])
+            known = self._templates[netloc] = (current, template)
+        return known[1]
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        if (
+            (auth is None or (auth is httpx.USE_CLIENT_DEFAULT and self.auth is None))
+            and not self._mounts
+            and not request.url.userinfo  # httpx turns these into basic auth
+        ):
+            if follow_redirects is httpx.USE_CLIENT_DEFAULT:
+                follow_redirects = self.follow_redirects
+            return await self._send_lean(request, stream=stream, follow_redirects=follow_redirects)
+        return await super().send(
+            request, stream=stream, auth=auth, follow_redirects=follow_redirects
+        )
+
+    async def _send_lean(
+        self, request: httpx.Request, *, stream: bool, follow_redirects: bool
+    ) -> httpx.Response:
+        """What ``AsyncClient.send`` does for a request without auth, in one loop: the
+        request hooks before every request and the response hooks after every response
+        (redirects included), as the rate limiter needs them."""
+        if self._state is ClientState.CLOSED:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        self._state = ClientState.OPENED
+        if "timeout" not in request.extensions:  # as httpx 0.28 sets it (0.27 did not)
+            request.extensions = {**request.extensions, "timeout": self.timeout.as_dict()}
+        history: list[httpx.Response] = []
+        while True:
+            if len(history) > self.max_redirects:
+                raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=request)
+            for hook in self.event_hooks["request"]:
+                await hook(request)
+            start = time.perf_counter()
+            response = await self._send_single(request)
+            try:
+                for hook in self.event_hooks["response"]:
+                    await hook(response)
+                if history:
+                    response.history = list(history)
+                if not response.has_redirect_location:
+                    await _deliver(response, start, stream=stream)
+                    return response
+                next_request = self._build_redirect_request(request, response)
+                if not follow_redirects:
+                    response.next_request = next_request
+                    await _deliver(response, start, stream=stream)
+                    return response
+                _bind(response, start)
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+            history = [*history, response]
+            request = next_request
+
+    async def _send_single(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(request.stream, httpx.AsyncByteStream):  # httpx's own check
+            message = "Attempted to send an sync request with an AsyncClient instance."
+            raise RuntimeError(message)  # noqa: TRY004 (the error httpx raises)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx's request_context does
+            raise
+        response.request = request
+        response.default_encoding = self._default_encoding
+        if _logger.isEnabledFor(logging.INFO):
+            _logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
+
+
+async def _deliver(response: httpx.Response, start: float, *, stream: bool) -> None:
+    """Leave the response as ``AsyncClient.send`` does: read unless ``stream``, and
+    bound to ``start`` so that closing it sets ``elapsed``."""
+    if _adopt_body(response) and not stream:
+        _finish(response, start)
+        return
+    _bind(response, start)
+    if not stream:
+        await response.aread()
+
+
+def _adopt_body(response: httpx.Response) -> bool:
+    """Give the response the body the transport already read as its content, without
+    httpx's decoder and chunker layers (a few generators deep): reading it then costs
+    under 1 µs instead of ≈ 8, and a streamed response's ``aiter_bytes`` + ``aclose``
+    ≈ 6 µs instead of ≈ 16. Only a body that needs no decoding; the raw stream is left
+    as it is, so ``aiter_raw`` still works on a streamed response. False when the body
+    must be read the usual way."""
+    stream = response.stream
+    if type(stream) is not PlainBody or response.is_stream_consumed:
+        return False
+    response._content = stream.body
+    response._num_bytes_downloaded = len(stream.body)
+    return True
+
+
+def _finish(response: httpx.Response, start: float) -> None:
+    """Leave an adopted body's response as ``read()`` leaves it: consumed and closed."""
+    response.is_stream_consumed = True
+    response.is_closed = True
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
+
+
+def _bind(response: httpx.Response, start: float) -> None:
+    """Wrap the stream as httpx does, so closing the response sets ``elapsed``."""
+    assert isinstance(response.stream, httpx.AsyncByteStream)
+    response.stream = BoundAsyncStream(response.stream, response=response, start=start)
 
 
 def make_api_client(
@@ -97,14 +380,14 @@ def make_api_client(
     max_connections: int,
     on_request: RequestHook | None = None,
     on_response: ResponseHook | None = None,
-) -> httpx.AsyncClient:
+) -> LeanClient:
     """A client for one provider's API: its base URL, its credentials, its limiter."""
     hooks: dict[str, list[Callable[..., Any]]] = {"request": [], "response": []}
     if on_request is not None:
         hooks["request"].append(on_request)
     if on_response is not None:
         hooks["response"].append(on_response)
-    return httpx.AsyncClient(
+    return LeanClient(
         base_url=base_url,
         headers={"User-Agent": USER_AGENT, **headers},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
@@ -114,9 +397,9 @@ def make_api_client(
     )
 
 
-def make_download_client(*, timeout: float, max_connections: int) -> httpx.AsyncClient:
+def make_download_client(*, timeout: float, max_connections: int) -> LeanClient:
     """A client for result URLs. It carries no credentials whatsoever (contract 5)."""
-    return httpx.AsyncClient(
+    return LeanClient(
         headers={"User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
         transport=_transport(max_connections),
