@@ -41,7 +41,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -49,11 +49,12 @@ import anyio
 import httpx
 
 from pipeline.errors import DownloadError, VerificationError
-from pipeline.fsio import fsync_dir, replace_durably, write_atomic_text
+from pipeline.fsio import fsync_dir, write_atomic_text
 from pipeline.limits import parse_retry_after
 from pipeline.models import Output, OutputRef
 
 __all__ = [
+    "Committer",
     "download",
     "download_retry_verdict",
     "part_path",
@@ -106,6 +107,7 @@ async def download(
     rel_path: str,
     chunk_size: int = _HOLD,
     sidecar: Callable[[Output], Mapping[str, Any]] | None = None,
+    committer: Committer | None = None,
 ) -> Output:
     """Download ``ref`` to ``dest``, verified, fsynced and renamed into place.
 
@@ -118,7 +120,8 @@ async def download(
 
     ``sidecar``, given the verified ``Output``, returns the provenance to write beside
     it (``<dest>.json``, as ``write_sidecar`` does); it is written in the same worker hop
-    as the output, and one directory fsync makes both renames durable.
+    as the output, and one directory fsync makes both renames durable. With a
+    ``committer`` that hop is shared with the other downloads finishing meanwhile.
     """
     part = part_path(dest)
     offset = _part_length(part)
@@ -134,10 +137,81 @@ async def download(
     output = Output(job_id, index, rel_path, body.size, digest, url=ref.url, content_type=body.type)
     provenance = sidecar(output) if sidecar is not None else None
     try:
-        await anyio.to_thread.run_sync(body.commit, dest, provenance)
+        if committer is not None:
+            await committer.commit(body, dest, provenance)
+        else:
+            await anyio.to_thread.run_sync(body.commit, dest, provenance)
     finally:
         body.close()
     return output
+
+
+class Committer:
+    """Makes finished downloads durable in batches: one worker hop for every body that
+    finished while the previous batch was being written.
+
+    A hop per download cost far more than its ≈ 50-100 µs: with a worker thread per
+    busy download (anyio's pool has 40), every fsync a worker returned from was a GIL
+    hand-over with the event loop, and the loop paid for each. Measured on the project
+    machine (2,000 jobs of 100 KB at concurrency 64, whole process, median of 5):
+    3.2 → 2.3 ms of CPU per job and 5.7 → 4.6 s of wall time, with one thread doing
+    the batches. Within a batch each directory is fsynced once, after all its renames.
+
+    ``run`` is a background task (the session starts it); ``commit`` waits for the
+    batch holding its body. A failure is the failing body's alone.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[_Commit] = []
+        self._wake = anyio.Event()
+
+    async def commit(
+        self, body: _PartBody, dest: Path, provenance: Mapping[str, Any] | None
+    ) -> None:
+        item = _Commit(body, dest, provenance)
+        self._queue.append(item)
+        self._wake.set()
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._queue = self._queue, []
+            try:  # a worker hop is not cancellable: the batch always completes
+                await anyio.to_thread.run_sync(_commit_batch, batch)
+            finally:
+                for item in batch:
+                    item.done.set()
+
+
+@dataclass(slots=True)
+class _Commit:
+    body: _PartBody
+    dest: Path
+    provenance: Mapping[str, Any] | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: Exception | None = None
+
+
+def _commit_batch(batch: list[_Commit]) -> None:
+    """In the worker: each body as ``_PartBody.commit``, then each directory fsynced once."""
+    directories: dict[Path, list[_Commit]] = {}
+    for item in batch:
+        try:
+            item.body.commit(item.dest, item.provenance, sync_dir=False)
+        except Exception as exc:
+            item.error = exc
+        else:
+            directories.setdefault(item.dest.parent, []).append(item)
+    for directory, items in directories.items():
+        try:
+            fsync_dir(directory)
+        except Exception as exc:
+            for item in items:
+                item.error = exc
 
 
 async def _fetch_to_part(
@@ -280,8 +354,11 @@ class _PartBody:
             self._file.writelines(self._held)
             self._held.clear()
 
-    def commit(self, dest: Path, provenance: Mapping[str, Any] | None = None) -> None:
-        """In a worker thread: write what is held, fsync, close, rename, fsync the dir.
+    def commit(
+        self, dest: Path, provenance: Mapping[str, Any] | None = None, *, sync_dir: bool = True
+    ) -> None:
+        """In a worker thread: write what is held, fsync, close, rename, fsync the dir
+        (unless ``sync_dir`` is False: then the caller must, before trusting the rename).
 
         With ``provenance``, its sidecar is written and fsynced beside the output first;
         the output is renamed into place before the sidecar, so a sidecar never
@@ -296,7 +373,9 @@ class _PartBody:
         finally:
             file.close()
         if provenance is None:
-            replace_durably(self.part, dest)
+            os.replace(self.part, dest)
+            if sync_dir:
+                fsync_dir(dest.parent)
             return
         sidecar = sidecar_path(dest)
         temporary = sidecar.with_name(f".{sidecar.name}.tmp")
@@ -310,7 +389,8 @@ class _PartBody:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        fsync_dir(dest.parent)
+        if sync_dir:
+            fsync_dir(dest.parent)
 
     def close(self) -> None:
         if self._file is not None:

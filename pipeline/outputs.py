@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from pipeline import __version__
-from pipeline.download import download
+from pipeline.download import Committer, download
 from pipeline.errors import DownloadError
 from pipeline.identity import render_output_path, resolve_inside
 from pipeline.limits import Backoff, retrying
@@ -41,8 +41,11 @@ async def fetch_outputs(
     task: RemoteTask | None,
     backoff: Backoff,
     on_retry: RetryLog | None = None,
+    committer: Committer | None = None,
 ) -> list[Output]:
-    """Download every output of a succeeded task; raises DownloadError/ProviderError."""
+    """Download every output of a succeeded task; raises DownloadError/ProviderError.
+
+    ``committer`` (the session's) makes the files durable in batches with other jobs'."""
     if task is None:  # resumed after a restart: ask again (also refreshes expiring URLs)
         task = await _status(adapter, remote_id, spec, backoff)
     if not task.outputs:
@@ -58,6 +61,7 @@ async def fetch_outputs(
             index=index,
             backoff=backoff,
             on_retry=on_retry,
+            committer=committer,
         )
         outputs.append(output)
     return outputs
@@ -73,6 +77,7 @@ async def _fetch_one(
     index: int,
     backoff: Backoff,
     on_retry: RetryLog | None,
+    committer: Committer | None,
 ) -> tuple[Output, RemoteTask]:
     job = record.job
     ref = task.outputs[index]
@@ -88,7 +93,7 @@ async def _fetch_one(
         async def once() -> Output:
             return await download(
                 client, current, dest, job_id=job.id, index=index, rel_path=rel.as_posix(),
-                sidecar=sidecar,
+                sidecar=sidecar, committer=committer,
             )  # fmt: skip
 
         return await retrying(

@@ -403,6 +403,7 @@ class Scheduler:
                 task=task,
                 backoff=self._backoff,
                 on_retry=self._log_retry(job_id),
+                committer=self.session.committer,
             )
         except (DownloadError, ProviderError) as exc:
             transient = isinstance(exc, TransientError) or (

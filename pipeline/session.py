@@ -16,6 +16,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
+from pipeline.download import Committer
 from pipeline.errors import PipelineError
 from pipeline.http import make_api_client, make_download_client
 from pipeline.limits import ProviderLimiter
@@ -66,6 +67,7 @@ class Session:
     lanes: Mapping[str, Lane]
     downloads: httpx.AsyncClient
     emulator_urls: Mapping[str, str]
+    committer: Committer | None = None  # makes finished downloads durable, in batches
 
 
 @asynccontextmanager
@@ -84,7 +86,9 @@ async def open_session(spec: Spec) -> AsyncIterator[Session]:
             timeout=spec.run.http_timeout, max_connections=max(width, 8)
         )
         await stack.enter_async_context(downloads)
-        yield Session(lanes=lanes, downloads=downloads, emulator_urls=urls)
+        committer = Committer()
+        background.start_soon(committer.run)
+        yield Session(lanes=lanes, downloads=downloads, emulator_urls=urls, committer=committer)
 
 
 def emulators() -> ModuleType:

@@ -277,6 +277,62 @@ async def test_failed_sidecar_write_leaves_no_output_in_place(
 
 
 @pytest.mark.anyio
+async def test_a_committer_makes_many_downloads_durable_in_few_hops(
+    client: httpx.AsyncClient, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downloads finishing together share worker hops; each directory is fsynced once
+    per batch, after its renames; one download's failure stays its own."""
+    hops: list[int] = []
+    synced: list[Path] = []
+    run_sync = anyio.to_thread.run_sync
+    real_fsync_dir = pipeline.download.fsync_dir
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+        return await run_sync(func, *args, **kwargs)
+
+    def recording(directory: Path) -> None:
+        synced.append(directory)
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    monkeypatch.setattr(pipeline.download, "fsync_dir", recording)
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    targets = [tmp_path / "out" / f"d{i % 2}" / f"{i}.png" for i in range(12)]
+    targets.append(tmp_path / "blocked" / "x.png")
+    committer = pipeline.download.Committer()
+    results: dict[int, Output | BaseException] = {}
+
+    async def one(index: int, target: Path) -> None:
+        try:
+            results[index] = await download(
+                client, OutputRef(server.url("/file/a.png"), sha256=SHA), target,
+                job_id=f"j{index}", index=0, rel_path=target.name,
+                sidecar=lambda o: {"job": o.job_id}, committer=committer,
+            )  # fmt: skip
+        except (OSError, DownloadError) as exc:
+            results[index] = exc
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(committer.run)
+        async with anyio.create_task_group() as downloads:
+            for index, target in enumerate(targets):
+                downloads.start_soon(one, index, target)
+        group.cancel_scope.cancel()
+    assert isinstance(results.pop(len(targets) - 1), NotADirectoryError)
+    for index, target in enumerate(targets[:-1]):
+        output = results[index]
+        assert isinstance(output, Output) and output.sha256 == SHA
+        assert target.read_bytes() == BODY and not part_path(target).exists()
+        assert json.loads(target.with_name(target.name + ".json").read_text()) == {
+            "job": f"j{index}"
+        }
+    assert sum(hops) == len(targets) and len(hops) < len(targets)  # batched
+    assert sorted(set(synced)) == sorted({t.parent for t in targets[:-1]})
+    assert len(synced) <= 2 * len(hops)  # at most once per directory per batch
+
+
+@pytest.mark.anyio
 async def test_large_body_streams_and_starts_writeback(
     client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
