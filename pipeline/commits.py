@@ -40,6 +40,7 @@ class GroupCommit:
         self.manifest = manifest
         self._wanted = anyio.Event()
         self._round = _Round()
+        self._stopped = False
 
     def pending(self) -> None:
         """Called by the manifest after each deferred write: commit after this turn."""
@@ -47,7 +48,11 @@ class GroupCommit:
 
     async def durable(self) -> None:
         """Return once everything written so far is committed; raise ``ManifestError``
-        if that commit failed."""
+        if that commit failed. Once the background task has stopped (the run is being
+        cancelled), it commits at once itself."""
+        if self._stopped:
+            self.manifest.commit()
+            return
         round_ = self._round
         self._wanted.set()
         await round_.done.wait()
@@ -55,17 +60,26 @@ class GroupCommit:
             raise round_.error
 
     async def run(self) -> None:
-        while True:
-            await self._wanted.wait()
-            await anyio.lowlevel.checkpoint()  # let the rest of this turn write too
-            self._wanted = anyio.Event()
-            round_, self._round = self._round, _Round()
-            try:
-                self.manifest.commit()
-            except ManifestError as exc:
-                round_.error = exc
-            finally:
-                round_.done.set()
+        try:
+            while True:
+                await self._wanted.wait()
+                await anyio.lowlevel.checkpoint()  # let the rest of this turn write too
+                self._wanted = anyio.Event()
+                self._commit_round()
+        finally:
+            # Cancelled (Ctrl-C): submits waiting inside their shields must not wait for
+            # a round that would never come.
+            self._stopped = True
+            self._commit_round()
+
+    def _commit_round(self) -> None:
+        round_, self._round = self._round, _Round()
+        try:
+            self.manifest.commit()
+        except ManifestError as exc:
+            round_.error = exc
+        finally:
+            round_.done.set()
 
 
 @asynccontextmanager

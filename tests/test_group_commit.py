@@ -115,6 +115,29 @@ async def test_durable_waits_for_the_commit_of_everything_written_before(tmp_pat
         assert state_seen_by_another_process(tmp_path, "job-1") == "submitted"  # on exit
 
 
+@pytest.mark.anyio
+async def test_a_shielded_wait_ends_when_the_run_is_cancelled(tmp_path: Path) -> None:
+    """Ctrl-C cancels the committer while submits wait, shielded, for their intent to be
+    on disk: they must get it (committed on the way out), not wait forever."""
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job(1)])
+        waited: list[str] = []
+
+        async def submit(job_id: str) -> None:
+            manifest.transition(job_id, S.SUBMITTING, expect=S.PENDING)
+            with anyio.CancelScope(shield=True), anyio.fail_after(5):
+                await commits.durable()
+                waited.append(state_seen_by_another_process(tmp_path, job_id))
+
+        async with anyio.create_task_group() as run, group_commits(manifest) as commits:
+            run.start_soon(submit, "job-1")
+            await anyio.lowlevel.checkpoint()
+            run.cancel_scope.cancel()  # before the committer's turn comes
+        assert waited == ["submitting"]
+        with anyio.fail_after(5):
+            await commits.durable()  # stopped: nothing to wait for
+
+
 def test_every_submit_leaves_only_after_its_intent_is_committed(
     tmp_path: Path, emulator_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
