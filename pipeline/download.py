@@ -158,33 +158,45 @@ class Committer:
     the batches. Within a batch each directory is fsynced once, after all its renames.
 
     ``run`` is a background task (the session starts it); ``commit`` waits for the
-    batch holding its body. A failure is the failing body's alone.
+    batch holding its body, shielded from cancellation as a worker hop is: the body is
+    never closed under the worker's feet. A failure is the failing body's alone.
     """
 
     def __init__(self) -> None:
         self._queue: list[_Commit] = []
         self._wake = anyio.Event()
+        self._stopped = False
 
     async def commit(
         self, body: _PartBody, dest: Path, provenance: Mapping[str, Any] | None
     ) -> None:
+        if self._stopped:
+            raise DownloadError("the session is closing; not committed", transient=True)
         item = _Commit(body, dest, provenance)
         self._queue.append(item)
         self._wake.set()
-        await item.done.wait()
+        with anyio.CancelScope(shield=True):
+            await item.done.wait()
         if item.error is not None:
             raise item.error
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            batch, self._queue = self._queue, []
-            try:  # a worker hop is not cancellable: the batch always completes
-                await anyio.to_thread.run_sync(_commit_batch, batch)
-            finally:
-                for item in batch:
-                    item.done.set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                batch, self._queue = self._queue, []
+                try:  # a worker hop is not cancellable: the batch always completes
+                    await anyio.to_thread.run_sync(_commit_batch, batch)
+                finally:
+                    for item in batch:
+                        item.done.set()
+        finally:
+            self._stopped = True
+            for item in self._queue:  # handed over after the last batch: not written
+                item.error = DownloadError("the session closed; not committed", transient=True)
+                item.done.set()
+            self._queue.clear()
 
 
 @dataclass(slots=True)

@@ -333,6 +333,21 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
 
 
 @pytest.mark.anyio
+async def test_a_stopped_committer_refuses_instead_of_hanging(
+    client: httpx.AsyncClient, server: Server, dest: Path
+) -> None:
+    committer = pipeline.download.Committer()
+    async with anyio.create_task_group() as group:
+        group.start_soon(committer.run)
+        await anyio.sleep(0)
+        group.cancel_scope.cancel()
+    with anyio.fail_after(5), pytest.raises(DownloadError, match="not committed"):
+        await download(client, OutputRef(server.url("/file/a.png")), dest, job_id="j",
+                       index=0, rel_path="img.png", committer=committer)  # fmt: skip
+    assert not dest.exists()
+
+
+@pytest.mark.anyio
 async def test_large_body_streams_and_starts_writeback(
     client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
