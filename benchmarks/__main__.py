@@ -34,7 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--provider", action="append", help="requests/latency: only this provider (repeatable)"
     )
     parser.add_argument(
-        "--httpx-jobs", type=int, help="overhead jobs for the httpx contenders (default: same)"
+        "--httpx-jobs",
+        type=int,
+        help="overhead jobs for the httpx contenders (default: 1,000 at most)",
     )
     parser.add_argument(
         "--concurrency",

@@ -45,8 +45,8 @@ def run(config: Config) -> list[Row]:
     concurrencies = config.options.get("concurrency") or config.pick((64, 256), (64, 256), (8,))
     backends = config.options.get("backends") or ("aiohttp", "httpx")
     # httpx's own transport is slow enough that 10,000 jobs would take minutes per run;
-    # its contenders may run fewer jobs (figures are per job, so they stay comparable).
-    httpx_jobs = config.options.get("httpx_jobs") or jobs
+    # its contenders run fewer jobs (figures are per job, so they stay comparable).
+    httpx_jobs = config.options.get("httpx_jobs") or min(jobs, 1_000)
     rows: list[Row] = []
     outputs = _Outputs(config, jobs, len(concurrencies) * config.runs * 4)
     with emulator("pixellabs", **KNOBS) as emu:
