@@ -38,6 +38,7 @@ import datetime
 import json as jsonlib
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -47,7 +48,8 @@ import httpx
 
 # Private parts of httpx that LeanClient.send shares with AsyncClient.send, so that both
 # paths behave the same: the client's open/closed state and the stream wrapper that
-# sets ``response.elapsed`` (the same in httpx 0.27 and 0.28; tests cover them).
+# sets ``response.elapsed`` (the same in httpx 0.27 and 0.28; tests cover them). Also
+# used: ``URL._uri_reference`` (a NamedTuple of the parsed parts; ``LeanClient._parse``).
 from httpx._client import BoundAsyncStream, ClientState
 
 from pipeline.errors import SubmitUnknown, TransientError
@@ -74,6 +76,10 @@ _URL_CACHE_SIZE = 1024  # merged URLs remembered per client (then forgotten all 
 _TEMPLATE_CACHE_SIZE = 64  # hosts whose header template a client remembers
 _encode_json = jsonlib.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Paths and queries httpx would keep exactly as they are: unreserved characters and
+# percent-escapes (and "/", or "=" and "&"); anything else goes through httpx's parser.
+_PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*")
+_PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9._~=&-]|%[0-9A-Fa-f]{2})*")
 _logger = logging.getLogger("httpx")  # where httpx logs each request
 
 
@@ -128,6 +134,7 @@ class LeanClient(httpx.AsyncClient):
         kwargs.setdefault("cookies", CookieJar(DefaultCookiePolicy(allowed_domains=[])))
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
+        self._origins: dict[str, Any] = {}  # "scheme://host:port" → its parsed form
         self._urls_with_params: dict[tuple[str, str | None], httpx.URL] = {}
         self._urls_base: httpx.URL | None = None  # the base_url the cached URLs are under
         self._prefix: str | None = None  # str(base_url), when paths may be appended to it
@@ -215,15 +222,43 @@ class LeanClient(httpx.AsyncClient):
                 return None
             full = self._prefix + url[1:]
         elif url.startswith(("http://", "https://")):
-            return httpx.URL(url)
+            return self._parse(url)
         else:
             return None
         known = self._urls.get(full)
         if known is None:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
-            known = self._urls[full] = httpx.URL(full)
+            known = self._urls[full] = self._parse(full)
         return known
+
+    def _parse(self, url: str) -> httpx.URL:
+        """``httpx.URL(url)``, without parsing the scheme and host again when they are
+        ones seen before and the rest needs no quoting or normalising.
+
+        Every status URL (one task each) and every result URL is new, and httpx parses
+        each in ≈ 12 µs; built from the origin's parsed form and the already-plain path
+        and query, ≈ 1 µs. Anything unusual (characters to quote, dot segments, a
+        fragment, userinfo, no path) is parsed by httpx; tests compare both ways.
+        """
+        scheme_end = url.find("://")
+        slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
+        if slash < 0 or "#" in url or "@" in url[:slash]:
+            return httpx.URL(url)
+        path, mark, query = url[slash:].partition("?")
+        if not _PLAIN_PATH.fullmatch(path) or "/." in path:
+            return httpx.URL(url)
+        if mark and not _PLAIN_QUERY.fullmatch(query):
+            return httpx.URL(url)
+        origin = url[:slash]
+        parsed = self._origins.get(origin)
+        if parsed is None:
+            if len(self._origins) >= _TEMPLATE_CACHE_SIZE:
+                self._origins.clear()
+            parsed = self._origins[origin] = httpx.URL(origin + "/")._uri_reference
+        result = httpx.URL.__new__(httpx.URL)
+        result._uri_reference = parsed._replace(path=path, query=query if mark else None)
+        return result
 
     def _with_params(self, url: httpx.URL, params: Any) -> httpx.URL:
         """``httpx.URL(url, params=params)``, as ``httpx.Request`` makes it (≈ 15 µs),

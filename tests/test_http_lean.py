@@ -501,3 +501,37 @@ async def test_transport_under_a_plain_httpx_client(server: Server) -> None:
         assert (await client.get(server.url("/small"))).content == SMALL
         async with client.stream("GET", server.url("/big")) as response:
             assert b"".join([piece async for piece in response.aiter_bytes()]) == BIG
+
+
+PLAIN_URLS = [
+    "http://127.0.0.1:18778/v1/generate/gen_506cea7da215",
+    "http://EXAMPLE.com:80/a/b.png?x=1&y=%2F",
+    "https://cdn.example.com/files/a%20b.png",
+    "http://[::1]:8080/x",
+    "https://h:443/p?",
+    "http://h/%7e",
+]
+OTHER_URLS = [  # parsed by httpx
+    "http://h/x?a=%zz",
+    "http://h/a/../b",
+    "http://h/./b",
+    "http://h/a b",
+    "http://h",
+    "http://h/x?q=a b",
+    "http://user:pw@h/x",
+    "http://h/x#frag",
+    "http://h/ä.png",
+]
+
+
+@pytest.mark.parametrize("url", PLAIN_URLS + OTHER_URLS)
+def test_urls_built_without_parsing_equal_httpx_s(url: str) -> None:
+    """Result and status URLs are built from their origin's parsed form when the rest
+    needs no quoting; they must be exactly what httpx makes of the same string."""
+    client = LeanClient()
+    ours, theirs = client._parse(url), httpx.URL(url)
+    assert ours == theirs and str(ours) == str(theirs)
+    assert (ours.raw_path, ours.host, ours.port, ours.query, ours.netloc) == (
+        theirs.raw_path, theirs.host, theirs.port, theirs.query, theirs.netloc,
+    )  # fmt: skip
+    assert bool(client._origins) == (url in PLAIN_URLS)  # which way it went
