@@ -31,9 +31,7 @@ Later measurements (benchmarks scenario 2, interleaved with curl in the same run
 - hashing in a pool thread (hashlib releases the GIL), one ordered job per batch of
   pieces, did not pay on 2 shared cores: +0.3 ms of CPU per MB (GIL hand-offs) and no
   faster under load. Nor did a thread hop per piece (hash, or hash + write): 20-40%
-  slower. sha256 stays in the loop (≈ 0.55 ms per MB with SHA-NI) for a body that
-  outgrows what is held in memory; a body that fits is hashed in the worker that writes
-  it, where it costs the loop nothing (``_PartBody.digest``).
+  slower. sha256 stays in the loop (≈ 0.55 ms per MB with SHA-NI).
 """
 
 from __future__ import annotations
@@ -135,28 +133,16 @@ async def download(
         raise DownloadError(f"cannot follow result URL: {exc}", transient=False) from exc
     except httpx.HTTPError as exc:
         raise DownloadError(f"download interrupted: {_describe(exc)}", transient=True) from exc
-
-    def seal() -> Output:
-        """In the worker: the digest (of a held body: hashed here, off the loop), the
-        output, its sidecar; written, fsynced and renamed (the directory not yet)."""
-        digest = body.digest()
-        output = Output(
-            job_id, index, rel_path, body.size, digest, url=ref.url, content_type=body.type
-        )
-        body.commit(dest, sidecar(output) if sidecar is not None else None, sync_dir=False)
-        return output
-
+    digest = body.hasher.hexdigest()
+    output = Output(job_id, index, rel_path, body.size, digest, url=ref.url, content_type=body.type)
+    provenance = sidecar(output) if sidecar is not None else None
     try:
         if committer is not None:
-            return await committer.commit(seal, dest.parent)
-        return await anyio.to_thread.run_sync(_seal_and_sync, seal, dest.parent)
+            await committer.commit(body, dest, provenance)
+        else:
+            await anyio.to_thread.run_sync(body.commit, dest, provenance)
     finally:
         body.close()
-
-
-def _seal_and_sync(seal: Callable[[], Output], directory: Path) -> Output:
-    output = seal()
-    fsync_dir(directory)
     return output
 
 
@@ -181,19 +167,18 @@ class Committer:
         self._wake = anyio.Event()
         self._stopped = False
 
-    async def commit(self, seal: Callable[[], Output], directory: Path) -> Output:
-        """Run ``seal`` in the next batch, then fsync ``directory``; its output."""
+    async def commit(
+        self, body: _PartBody, dest: Path, provenance: Mapping[str, Any] | None
+    ) -> None:
         if self._stopped:
             raise DownloadError("the session is closing; not committed", transient=True)
-        item = _Commit(seal, directory)
+        item = _Commit(body, dest, provenance)
         self._queue.append(item)
         self._wake.set()
         with anyio.CancelScope(shield=True):
             await item.done.wait()
         if item.error is not None:
             raise item.error
-        assert item.output is not None
-        return item.output
 
     async def run(self) -> None:
         try:
@@ -216,24 +201,23 @@ class Committer:
 
 @dataclass(slots=True)
 class _Commit:
-    seal: Callable[[], Output]
-    directory: Path
+    body: _PartBody
+    dest: Path
+    provenance: Mapping[str, Any] | None
     done: anyio.Event = field(default_factory=anyio.Event)
-    output: Output | None = None
     error: Exception | None = None
 
 
 def _commit_batch(batch: list[_Commit]) -> None:
-    """In the worker: each body sealed (see ``download``), then each directory fsynced
-    once."""
+    """In the worker: each body as ``_PartBody.commit``, then each directory fsynced once."""
     directories: dict[Path, list[_Commit]] = {}
     for item in batch:
         try:
-            item.output = item.seal()
+            item.body.commit(item.dest, item.provenance, sync_dir=False)
         except Exception as exc:
             item.error = exc
         else:
-            directories.setdefault(item.directory, []).append(item)
+            directories.setdefault(item.dest.parent, []).append(item)
     for directory, items in directories.items():
         try:
             fsync_dir(directory)
@@ -275,7 +259,7 @@ async def _fetch_to_part(
 
 
 class _PartBody:
-    """The body on its way into ``part``: hashed, written, not yet durable.
+    """The body on its way into ``part``: hashed as it arrives, written, not yet durable.
 
     Fewer thread hops: a fresh download costs one (``commit``: write what is held, the
     sidecar too, fsync, close, rename, directory fsync), two when the body outgrows
@@ -301,7 +285,6 @@ class _PartBody:
         self._hold = hold
         self._held: list[bytes] = []
         self._held_bytes = 0
-        self._held_hashed = 0  # how many held pieces the hasher has seen
         self._spilled = False
         self._check_head = check_head and span.start == 0
         self._written_back = span.start  # bytes the kernel was asked to write back
@@ -331,29 +314,18 @@ class _PartBody:
             if self.size - self._written_back >= _WRITEBACK_STEP:
                 await self._write_back(file)
             return
-        self._held.append(piece)  # hashed later: see ``digest``
+        self.hasher.update(piece)
+        self._held.append(piece)
         self._held_bytes += len(piece)
         if self._held_bytes >= self._hold:
             await self._spill()
 
-    def digest(self) -> str:
-        """The sha256 of the whole body. Held pieces are hashed only now, so that a body
-        that never outgrows ``hold`` is hashed where ``digest`` is first asked for: in
-        the worker that writes it, off the loop (hashlib releases the GIL), unless a
-        checksum to verify makes the loop ask first. ≈ 55 µs per 100 KB."""
-        for piece in self._held[self._held_hashed :]:
-            self.hasher.update(piece)
-        self._held_hashed = len(self._held)
-        return self.hasher.hexdigest()
-
     async def _spill(self) -> None:
         await self._refuse_error_page()
-        self.digest()  # the held pieces, before they go
         if self._file is None:
             self._file = await anyio.to_thread.run_sync(_open_part, self.part, 0)
         self._file.writelines(self._held)
         self._held.clear()
-        self._held_hashed = 0
         self._spilled = True
 
     async def end(self) -> None:
@@ -544,7 +516,7 @@ def _refuse_error_page(head: bytes) -> None:
 
 
 async def _verify_or_discard(body: _PartBody, ref: OutputRef) -> None:
-    digest = body.digest() if ref.sha256 else None  # else hashed later, in the worker
+    digest = body.hasher.hexdigest()
     problem, resumable = _verify(ref, body.total, body.size, digest)
     if problem is None:
         return
@@ -556,9 +528,7 @@ async def _verify_or_discard(body: _PartBody, ref: OutputRef) -> None:
     raise VerificationError(problem)
 
 
-def _verify(
-    ref: OutputRef, total: int | None, size: int, digest: str | None
-) -> tuple[str | None, bool]:
+def _verify(ref: OutputRef, total: int | None, size: int, digest: str) -> tuple[str | None, bool]:
     """(what is wrong or None, whether the .part may be a prefix worth resuming)."""
     for promised, who in ((total, "the server"), (ref.size, "the provider")):
         if promised is not None and size != promised:

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,34 +248,10 @@ async def test_small_body_and_its_sidecar_cost_one_thread_hop(
                             rel_path="img.png", sidecar=provenance)  # fmt: skip
     assert output.sha256 == SHA and output.size == len(BODY) and seen == [output]
     assert dest.read_bytes() == BODY and not part_path(dest).exists()
-    assert hops == ["_seal_and_sync"]
+    assert hops == ["commit"]
     sidecar = dest.with_name(dest.name + ".json")
     assert json.loads(sidecar.read_text()) == {"sha256": SHA, "api_key": "[redacted]"}
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name, sidecar.name]
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("checksum", [None, SHA])
-async def test_a_held_body_is_hashed_off_the_loop_unless_a_checksum_needs_it_first(
-    client: httpx.AsyncClient,
-    server: Server,
-    dest: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    checksum: str | None,
-) -> None:
-    where: list[bool] = []  # True: on the event loop's thread
-    real = pipeline.download._PartBody.digest
-
-    def digest(self: Any) -> str:
-        where.append(threading.current_thread() is threading.main_thread())
-        return real(self)
-
-    monkeypatch.setattr(pipeline.download._PartBody, "digest", digest)
-    assert threading.current_thread() is threading.main_thread()  # the loop's thread
-    output = await download(client, OutputRef(server.url("/file/a.png"), sha256=checksum),
-                            dest, job_id="j", index=0, rel_path="img.png")  # fmt: skip
-    assert output.sha256 == SHA and dest.read_bytes() == BODY
-    assert where == ([False] if checksum is None else [True, False])
 
 
 @pytest.mark.anyio
