@@ -374,16 +374,24 @@ class _PartBody:
 
         With ``provenance``, its sidecar is written and fsynced beside the output first;
         the output is renamed into place before the sidecar, so a sidecar never
-        describes a file that is not there, and one directory fsync covers both."""
-        file = self._file if self._file is not None else _open_part(self.part, 0)
-        self._file = file
-        try:
-            file.writelines(self._held)
+        describes a file that is not there, and one directory fsync covers both.
+
+        A body that was only ever held is written with bare ``os`` calls (open, write,
+        fsync, close), as is the sidecar: a Python file object adds an fstat, an ioctl
+        and a seek, and every system call here hands the GIL to the event loop and back.
+        """
+        if self._file is None:
+            _write_durably(self.part, self._held, make_dirs=True)
             self._held.clear()
-            file.flush()
-            os.fsync(file.fileno())
-        finally:
-            file.close()
+        else:
+            file = self._file
+            try:
+                file.writelines(self._held)
+                self._held.clear()
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
         if provenance is None:
             os.replace(self.part, dest)
             if sync_dir:
@@ -392,10 +400,7 @@ class _PartBody:
         sidecar = sidecar_path(dest)
         temporary = sidecar.with_name(f".{sidecar.name}.tmp")
         try:
-            with temporary.open("w", encoding="utf-8", newline="\n") as out:
-                out.write(sidecar_text(provenance))
-                out.flush()
-                os.fsync(out.fileno())
+            _write_durably(temporary, [sidecar_text(provenance).encode("utf-8")])
             os.replace(self.part, dest)
             os.replace(temporary, sidecar)
         except BaseException:
@@ -559,6 +564,26 @@ def _part_length(part: Path) -> int:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _write_durably(path: Path, pieces: list[bytes], *, make_dirs: bool = False) -> None:
+    """Create or truncate ``path`` with ``pieces``, fsynced, in four system calls."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        if not make_dirs:
+            raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    try:
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_part(part: Path, start: int) -> IO[bytes]:
