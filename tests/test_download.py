@@ -36,6 +36,8 @@ from pipeline.errors import DownloadError, VerificationError
 from pipeline.http import make_download_client
 from pipeline.models import Output, OutputRef
 
+from .conftest import serve_app
+
 BODY = os.urandom(300_000) + b"\x89PNG-ish tail"
 SHA = hashlib.sha256(BODY).hexdigest()
 CUT = 200_000  # where truncated answers stop
@@ -166,14 +168,8 @@ def _make_app(server: Server) -> web.Application:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     state = Server(base="")
-    runner = web.AppRunner(_make_app(state), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.base = f"http://{host}:{port}"
-    yield state
-    await runner.cleanup()
+    async with serve_app(_make_app(state)) as state.base:
+        yield state
 
 
 @pytest.fixture(params=["httpx", "aiohttp", "pipeline"])

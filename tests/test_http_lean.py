@@ -34,6 +34,8 @@ from pipeline.http import (
 )
 from pipeline.models import OutputRef
 
+from .conftest import serve_app
+
 BIG = os.urandom(3 * READ_AT_ONCE) + b"tail"  # streamed, never read at once
 SMALL = os.urandom(50_000)  # read at once
 KEY = "Bearer sk-test-secret"
@@ -130,15 +132,9 @@ def _app(server: Server) -> web.Application:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     state = Server()
-    runner = web.AppRunner(_app(state), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.base = f"http://{host}:{port}"
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serve_app(_app(state)) as state.base:
+        yield state
+        state.release.set()
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
