@@ -41,13 +41,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import anyio
 import httpx
 
+from pipeline.download_commit import Committer
 from pipeline.errors import DownloadError, VerificationError
 from pipeline.fsio import fsync_dir, write_atomic_text
 from pipeline.limits import parse_retry_after
@@ -144,86 +145,6 @@ async def download(
     finally:
         body.close()
     return output
-
-
-class Committer:
-    """Makes finished downloads durable in batches: one worker hop for every body that
-    finished while the previous batch was being written.
-
-    A hop per download cost far more than its ≈ 50-100 µs: with a worker thread per
-    busy download (anyio's pool has 40), every fsync a worker returned from was a GIL
-    hand-over with the event loop, and the loop paid for each. Measured on the project
-    machine (2,000 jobs of 100 KB at concurrency 64, whole process, median of 5):
-    3.2 → 2.3 ms of CPU per job and 5.7 → 4.6 s of wall time, with one thread doing
-    the batches. Within a batch each directory is fsynced once, after all its renames.
-
-    ``run`` is a background task (the session starts it); ``commit`` waits for the
-    batch holding its body, shielded from cancellation as a worker hop is: the body is
-    never closed under the worker's feet. A failure is the failing body's alone.
-    """
-
-    def __init__(self) -> None:
-        self._queue: list[_Commit] = []
-        self._wake = anyio.Event()
-        self._stopped = False
-
-    async def commit(
-        self, body: _PartBody, dest: Path, provenance: Mapping[str, Any] | None
-    ) -> None:
-        if self._stopped:
-            raise DownloadError("the session is closing; not committed", transient=True)
-        item = _Commit(body, dest, provenance)
-        self._queue.append(item)
-        self._wake.set()
-        with anyio.CancelScope(shield=True):
-            await item.done.wait()
-        if item.error is not None:
-            raise item.error
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                batch, self._queue = self._queue, []
-                try:  # a worker hop is not cancellable: the batch always completes
-                    await anyio.to_thread.run_sync(_commit_batch, batch)
-                finally:
-                    for item in batch:
-                        item.done.set()
-        finally:
-            self._stopped = True
-            for item in self._queue:  # handed over after the last batch: not written
-                item.error = DownloadError("the session closed; not committed", transient=True)
-                item.done.set()
-            self._queue.clear()
-
-
-@dataclass(slots=True)
-class _Commit:
-    body: _PartBody
-    dest: Path
-    provenance: Mapping[str, Any] | None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: Exception | None = None
-
-
-def _commit_batch(batch: list[_Commit]) -> None:
-    """In the worker: each body as ``_PartBody.commit``, then each directory fsynced once."""
-    directories: dict[Path, list[_Commit]] = {}
-    for item in batch:
-        try:
-            item.body.commit(item.dest, item.provenance, sync_dir=False)
-        except Exception as exc:
-            item.error = exc
-        else:
-            directories.setdefault(item.dest.parent, []).append(item)
-    for directory, items in directories.items():
-        try:
-            fsync_dir(directory)
-        except Exception as exc:
-            for item in items:
-                item.error = exc
 
 
 async def _fetch_to_part(

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 import pipeline.download
+import pipeline.download_commit
 from pipeline.download import (
     download,
     download_retry_verdict,
@@ -281,7 +282,7 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
     hops: list[int] = []
     synced: list[Path] = []
     run_sync = anyio.to_thread.run_sync
-    real_fsync_dir = pipeline.download.fsync_dir
+    real_fsync_dir = pipeline.download_commit.fsync_dir
 
     async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(len(args[0]) if args and isinstance(args[0], list) else 1)
@@ -292,7 +293,7 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
         real_fsync_dir(directory)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
-    monkeypatch.setattr(pipeline.download, "fsync_dir", recording)
+    monkeypatch.setattr(pipeline.download_commit, "fsync_dir", recording)
     (tmp_path / "blocked").write_text("a file where a directory should be")
     targets = [tmp_path / "out" / f"d{i % 2}" / f"{i}.png" for i in range(12)]
     targets.append(tmp_path / "blocked" / "x.png")
