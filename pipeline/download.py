@@ -315,18 +315,16 @@ class _PartBody:
                 file.close()
         if provenance is None:
             os.replace(self.part, dest)
-            if sync_dir:
-                fsync_dir(dest.parent)
-            return
-        sidecar = sidecar_path(dest)
-        temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-        try:
-            _write_durably(temporary, [sidecar_text(provenance).encode("utf-8")])
-            os.replace(self.part, dest)
-            os.replace(temporary, sidecar)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        else:
+            sidecar = sidecar_path(dest)
+            temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+            try:
+                _write_durably(temporary, [sidecar_text(provenance).encode("utf-8")])
+                os.replace(self.part, dest)
+                os.replace(temporary, sidecar)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
         if sync_dir:
             fsync_dir(dest.parent)
 

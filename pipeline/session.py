@@ -67,7 +67,7 @@ class Session:
     lanes: Mapping[str, Lane]
     downloads: httpx.AsyncClient
     emulator_urls: Mapping[str, str]
-    committer: Committer | None = None  # makes finished downloads durable, in batches
+    committer: Committer  # makes finished downloads durable, in batches
 
 
 @asynccontextmanager
