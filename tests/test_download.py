@@ -370,6 +370,65 @@ async def test_large_body_streams_and_starts_writeback(
 
 
 @pytest.mark.anyio
+async def test_a_large_body_is_hashed_and_written_in_order_by_the_worker(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``chunk_size`` the worker gets the body in batches, one at a time: small
+    batches make many hops, and the file and its sha256 are still the body's."""
+    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    hops: list[int] = []
+    write = pipeline.download._PartBody._write
+
+    def counting(self: Any, batch: list[bytes]) -> None:
+        hops.append(sum(map(len, batch)))
+        write(self, batch)
+
+    monkeypatch.setattr(pipeline.download._PartBody, "_write", counting)
+    output = await fetch(client, server.url("/file/a.png"), dest, size=len(BODY), sha256=SHA)
+    assert output.sha256 == SHA and output.size == len(BODY)
+    assert dest.read_bytes() == BODY and not part_path(dest).exists()
+    assert sum(hops) == len(BODY) and len(hops) >= 3  # the pieces the transport gave
+
+
+@pytest.mark.anyio
+async def test_a_write_error_in_the_worker_is_raised_as_itself(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while streaming: the OSError comes out plain (no exception group),
+    the receiving stops, and nothing is renamed into place."""
+    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    calls = 0
+
+    def full(self: Any, batch: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.download._PartBody, "_write", full)
+    with anyio.fail_after(10), pytest.raises(OSError, match="No space left") as caught:
+        await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
+    assert type(caught.value) is OSError
+    assert calls == 1 and not dest.exists()
+
+
+@pytest.mark.anyio
+async def test_a_cut_large_body_keeps_what_arrived_and_resumes(
+    client: httpx.AsyncClient, server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer that breaks while the worker writes: the bytes that arrived, the last
+    partial batch included, are the .part's prefix, and the next attempt resumes."""
+    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    url = server.url("/flaky/a.png")
+    with pytest.raises(DownloadError) as caught:
+        await fetch(client, url, dest, sha256=SHA)
+    assert caught.value.transient
+    kept = part_path(dest).read_bytes()
+    assert BODY.startswith(kept) and len(kept) <= CUT
+    output = await fetch(client, url, dest, sha256=SHA, size=len(BODY))
+    assert output.sha256 == SHA and dest.read_bytes() == BODY
+
+
+@pytest.mark.anyio
 async def test_pipeline_transport_hands_on_large_pieces(server: Server) -> None:
     """Upstream httpx-aiohttp reads 16 KiB at a time; ours yields what the socket gave."""
     async with (
