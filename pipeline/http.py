@@ -42,7 +42,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -74,6 +74,8 @@ USER_AGENT = "pipeline/0.1 (+https://github.com/pipeline)"
 
 _URL_CACHE_SIZE = 1024  # merged URLs remembered per client (then forgotten all at once)
 _TEMPLATE_CACHE_SIZE = 64  # hosts whose header template a client remembers
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 _encode_json = jsonlib.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Paths and queries httpx would keep exactly as they are: unreserved characters and
@@ -94,6 +96,16 @@ def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     if _backend() == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits)
     return AiohttpTransport(limits)
+
+
+def _remember(cache: dict[_K, _V], limit: int, key: _K, value: _V) -> _V:
+    """Store ``value`` in a cache that forgets everything at once when full: cheaper
+    than an LRU on every hit, and enough for keys that repeat in bursts (a client's
+    submit and status URLs, its few hosts)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _merge_headers(merged: httpx.Headers, headers: Any) -> None:
@@ -227,9 +239,7 @@ class LeanClient(httpx.AsyncClient):
             return None
         known = self._urls.get(full)
         if known is None:
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            known = self._urls[full] = self._parse(full)
+            known = _remember(self._urls, _URL_CACHE_SIZE, full, self._parse(full))
         return known
 
     def _parse(self, url: str) -> httpx.URL:
@@ -253,9 +263,8 @@ class LeanClient(httpx.AsyncClient):
         origin = url[:slash]
         parsed = self._origins.get(origin)
         if parsed is None:
-            if len(self._origins) >= _TEMPLATE_CACHE_SIZE:
-                self._origins.clear()
-            parsed = self._origins[origin] = httpx.URL(origin + "/")._uri_reference
+            parsed = httpx.URL(origin + "/")._uri_reference
+            _remember(self._origins, _TEMPLATE_CACHE_SIZE, origin, parsed)
         result = httpx.URL.__new__(httpx.URL)
         result._uri_reference = parsed._replace(path=path, query=query if mark else None)
         return result
@@ -267,9 +276,8 @@ class LeanClient(httpx.AsyncClient):
         key = (str(url), str(httpx.QueryParams(params)) if params else None)
         known = self._urls_with_params.get(key)
         if known is None:
-            if len(self._urls_with_params) >= _URL_CACHE_SIZE:
-                self._urls_with_params.clear()
-            known = self._urls_with_params[key] = httpx.URL(url, params=params)
+            known = httpx.URL(url, params=params)
+            _remember(self._urls_with_params, _URL_CACHE_SIZE, key, known)
         return known
 
     def _template(self, url: httpx.URL) -> httpx.Headers:
@@ -279,10 +287,8 @@ class LeanClient(httpx.AsyncClient):
         current = self.headers.raw
         known = self._templates.get(netloc)
         if known is None or known[0] != current:
-            if len(self._templates) >= _TEMPLATE_CACHE_SIZE:
-                self._templates.clear()
-            template = httpx.Headers([(b"Host", netloc), *current])
-            known = self._templates[netloc] = (current, template)
+            known = (current, httpx.Headers([(b"Host", netloc), *current]))
+            _remember(self._templates, _TEMPLATE_CACHE_SIZE, netloc, known)
         return known[1]
 
     async def send(

@@ -4,7 +4,8 @@ through by default (see that module for the measurements that chose it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import httpx
@@ -20,6 +21,8 @@ READ_AT_ONCE = 256 * 1024
 download streamed costs 310-330 µs of CPU, read at once 190-210 (same runs as the
 table above). Past this size a body that breaks off still leaves its prefix for
 ``pipeline.download`` to resume from (with a small ``chunk_size``)."""
+
+_ErrorMap = Callable[[], AbstractContextManager[object]]  # map_aiohttp_exceptions
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -104,7 +107,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 encoded = "Content-Encoding" in response.headers
                 stream = httpx.ByteStream(body) if encoded else PlainBody(body)
             else:
-                stream = WholePieceStream(response)
+                stream = WholePieceStream(response, self._map_errors)
         except Exception:
             with self._map_errors():  # maps it (or lets it through) as upstream does
                 raise
@@ -155,19 +158,16 @@ class WholePieceStream(httpx.AsyncByteStream):
     pieces 1.45.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, map_errors: _ErrorMap) -> None:
         self._response = response
+        self._map_errors = map_errors
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
-        with map_aiohttp_exceptions():
+        with self._map_errors():
             async for piece in self._response.content.iter_any():
                 yield piece
 
     async def aclose(self) -> None:
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
-        with map_aiohttp_exceptions():
+        with self._map_errors():
             self._response.release()
             await self._response.wait_for_close()

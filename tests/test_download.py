@@ -12,8 +12,10 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import httpx
 import httpx_aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pipeline.download
 import pipeline.download_commit
@@ -30,6 +34,7 @@ from pipeline.download import (
     download,
     download_retry_verdict,
     part_path,
+    sidecar_text,
     write_atomic_text,
     write_sidecar,
 )
@@ -467,6 +472,62 @@ def test_sidecar_redacts_credential_keys(tmp_path: Path) -> None:
     assert "sk-123" not in sidecar.read_text()
 
 
+def _reference_sidecar_text(data: Any) -> str:
+    """What ``sidecar_text`` must equal: a redacted copy through ``json.dumps``."""
+
+    def redact(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {
+                key: "[redacted]" if str(key).lower() in REDACTED else redact(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [redact(item) for item in value]
+        return value
+
+    text = json.dumps(redact(data), indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return text + "\n"
+
+
+REDACTED = ("api_key", "apikey", "x-api-key", "authorization", "password", "secret",
+            "access_token")  # fmt: skip
+_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    | st.builds(Path, st.text(alphabet="abc/", max_size=8))
+    | st.sampled_from([IntEnum("Level", "LOW HIGH").HIGH, date(2026, 11, 23)])
+)  # fmt: skip
+_keys = st.text(max_size=6) | st.sampled_from(["API_KEY", "Authorization", "token", "name"])
+_documents = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=25,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, _documents, max_size=6))
+def test_sidecar_text_is_json_dumps_of_the_redacted_data(data: dict[str, Any]) -> None:
+    assert sidecar_text(data) == _reference_sidecar_text(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"a": []}, {"a": {}}, {1: "x", 2: "y"}, {1.5: 1, 2.5: float("nan")},
+     {"x": float("-inf"), "y": float("inf")}, {None: 1}, {True: 1, False: 2},
+     {"ünï": "☕\u2028\"\\"}, {"nested": {"Api_Key": {"deep": 1}, "keep": (1, 2)}}],
+)  # fmt: skip
+def test_sidecar_text_edge_cases_match_json_dumps(data: dict[Any, Any]) -> None:
+    assert sidecar_text(data) == _reference_sidecar_text(data)
+
+
+def test_sidecar_text_refuses_keys_json_refuses() -> None:
+    with pytest.raises(TypeError):
+        _reference_sidecar_text({("a", 1): 1})
+    with pytest.raises(TypeError):
+        sidecar_text({("a", 1): 1})
+
+
 def test_write_atomic_text_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:
     target = tmp_path / "export.jsonl"
     target.write_text("old\n")
@@ -706,9 +767,12 @@ async def test_no_authorization_reaches_download_host(
 
 @pytest.mark.anyio
 async def test_credentials_on_a_misused_client_are_stripped(server: Server, dest: Path) -> None:
-    headers = {"Authorization": "Bearer sk-secret", "X-API-Key": "k", "Cookie": "s=1"}
+    secret = {"Authorization": "Bearer sk-secret", "X-API-Key": "k", "Cookie": "s=1",
+              "X-Auth-Token": "t", "ApiKey": "a", "X-Client-Secret": "c"}  # fmt: skip
+    headers = {**secret, "X-Trace-Id": "kept"}
     async with httpx.AsyncClient(headers=headers, auth=("user", "pw"), timeout=10) as misused:
         await fetch(misused, server.url("/redirect"), dest, sha256=SHA)
     for _path, seen in server.requests:
         lowered = {name.lower() for name in seen}
-        assert not lowered & {"authorization", "x-api-key", "cookie"}
+        assert not lowered & {name.lower() for name in secret}
+        assert "x-trace-id" in lowered  # only what looks like a credential goes
