@@ -145,7 +145,11 @@ def run_measured(
 ) -> Proc:
     """Run ``args`` to the end and return its own rusage (``os.wait4``, not the
     harness's, not the emulator's). ``watch(process, elapsed)`` is called every
-    ``interval`` while it runs; returning True sends it SIGINT (a clean stop)."""
+    ``interval`` while it runs; returning True sends it SIGINT (a clean stop).
+
+    The exit is polled for every 1% of the time elapsed (at least 1 ms, at most
+    ``interval``): a fixed 50 ms poll made a 0.2 s curl download read as 0.25 s (curl's
+    figures in scenario 2 were capped at 797 MB/s by it)."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -154,21 +158,24 @@ def run_measured(
         process = subprocess.Popen(list(args), cwd=cwd, env=full_env, stdout=out, stderr=err)
         samples: list[tuple[float, float]] = []
         interrupted = False
+        next_look = 0.0  # when to sample RSS and call ``watch`` next
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             elapsed = time.perf_counter() - t0
-            if sample_rss:
-                rss = _rss_mb(process.pid)
-                if rss is not None:
-                    samples.append((elapsed, rss))
-            if watch is not None and not interrupted and watch(process, elapsed):
-                process.send_signal(signal.SIGINT)
-                interrupted = True
+            if elapsed >= next_look:
+                next_look = elapsed + interval
+                if sample_rss:
+                    rss = _rss_mb(process.pid)
+                    if rss is not None:
+                        samples.append((elapsed, rss))
+                if watch is not None and not interrupted and watch(process, elapsed):
+                    process.send_signal(signal.SIGINT)
+                    interrupted = True
             if elapsed > timeout:
                 process.kill()
-            time.sleep(interval)
+            time.sleep(min(interval, max(0.001, elapsed / 100)))
         wall = time.perf_counter() - t0
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)

@@ -106,7 +106,10 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         check_same_thread=False,  # Manifest serialises access with its own lock
     )
     try:
-        conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: 1M-job inserts stay fast
+        # 32 MiB for the writer: 1M-job inserts stay fast. Readers scan (snapshot,
+        # export, status) and gain nothing from a big cache; at the end of a 300,000-job
+        # run the snapshot's reader filling 32 MiB was the only growth in RSS (+33 MB).
+        conn.execute(f"PRAGMA cache_size = {-2048 if readonly else -32768}")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")

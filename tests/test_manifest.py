@@ -598,3 +598,19 @@ def test_export_is_one_consistent_read_while_writing(manifest: Manifest) -> None
     assert manifest.export_jsonl(sink) == 10
     assert '"submitting"' not in sink.getvalue()
     assert manifest.total() == 20
+
+
+def test_readers_keep_a_small_page_cache(tmp_path: Path) -> None:
+    """The writer's cache is big (1M-job inserts); the snapshot and export readers scan
+    once and keep 2 MiB, so the end of a big run does not add 32 MiB of RSS."""
+    from pipeline.manifest_schema import connect
+
+    with Manifest.open(tmp_path, spec_name="t"):
+        pass
+    path = tmp_path / DB_NAME
+    for readonly, expected in ((False, -32768), (True, -2048)):
+        conn = connect(path, readonly=readonly)
+        try:
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == expected
+        finally:
+            conn.close()
