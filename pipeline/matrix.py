@@ -24,7 +24,7 @@ from pipeline.identity import canonical_json, job_id, slugify
 from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
 from pipeline.spec_prompts import Prompt, iter_prompts
 
-__all__ = ["count_jobs", "expand_matrix", "iter_jobs"]
+__all__ = ["count_jobs", "expand_matrix", "iter_jobs", "iter_param_sets", "job_params"]
 
 PROVIDER_KEY = "provider"
 SEED_KEY = "seed"
@@ -64,19 +64,42 @@ def _spec_cells(spec: Spec) -> list[Cell]:
     return cells
 
 
+def iter_param_sets(spec: Spec) -> Iterator[tuple[str, Prompt, dict[str, Any]]]:
+    """``(provider, prompt, merged params)`` for every prompt × matrix cell: what the
+    jobs are made of, before seeds, replicates and ids (``job_params`` finishes one).
+    Checking a spec needs only these, a seed list times fewer than the jobs."""
+    cells = _spec_cells(spec)
+    for source in spec.prompts:
+        for prompt in iter_prompts(source):
+            yield from _prompt_cells(spec, prompt, cells)
+
+
+def job_params(
+    merged: Mapping[str, Any], seed: int | None, text: str
+) -> tuple[dict[str, Any], str | None]:
+    """A job's ``(params, model)`` from merged params, its seed and its prompt."""
+    params = {**merged} if seed is None else {**merged, SEED_KEY: seed}
+    params["prompt"] = text
+    model = params.pop(MODEL_KEY, None)
+    return params, None if model is None else str(model)
+
+
+def _prompt_cells(
+    spec: Spec, prompt: Prompt, cells: list[Cell]
+) -> Iterator[tuple[str, Prompt, dict[str, Any]]]:
+    for cell in cells:
+        provider = str(cell[PROVIDER_KEY])
+        cell_params = {k: v for k, v in cell.items() if k != PROVIDER_KEY}
+        yield provider, prompt, {**spec.providers[provider].params, **prompt.params, **cell_params}
+
+
 def _prompt_jobs(
     spec: Spec, prompt: Prompt, cells: list[Cell], seeds: Sequence[int | None]
 ) -> Iterator[Job]:
     slug = slugify(prompt.text)
-    for cell in cells:
-        provider = str(cell[PROVIDER_KEY])
-        cell_params = {k: v for k, v in cell.items() if k != PROVIDER_KEY}
-        merged = {**spec.providers[provider].params, **prompt.params, **cell_params}
+    for provider, _prompt, merged in _prompt_cells(spec, prompt, cells):
         for seed in seeds:
-            params = merged if seed is None else {**merged, SEED_KEY: seed}
-            params = {**params, "prompt": prompt.text}
-            model = params.pop(MODEL_KEY, None)
-            model_name = None if model is None else str(model)
+            params, model_name = job_params(merged, seed, prompt.text)
             for replicate in range(spec.repeats):
                 yield Job(
                     id=job_id(provider, model_name, params, replicate),

@@ -134,3 +134,34 @@ prompts: ["a"]
     assert needle in result.stderr and f"{spec}:" in result.stderr
     assert "providers.apixo.options" in result.stderr
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("prompts", "needle"),
+    [
+        # the second prompt is too long: every prompt is checked, not the first only
+        ('["a cat", "' + "x" * 600 + '"]', "prompt"),
+        # a JSONL-style prompt item whose own params break the API's rules
+        ('["a cat", {text: "a dog", params: {style: watercolor}}]', "watercolor"),
+    ],
+)
+def test_every_prompt_and_combination_is_checked_with_every_seed(
+    tmp_path: Path, prompts: str, needle: str
+) -> None:
+    root = tmp_path / "out"
+    spec = write_spec(
+        tmp_path,
+        GOOD_HEAD.format(root=root)
+        + f"""
+providers:
+  pixellabs:
+    base_url: http://127.0.0.1:9
+prompts: {prompts}
+seeds: {{start: 0, count: 3}}
+""",
+    )
+    result = run_cli("validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert needle in result.stderr and f"{spec}:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not root.exists()
