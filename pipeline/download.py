@@ -257,10 +257,12 @@ class _PartBody:
         in order, while the loop gathers the next (at most two batches in memory).
 
         The loop is the bottleneck of a download: hashing (≈ 0.55 ms per MB) and
-        writing (≈ 0.3) there left it 0.65× curl on 100 × 2 MB; both release the GIL,
-        so in the worker they run beside the receiving. A network error stops the
-        receiving, what arrived is still written (a resumable prefix), and the error is
-        raised once the worker is done; a write error stops both.
+        writing (≈ 0.3) there slowed its receiving; both release the GIL, so in the
+        worker they run beside it (see the module docstring for the measurements).
+
+        A network error stops the receiving, what arrived is still written (a
+        resumable prefix), and the error is raised once the worker is done; a write
+        error stops both.
         """
         send, receive = anyio.create_memory_object_stream[list[bytes]]()
         failure: Exception | None = None
