@@ -16,7 +16,7 @@ import anyio
 from pipeline import __version__
 from pipeline.errors import ManifestError, SpecError
 from pipeline.manifest import Manifest
-from pipeline.matrix import iter_jobs, iter_param_sets, job_params
+from pipeline.matrix import iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
@@ -63,9 +63,9 @@ def check_params(spec: Spec) -> None:
 
     Walks prompt × matrix cell (``iter_param_sets``), not the jobs: the seeds of a new
     combination are checked then, and no job id is computed. 10,000 jobs (100 prompts
-    × 100 seeds): 0.19 → 0.01 s."""
+    × 100 seeds), spec loading included: 0.19 → 0.09 s."""
     check_options(spec)
-    seeds: Sequence[int | None] = spec.seeds if spec.seeds is not None else (None,)
+    seeds = job_seeds(spec)
     seen: set[tuple[str, str]] = set()
     for provider, prompt, merged in iter_param_sets(spec):
         settings = spec.providers[provider]

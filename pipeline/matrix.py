@@ -24,7 +24,7 @@ from pipeline.identity import canonical_json, job_id, slugify
 from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
 from pipeline.spec_prompts import Prompt, iter_prompts
 
-__all__ = ["count_jobs", "expand_matrix", "iter_jobs", "iter_param_sets", "job_params"]
+__all__ = ["count_jobs", "expand_matrix", "iter_jobs", "iter_param_sets", "job_params", "job_seeds"]
 
 PROVIDER_KEY = "provider"
 SEED_KEY = "seed"
@@ -36,10 +36,15 @@ Cell = dict[str, Any]
 def iter_jobs(spec: Spec) -> Iterator[Job]:
     """Every job of ``spec``, one at a time (prompt files are streamed)."""
     cells = _spec_cells(spec)
-    seeds: Sequence[int | None] = spec.seeds if spec.seeds is not None else (None,)
+    seeds = job_seeds(spec)
     for source in spec.prompts:
         for prompt in iter_prompts(source):
             yield from _prompt_jobs(spec, prompt, cells, seeds)
+
+
+def job_seeds(spec: Spec) -> Sequence[int | None]:
+    """The seeds every prompt × cell is run with (``(None,)``: no seed parameter)."""
+    return spec.seeds if spec.seeds is not None else (None,)
 
 
 def count_jobs(spec: Spec) -> int:
@@ -71,7 +76,8 @@ def iter_param_sets(spec: Spec) -> Iterator[tuple[str, Prompt, dict[str, Any]]]:
     cells = _spec_cells(spec)
     for source in spec.prompts:
         for prompt in iter_prompts(source):
-            yield from _prompt_cells(spec, prompt, cells)
+            for provider, merged in _prompt_cells(spec, prompt, cells):
+                yield provider, prompt, merged
 
 
 def job_params(
@@ -86,18 +92,19 @@ def job_params(
 
 def _prompt_cells(
     spec: Spec, prompt: Prompt, cells: list[Cell]
-) -> Iterator[tuple[str, Prompt, dict[str, Any]]]:
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(provider, merged params)`` of each cell for ``prompt``: see the module docstring."""
     for cell in cells:
         provider = str(cell[PROVIDER_KEY])
         cell_params = {k: v for k, v in cell.items() if k != PROVIDER_KEY}
-        yield provider, prompt, {**spec.providers[provider].params, **prompt.params, **cell_params}
+        yield provider, {**spec.providers[provider].params, **prompt.params, **cell_params}
 
 
 def _prompt_jobs(
     spec: Spec, prompt: Prompt, cells: list[Cell], seeds: Sequence[int | None]
 ) -> Iterator[Job]:
     slug = slugify(prompt.text)
-    for provider, _prompt, merged in _prompt_cells(spec, prompt, cells):
+    for provider, merged in _prompt_cells(spec, prompt, cells):
         for seed in seeds:
             params, model_name = job_params(merged, seed, prompt.text)
             for replicate in range(spec.repeats):
