@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["ConnectionGuard", "QuietLog", "counting_logger"]
+__all__ = ["ConnectionGuard", "QuietLog", "counting_logger", "fd_budget"]
 
 _HEAD_END = b"\r\n\r\n"
+
+
+def fd_budget() -> int:
+    """Connections the receiver may hold: a quarter of the process's file descriptors,
+    so that the run's own sockets and files never run short because of it."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(8, soft // 4)
 
 
 class QuietLog:

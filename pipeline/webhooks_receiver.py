@@ -38,7 +38,7 @@ import anyio
 from aiohttp import web
 
 from pipeline.models import WebhookSettings
-from pipeline.webhooks_guard import ConnectionGuard, QuietLog, counting_logger
+from pipeline.webhooks_guard import ConnectionGuard, QuietLog, counting_logger, fd_budget
 
 __all__ = ["MAX_BODY", "HintSubscription", "Mailbox", "TaskIdOf", "WebhookReceiver"]
 
@@ -53,7 +53,7 @@ HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 """Seconds a client has to send the rest of its request, from its head."""
 MAX_CONNECTIONS = 256
-"""Connections open at once; callbacks are short, so this is a lot."""
+"""Connections open at once (fewer under a low ``ulimit -n``); callbacks are short."""
 LOG_INTERVAL = 60.0
 """Seconds between two summary lines about dropped connections."""
 
@@ -133,7 +133,7 @@ class WebhookReceiver:
         self.dropped = QuietLog(_logger, interval=log_interval)
         self._guard = ConnectionGuard(
             self.dropped,
-            max_connections=max_connections,
+            max_connections=min(max_connections, fd_budget()),
             header_timeout=header_timeout,
             body_timeout=body_timeout,
         )
