@@ -113,3 +113,32 @@ def test_progress_notes_are_scrubbed() -> None:
     progress.close()
     assert "sk-echoed-12345" not in stream.getvalue()
     assert "Bearer [redacted]" in stream.getvalue()
+
+
+def test_manifest_writes_and_reads_never_carry_a_key(tmp_path) -> None:
+    """Writes are scrubbed; rows an older version stored are scrubbed when shown."""
+    import io
+    import sqlite3
+
+    from pipeline.commands import status_report
+    from pipeline.manifest import Manifest
+    from pipeline.models import Job, JobState
+
+    register_secrets(["mk-test-93fd01aa77"])
+    job = Job(id="j1", provider="p", model=None, params={"prompt": "x"}, replicate=0)
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job])
+        manifest.transition("j1", JobState.SUBMITTING, expect=JobState.PENDING)
+        manifest.log_event("j1", "retry", "refused: key mk-test-93fd01aa77 over quota")
+        manifest.transition(
+            "j1", JobState.FAILED, expect=JobState.SUBMITTING, error="401 mk-test-93fd01aa77"
+        )
+        assert all("mk-test" not in (e.detail or "") for e in manifest.events("j1"))
+    with sqlite3.connect(tmp_path / "manifest.sqlite") as conn:  # as an older version wrote
+        conn.execute("UPDATE jobs SET error = 'Authorization: Bearer legacy-12345678'")
+    with Manifest.open(tmp_path, readonly=True) as manifest:
+        out = io.StringIO()
+        manifest.export_jsonl(out)
+        report = status_report(manifest)
+    assert "legacy-12345678" not in out.getvalue()
+    assert report["failures"][0]["error"] == "Authorization: Bearer [redacted]"
