@@ -168,6 +168,7 @@ class WebhookReceiver:
                 self.settings.host,
                 self.settings.port,
                 reuse_address=True,
+                backlog=1024,  # a burst waits in the kernel instead of being reset
             )
         except BaseException:
             await runner.cleanup()
