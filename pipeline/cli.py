@@ -27,7 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from pipeline.redact import scrub
+
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

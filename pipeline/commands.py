@@ -20,6 +20,7 @@ from pipeline.matrix import iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
+from pipeline.redact import register_secrets, scrub
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.session import completion_mode
 from pipeline.spec_units import parse_duration
@@ -48,6 +49,7 @@ def load_checked_spec(
     from pipeline.spec import load_spec
 
     spec = load_spec(path, known_providers=registry.available(), env=env)
+    register_secrets(s.api_key for s in spec.providers.values())
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out))
     if check_jobs:
@@ -289,6 +291,11 @@ async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: boo
 
 
 def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
+    """The closing report of a run, scrubbed of keys (it quotes provider errors)."""
+    return map(scrub, _summary_lines(spec, summary))
+
+
+def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
     total = sum(sum(states.values()) for states in summary.states.values())
     done = summary.count(JobState.DONE)
     if summary.submitted == 0 and not summary.finished and summary.already_done == total:
@@ -351,6 +358,9 @@ def open_manifest_for(target: Path) -> Iterator[Manifest]:
         from pipeline.spec import load_spec
 
         spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
+        register_secrets(
+            s.api_key for s in spec.providers.values() if "${" not in (s.api_key or "")
+        )
         root = spec.output.root
     with Manifest.open(root, readonly=True) as manifest:
         yield manifest
@@ -372,7 +382,7 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
                 "id": r.job.id,
                 "provider": r.job.provider,
                 "state": r.state.value,
-                "error": r.error,
+                "error": None if r.error is None else scrub(r.error),
                 "remote_id": r.remote_id,
             }
             for r in manifest.failures(limit=failures)

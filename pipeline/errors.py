@@ -16,10 +16,14 @@
         └── VerificationError     bytes arrived but do not match what was promised
 
 Foreign exceptions (httpx, sqlite3, yaml) are translated where they enter, with
-``raise … from`` so the cause stays visible in debug output.
+``raise … from`` so the cause stays visible in debug output. Messages that can quote a
+provider (provider, task and download errors) are scrubbed of keys when made
+(``redact.scrub``), so no copy of them can carry a key anywhere.
 """
 
 from __future__ import annotations
+
+from .redact import scrub
 
 __all__ = [
     "AccountError",
@@ -89,10 +93,10 @@ class ProviderError(PipelineError):
     """
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        self.message = message
+        self.message = scrub(message)
         self.status = status
-        self.code = code
-        super().__init__(message)
+        self.code = None if code is None else scrub(code)
+        super().__init__(self.message)
 
     def reason(self) -> str:
         """A one-line reason fit for the manifest and the status report."""
@@ -136,8 +140,8 @@ class RemoteTaskFailed(PipelineError):
     """The provider ran the task and it failed (content policy, generation error…)."""
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+        self.reason = scrub(reason)
+        super().__init__(self.reason)
 
 
 class DownloadError(PipelineError):
@@ -148,7 +152,7 @@ class DownloadError(PipelineError):
     ) -> None:
         self.transient = transient
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(scrub(message))
 
 
 class VerificationError(DownloadError):

@@ -56,6 +56,7 @@ from .manifest_sql import (
     update_sql,
 )
 from .models import Job, JobRecord, JobState, Output
+from .redact import scrub
 
 __all__ = ["DB_NAME", "SNAPSHOT_NAME", "Event", "Manifest", "find_manifest"]
 
@@ -319,7 +320,8 @@ class Manifest:
         detail: str | None = None,
     ) -> bool:
         """One guarded transition inside the caller's write transaction."""
-        note = detail if detail is not None else error
+        error = None if error is None else scrub(error)  # contract 5: no key is stored
+        note = scrub(detail) if detail is not None else error
         if to is JobState.PENDING:  # the event names the remote id it forgets
             row = conn.execute(
                 "SELECT state, remote_id FROM jobs WHERE id = ?", (job_id,)
@@ -350,6 +352,7 @@ class Manifest:
 
     def log_event(self, job_id: str, kind: str, detail: str) -> None:
         """Append to the event log (``retry``, ``error``, ``poll``…); no state change."""
+        detail = scrub(detail)  # contract 5: no key is stored
         with self._write("log event") as conn:
             conn.execute(INSERT_EVENT, (job_id, self._clock(), kind, None, None, detail))
 

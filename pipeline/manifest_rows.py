@@ -13,6 +13,7 @@ from typing import IO, Any, TextIO, cast
 
 from .fsio import write_atomic_text
 from .models import Job, JobRecord, JobState, Output
+from .redact import scrub
 
 __all__ = [
     "JOB_COLUMNS",
@@ -111,7 +112,7 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         "state": row[6],
         "remote_id": row[7],
         "attempts": row[9],
-        "error": row[10],
+        "error": None if row[10] is None else scrub(row[10]),  # rows of older versions
         "created_at": row[11],
         "updated_at": row[12],
         "submitted_at": row[13],

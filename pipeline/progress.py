@@ -12,6 +12,8 @@ from typing import Never, Protocol, TextIO
 
 from tqdm import tqdm
 
+from pipeline.redact import scrub
+
 __all__ = ["NullProgress", "Progress", "TqdmProgress", "make_progress"]
 
 
@@ -72,7 +74,7 @@ class TqdmProgress:
     def note(self, provider: str, text: str) -> None:
         bar = self._bars.get(provider)
         if bar is not None:
-            bar.write(f"{provider}: {text}", file=self._stream)
+            bar.write(scrub(f"{provider}: {text}"), file=self._stream)
 
     def close(self) -> None:
         for bar in self._bars.values():

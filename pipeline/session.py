@@ -24,6 +24,7 @@ from pipeline.models import ProviderSettings, Spec
 from pipeline.notify import FollowContext, Follower, make_follower
 from pipeline.providers import registry
 from pipeline.providers.base import Provider
+from pipeline.redact import register_secrets
 
 __all__ = ["EMULATOR_KEY", "Lane", "Session", "open_session", "prepaid_requests"]
 
@@ -72,6 +73,7 @@ class Session:
 
 @asynccontextmanager
 async def open_session(spec: Spec) -> AsyncIterator[Session]:
+    register_secrets(entry.api_key for entry in spec.providers.values())  # before any request
     async with AsyncExitStack() as stack:
         settings, urls = await _start_emulators(stack, spec)
         services: dict[str, object] = {}

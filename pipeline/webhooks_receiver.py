@@ -6,8 +6,13 @@ A request is answered at once and never waits on the run:
 
     wrong path, wrong token, unknown provider   404, nothing changes
     body over ``max_body`` bytes                413
-    not JSON, or no task id in it               400
+    not JSON, nested too deep, no task id       400
     anything else                               200, and a hint for the task it names
+
+Hostile clients are held off below HTTP (``webhooks_guard``): a request head must come
+within ``header_timeout`` and its body within ``body_timeout``, at most
+``max_connections`` are open, every answer closes its connection, and what is dropped
+is summed up in at most one log line per ``log_interval``, never one per connection.
 
 A callback is a *hint*: "task X may have changed". No callback is believed: whoever
 waits for X confirms with a status query. So a forged, duplicate, late or unknown
@@ -21,7 +26,9 @@ waiter registers is kept for a while (a bounded memory), so a fast task is not m
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -31,6 +38,7 @@ import anyio
 from aiohttp import web
 
 from pipeline.models import WebhookSettings
+from pipeline.webhooks_guard import ConnectionGuard, QuietLog, counting_logger, fd_budget
 
 __all__ = ["MAX_BODY", "HintSubscription", "Mailbox", "TaskIdOf", "WebhookReceiver"]
 
@@ -40,6 +48,16 @@ EARLY_HINTS = 10_000
 """Hints remembered for tasks nobody waits for yet (oldest forgotten first)."""
 MAX_PENDING_HINTS = 100_000
 """Task ids a subscription holds before its reader takes them."""
+HEADER_TIMEOUT = 10.0
+"""Seconds a client has to send a request head, from its connection."""
+BODY_TIMEOUT = 30.0
+"""Seconds a client has to send the rest of its request, from its head."""
+MAX_CONNECTIONS = 256
+"""Connections open at once (fewer under a low ``ulimit -n``); callbacks are short."""
+LOG_INTERVAL = 60.0
+"""Seconds between two summary lines about dropped connections."""
+
+_logger = logging.getLogger("pipeline.webhooks")
 
 TaskIdOf = Callable[[object], str | None]
 """Reads the task key out of a callback body (an adapter's ``callback_task_id``)."""
@@ -99,10 +117,27 @@ class HintSubscription:
 class WebhookReceiver:
     """The aiohttp server behind ``/hooks/{token}/{provider}``, and its waiters."""
 
-    def __init__(self, settings: WebhookSettings, *, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        max_body: int = MAX_BODY,
+        header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        log_interval: float = LOG_INTERVAL,
+    ) -> None:
         self.settings = settings
         self.token = secrets.token_urlsafe(24)
         self.stats: Counter[str] = Counter()
+        self.dropped = QuietLog(_logger, interval=log_interval)
+        self._guard = ConnectionGuard(
+            self.dropped,
+            max_connections=min(max_connections, fd_budget()),
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+        )
+        self._server: asyncio.Server | None = None
         self._max_body = max_body
         self._readers: dict[str, TaskIdOf] = {}
         self._mailboxes: dict[tuple[str, str], set[Mailbox]] = {}
@@ -117,20 +152,39 @@ class WebhookReceiver:
         app = web.Application(client_max_size=self._max_body)
         app.router.add_post("/hooks/{token}/{provider}", self._receive)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            logger=counting_logger(self.dropped),  # no traceback per bad request
+        )
         await runner.setup()
+        assert runner.server is not None  # set up above
+        loop = asyncio.get_running_loop()
         try:
-            await web.TCPSite(runner, self.settings.host, self.settings.port).start()
+            self._server = await loop.create_server(
+                self._guard.factory(runner.server),
+                self.settings.host,
+                self.settings.port,
+                reuse_address=True,
+                backlog=1024,  # a burst waits in the kernel instead of being reset
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self._port = runner.addresses[0][1]
+        self._port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # no new connections
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        self._guard.close_all()
+        self.dropped.flush()
 
     @property
     def base_url(self) -> str:
@@ -200,31 +254,47 @@ class WebhookReceiver:
         token_ok = secrets.compare_digest(token, self.token.encode())
         task_id_of = self._readers.get(provider)
         if not token_ok or task_id_of is None:
-            self.stats["refused"] += 1
-            return _answer(404, "not found")
-        if request.content_length is not None and request.content_length > self._max_body:
-            self.stats["too_large"] += 1
-            return _answer(413, "body too large")
+            return self._refuse("refused", 404, "not found")
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
-            body = json.loads(await request.read())
-        except web.HTTPRequestEntityTooLarge:
-            self.stats["too_large"] += 1
-            return _answer(413, "body too large")
-        except ValueError:
-            self.stats["bad_body"] += 1
-            return _answer(400, "body is not JSON")
-        key = task_id_of(body)
+            key = task_id_of(body)
+        except Exception:  # an adapter tripped over a hostile body: that is a bad body
+            key = None
         if key is None:
-            self.stats["bad_body"] += 1
-            return _answer(400, "no task id in the body")
+            return self._refuse("bad_body", 400, "no task id in the body")
         self.stats["hints"] += 1
         self.hint(provider, key)
         return _answer(200, "ok")
 
+    async def _json_body(self, request: web.Request) -> object:
+        """The request's JSON body, or the answer that refuses it."""
+        if request.content_length is not None and request.content_length > self._max_body:
+            return self._refuse("too_large", 413, "body too large")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse("too_large", 413, "body too large")
+        except ConnectionError:  # the guard cut a slow body short; nobody reads an answer
+            return self._refuse("bad_body", 408, "request timeout")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return self._refuse("bad_body", 400, "body is not JSON")
+        except RecursionError:
+            return self._refuse("bad_body", 400, "body is nested too deeply")
+
+    def _refuse(self, stat: str, status: int, message: str) -> web.Response:
+        self.stats[stat] += 1
+        return _answer(status, message)
+
     async def _not_found(self, request: web.Request) -> web.Response:
-        self.stats["refused"] += 1
-        return _answer(404, "not found")
+        return self._refuse("refused", 404, "not found")
 
 
 def _answer(status: int, message: str) -> web.Response:
-    return web.json_response({"status": message}, status=status)
+    """A short JSON answer that closes the connection (one request per connection)."""
+    response = web.json_response({"status": message}, status=status)
+    response.force_close()
+    return response

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 
-PURE_CORE = ["errors", "models", "spec", "matrix", "identity"]
+PURE_CORE = ["errors", "redact", "models", "spec", "matrix", "identity"]
 IO_LIBRARIES = {"anyio", "httpx", "sqlite3", "aiohttp", "aiofiles", "tqdm", "httpx_aiohttp"}
 
 

@@ -113,7 +113,7 @@ def create_app(knobs: Knobs) -> web.Application:
         web.post("/api/v1/generateTask/{model}", submit),
         web.get("/api/v1/statusTask/{model}", status),
     ]
-    return build_app_with_callbacks(state, routes, not_found)
+    return build_app_with_callbacks(state, routes, not_found, echo=_echo)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -280,6 +280,13 @@ def _success(data: dict[str, Any]) -> web.Response:
 def _error(status_code: int, error: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"code": status_code, "message": MESSAGES[status_code], "data": {"error": error}}
     return json_body(body, status=status_code, headers=headers)
+
+
+def _echo(body: Any, text: str) -> None:
+    """Knob ``echo_auth``: the credentials go into ``data.error``."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict):
+        data["error"] = f"{data.get('error', '')} {text}".strip()
 
 
 def _task_id() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from pipeline.emulators.downloads import download
 from pipeline.emulators.state import STATE_KEY, Admission, EmulatorState
 
 __all__ = [
+    "EchoHook",
     "Handler",
     "admit_request",
     "bearer_token",
@@ -31,28 +33,63 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EchoHook = Callable[[Any, str], None]
+"""Adds an echo text to an error body in the API's own words (knob ``echo_auth``)."""
 
 
 def build_app(
-    state: EmulatorState, routes: Iterable[web.RouteDef], not_found: Handler
+    state: EmulatorState,
+    routes: Iterable[web.RouteDef],
+    not_found: Handler,
+    *,
+    echo: EchoHook | None = None,
 ) -> web.Application:
     """An application serving ``routes``, the admin endpoints and ``/files/…``.
 
     Any other path is counted as ``"<METHOD> (unknown path)"`` and answered by
-    ``not_found``, which only renders the API's 404 body.
+    ``not_found``, which only renders the API's 404 body. With knob ``echo_auth`` on,
+    ``echo`` writes the caller's credentials into every JSON error body.
     """
 
     async def unknown_path(request: web.Request) -> web.StreamResponse:
         state.stats.count(f"{request.method} (unknown path)")
         return await not_found(request)
 
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    middlewares = [] if echo is None else [_echo_middleware(state, echo)]
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares)
     app[STATE_KEY] = state
     app.router.add_routes(admin_routes())
     app.router.add_get("/files/{name}", download)
     app.router.add_routes(list(routes))
     app.router.add_route("*", "/{tail:.*}", unknown_path)
     return app
+
+
+def _echo_middleware(state: EmulatorState, echo: EchoHook) -> Any:
+    @web.middleware
+    async def echo_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not state.knobs.echo_auth or response.status < 400:
+            return response
+        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        try:
+            body = json.loads(response.body)
+        except ValueError:
+            return response
+        echo(body, echo_text(request))
+        response.body = json.dumps(body, separators=(",", ":")).encode()
+        return response
+
+    return echo_auth
+
+
+def echo_text(request: web.Request) -> str:
+    """The caller's credentials as a careless API quotes them: the bare key, the header
+    and the key URL-encoded (so that every form must be redacted by the client)."""
+    auth = request.headers.get("Authorization", "")
+    key = bearer_token(request) or ""
+    return f"(token {key} sent as 'Authorization: {auth}', url-encoded {quote(key, safe='')})"
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from pipeline.emulators.app import Handler, build_app
+from pipeline.emulators.app import EchoHook, Handler, build_app
 from pipeline.emulators.state import STATE_KEY, EmulatorState
 
 __all__ = [
@@ -202,10 +202,14 @@ def callback_routes() -> list[web.RouteDef]:
 
 
 def build_app_with_callbacks(
-    state: EmulatorState, routes: Iterable[web.RouteDef], not_found: Handler
+    state: EmulatorState,
+    routes: Iterable[web.RouteDef],
+    not_found: Handler,
+    *,
+    echo: EchoHook | None = None,
 ) -> web.Application:
     """``app.build_app`` for an API that sends callbacks: also ``callback_routes`` and a
     sender (``app[SENDER_KEY]``) with its ticker."""
-    app = build_app(state, [*callback_routes(), *routes], not_found)
+    app = build_app(state, [*callback_routes(), *routes], not_found, echo=echo)
     attach_sender(app)
     return app

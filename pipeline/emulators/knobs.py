@@ -42,6 +42,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "callback_loss_rate": ("rate", False),
     "callback_duplicate_rate": ("rate", False),
     "event_loss_rate": ("rate", False),
+    "echo_auth": ("bool", False),
 }
 
 
@@ -93,6 +94,9 @@ class Knobs:
     callback_duplicate_rate: float = 0.0
     event_loss_rate: float = 0.0  # PixAI: share of taskUpdated events never sent
     """Probability that a task's callback is sent twice."""
+    echo_auth: bool = False
+    """Error answers (status >= 400) quote the caller's key and Authorization header in
+    the API's own error message, as careless real APIs do (tests of redaction)."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:

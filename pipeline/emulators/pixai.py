@@ -64,7 +64,7 @@ def create_app(knobs: Knobs) -> web.Application:
         web.get("/graphql", websocket),
         *admin_routes(),
     ]
-    app = build_app(state, routes, not_found)
+    app = build_app(state, routes, not_found, echo=_echo)
     app[WORLD_KEY] = world
 
     async def ticking(_app: web.Application) -> Any:
@@ -122,6 +122,17 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     if not isinstance(body, dict):
         return _errors(400, "Body must be a JSON object: {query, variables, operationName}")
     return body
+
+
+def _echo(body: Any, text: str) -> None:
+    """Knob ``echo_auth``: the credentials go into the message (plain or GraphQL)."""
+    if not isinstance(body, dict):
+        return
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        errors[0]["message"] = f"{errors[0].get('message', '')} {text}"
+    elif "message" in body:
+        body["message"] = f"{body['message']} {text}"
 
 
 def _errors(status_code: int, message: str) -> web.Response:

@@ -97,7 +97,7 @@ def create_app(knobs: Knobs) -> web.Application:
         web.get("/v1/generate/{id}", status),
         web.get("/arweave/{txid}", arweave),
     ]
-    return build_app(state, routes, not_found)
+    return build_app(state, routes, not_found, echo=_echo)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -263,6 +263,12 @@ def _error(
 ) -> web.Response:
     body = {"error": code, "message": message, "details": details or {}}
     return json_body(body, status=status_code, headers=headers)
+
+
+def _echo(body: Any, text: str) -> None:
+    """Knob ``echo_auth``: the credentials go into ``message``."""
+    if isinstance(body, dict) and "message" in body:
+        body["message"] = f"{body['message']} {text}"
 
 
 def _generation_id() -> str:

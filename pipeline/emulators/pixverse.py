@@ -110,7 +110,7 @@ def create_app(knobs: Knobs) -> web.Application:
         web.post("/pixverse/videos", submit),
         web.post("/pixverse/tasks", tasks),
     ]
-    return build_app_with_callbacks(state, routes, not_found)
+    return build_app_with_callbacks(state, routes, not_found, echo=_echo)
 
 
 def tasks_route(action: str) -> str:
@@ -363,6 +363,13 @@ def _refused(admission: Admission) -> web.Response:
     assert admission.refusal is not None
     status_code, code, message = REFUSALS[admission.refusal]
     return _error(status_code, code, message, retry_after_headers(admission))
+
+
+def _echo(body: Any, text: str) -> None:
+    """Knob ``echo_auth``: the credentials go into ``error.message``."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error["message"] = f"{error.get('message', '')} {text}"
 
 
 def _error(
