@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["Knobs"]
 
 # kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text",
-# "seconds_list" (a list of seconds)
+# "seconds_list" (a list of seconds), "status_5xx" (an int 500..599)
 _KINDS: dict[str, tuple[str, bool]] = {
     "task_seconds": ("seconds", False),
     "task_jitter": ("rate", False),
@@ -26,6 +26,8 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "retry_after": ("seconds", True),
     "error_rate": ("rate", False),
     "drop_after_create_rate": ("rate", False),
+    "error_after_create_rate": ("rate", False),
+    "error_after_create_status": ("status_5xx", False),
     "truncate_rate": ("rate", False),
     "url_ttl": ("seconds", True),
     "output_bytes": ("count", True),
@@ -63,6 +65,12 @@ class Knobs:
     """Probability that an API request is answered 500 or 503 before anything happens."""
     drop_after_create_rate: float = 0.0
     """Probability that a submit creates (and charges) the task, then drops the connection."""
+    error_after_create_rate: float = 0.0
+    """Probability that a submit creates (and charges) the task, then answers
+    ``error_after_create_status`` instead (a proxy or gateway failing after the origin
+    accepted it)."""
+    error_after_create_status: int = 524
+    """The 5xx (500-599) sent by ``error_after_create_rate``; its body is plain text."""
     truncate_rate: float = 0.0
     """Probability that a download sends fewer bytes than its Content-Length, then closes."""
     url_ttl: float | None = None
@@ -125,11 +133,20 @@ def _validate(name: str, value: Any) -> Any:
         return value
     if kind == "seconds_list":
         return _seconds_list(name, value)
+    if kind == "status_5xx":
+        return _status_5xx(name, value)
     if kind == "text":
         if not isinstance(value, str):
             raise ValueError(f"knob {name} must be a string, got {value!r}")
         return value
     return _number(name, kind, value)
+
+
+def _status_5xx(name: str, value: Any) -> int:
+    number = _number(name, "int", value)
+    if not 500 <= number <= 599:
+        raise ValueError(f"knob {name} must be an HTTP status from 500 to 599, got {value!r}")
+    return int(number)
 
 
 def _seconds_list(name: str, value: Any) -> tuple[float, ...]:

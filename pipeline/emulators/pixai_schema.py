@@ -110,6 +110,7 @@ class GqlContext:
     api_key: str
     base: str
     drop_connection: bool = False
+    error_status: int | None = None  # answer this 5xx instead of the result
     streams: list[EventStream] = field(default_factory=list)
 
 
@@ -217,6 +218,7 @@ class Root:
         state.charge(task, "mutation createGenerationTask", {"parameters": parameters})
         if state.drop_after_create():
             ctx.drop_connection = True
+        ctx.error_status = state.error_after_create()
         return world.task_view(task)
 
     def cancelGenerationTask(

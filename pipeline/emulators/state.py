@@ -142,6 +142,14 @@ class EmulatorState:
         self.stats.faults["dropped"] += 1
         return True
 
+    def error_after_create(self) -> int | None:
+        """Roll ``error_after_create_rate``; on a hit count an ``error_after_create`` fault
+        and return the status to answer the submit with (see ``app.gateway_error``)."""
+        if not self.dice.roll(self.knobs.error_after_create_rate):
+            return None
+        self.stats.faults["error_after_create"] += 1
+        return self.knobs.error_after_create_status
+
     def _refuse(self, key: str, now: float, refusal: Refusal) -> Admission:
         quota = self.limiter.peek(key, now, self.knobs.requests_per_minute)
         return Admission(key, quota, refusal)
