@@ -44,6 +44,8 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "callback_loss_rate": ("rate", False),
     "callback_duplicate_rate": ("rate", False),
     "event_loss_rate": ("rate", False),
+    "task_limit_code": ("text", True),
+    "task_limit_message": ("text", False),
 }
 
 
@@ -101,6 +103,13 @@ class Knobs:
     callback_duplicate_rate: float = 0.0
     event_loss_rate: float = 0.0  # PixAI: share of taskUpdated events never sent
     """Probability that a task's callback is sent twice."""
+    task_limit_code: str | None = "TOO_MANY_TASKS"
+    """PixAI: ``extensions.code`` of the refusal when the account already has 10 tasks
+    waiting or running (None: no code). PixAI does not document its words."""
+    task_limit_message: str = (
+        "Too many tasks in progress: at most 10 tasks may be waiting or running"
+    )
+    """PixAI: the message of that refusal."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:
