@@ -71,7 +71,8 @@ def admit_request(
     then pass its bearer key through ``state.admit``. The caller renders a refusal."""
     state = request.app[STATE_KEY]
     state.stats.count(route)
-    return state, state.admit(bearer_token(request), credit_documented=credit_documented)
+    admission = state.admit(bearer_token(request), credit_documented=credit_documented, route=route)
+    return state, admission
 
 
 def retry_after_headers(admission: Admission) -> dict[str, str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Knobs"]
 
 # kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text",
-# "seconds_list" (a list of seconds), "status_5xx" (an int 500..599)
+# "seconds_list" (a list of seconds), "status_5xx" (an int 500..599), "text_list"
 _KINDS: dict[str, tuple[str, bool]] = {
     "task_seconds": ("seconds", False),
     "task_jitter": ("rate", False),
@@ -44,6 +44,7 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "callback_loss_rate": ("rate", False),
     "callback_duplicate_rate": ("rate", False),
     "event_loss_rate": ("rate", False),
+    "fault_routes": ("text_list", True),
     "task_limit_code": ("text", True),
     "task_limit_message": ("text", False),
 }
@@ -103,6 +104,9 @@ class Knobs:
     callback_duplicate_rate: float = 0.0
     event_loss_rate: float = 0.0  # PixAI: share of taskUpdated events never sent
     """Probability that a task's callback is sent twice."""
+    fault_routes: tuple[str, ...] | None = None
+    """Routes (the stats keys, e.g. ``POST /v1/generate``) that ``rate_limit_rate`` and
+    ``error_rate`` apply to; None: every API route."""
     task_limit_code: str | None = "TOO_MANY_TASKS"
     """PixAI: ``extensions.code`` of the refusal when the account already has 10 tasks
     waiting or running (None: no code). PixAI does not document its words."""
@@ -140,10 +144,8 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"knob {name} must be true or false, got {value!r}")
         return value
-    if kind == "seconds_list":
-        return _seconds_list(name, value)
-    if kind == "status_5xx":
-        return _status_5xx(name, value)
+    if kind in _SPECIAL_KINDS:
+        return _SPECIAL_KINDS[kind](name, value)
     if kind == "text":
         if not isinstance(value, str):
             raise ValueError(f"knob {name} must be a string, got {value!r}")
@@ -158,11 +160,25 @@ def _status_5xx(name: str, value: Any) -> int:
     return int(number)
 
 
+def _text_list(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
+        raise ValueError(f"knob {name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _seconds_list(name: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, list | tuple):
         # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
         raise ValueError(f"knob {name} must be a list of seconds, got {value!r}")  # noqa: TRY004
     return tuple(float(_number(name, "seconds", item)) for item in value)
+
+
+_SPECIAL_KINDS: dict[str, Callable[[str, Any], Any]] = {
+    "seconds_list": _seconds_list,
+    "status_5xx": _status_5xx,
+    "text_list": _text_list,
+}
 
 
 def _number(name: str, kind: str, value: Any) -> float | int:

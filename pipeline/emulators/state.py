@@ -102,8 +102,11 @@ class EmulatorState:
         self.limiter.clear()
         self.dice.reseed(self.knobs.seed)
 
-    def admit(self, api_key: str | None, *, credit_documented: bool = False) -> Admission:
-        """Check the key, count the request against its quota, then roll for faults."""
+    def admit(
+        self, api_key: str | None, *, credit_documented: bool = False, route: str | None = None
+    ) -> Admission:
+        """Check the key, count the request against its quota, then roll for faults
+        (on ``route`` only when the ``fault_routes`` knob names it)."""
         knobs, now = self.knobs, self.clock()
         if not api_key:
             return self._refuse(ANONYMOUS, now, Refusal.MISSING_KEY)
@@ -117,7 +120,8 @@ class EmulatorState:
             self.stats.faults["limit_exceeded"] += 1
             after = quota.retry_after(now) if knobs.retry_after is not None else None
             return Admission(key, quota, Refusal.LIMIT_EXCEEDED, after)
-        fault = injected_fault(knobs, self.dice)
+        routes = knobs.fault_routes
+        fault = injected_fault(knobs, self.dice) if routes is None or route in routes else None
         if fault is None:
             return Admission(key, quota)
         self.stats.faults[_FAULT_REFUSALS[fault].value] += 1
