@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -28,11 +29,16 @@ from pipeline.errors import (
 )
 from pipeline.http import make_api_client
 from pipeline.manifest import Manifest
+from pipeline.matrix import iter_jobs
 from pipeline.models import Job, JobState, ProviderSettings
 from pipeline.providers import registry
 from pipeline.providers.base import Provider, submit_outcome
+from pipeline.providers.pixellabs import PixelLabsProvider
+from pipeline.scheduler import RunOptions, RunSummary, Scheduler
+from pipeline.session import open_session
 
 from .conftest import serve_app, write_spec
+from .test_run_e2e import pixellabs_spec
 
 PROVIDERS = ("pixellabs", "apixo", "acedata", "pixai")
 PARAMS = {
@@ -243,7 +249,6 @@ def test_the_allowlist() -> None:
 
 def test_a_refused_connection_is_a_refusal(tmp_path: Path) -> None:
     """Nothing listens on the port: the request provably never left."""
-    import anyio
 
     async def main() -> ProviderError:
         adapter = await open_adapter("pixellabs", "http://127.0.0.1:9")
@@ -254,3 +259,40 @@ def test_a_refused_connection_is_a_refusal(tmp_path: Path) -> None:
 
     outcome = anyio.run(main)
     assert isinstance(outcome, SubmitRefused), outcome
+
+
+# -- the scheduler's own catch-all: whatever escapes an adapter's submit ----------------
+
+
+class ParsesBadly(PixelLabsProvider):
+    """A real PixelLabs adapter whose answer reading breaks after the task was created
+    (as a bug in a plugin's parsing would)."""
+
+    async def submit(self, job: Job) -> str:
+        await super().submit(job)
+        raise KeyError("generationId")
+
+
+def test_a_non_provider_error_after_the_submit_left_ends_unknown(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    emulator = emulator_factory(task_seconds=0.1)
+    spec = load_checked_spec(
+        pixellabs_spec(tmp_path, emulator.urls["pixellabs"], seeds="[1]"),
+        env={"PIXELLABS_API_KEY": KEY},
+    )
+
+    async def main() -> RunSummary:
+        with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
+            manifest.add_jobs(iter_jobs(spec))
+            async with open_session(spec) as session:
+                lane = session.lanes["pixellabs"]
+                lane.adapter = ParsesBadly(lane.settings, lane.adapter.client)
+                options = RunOptions(handle_signals=False)
+                return await Scheduler(spec, manifest, session, options=options).run()
+
+    summary = anyio.run(main)
+    assert summary.states["pixellabs"] == {JobState.UNKNOWN: 6}, summary.states
+    assert len(emulator.ledger("pixellabs")) == 6  # once each, never again
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        assert all("KeyError" in (r.error or "") for r in manifest.iter_records())
