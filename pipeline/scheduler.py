@@ -99,6 +99,7 @@ class Scheduler:
         self.summary = RunSummary()
         self._backoff = Backoff(initial=1.0, factor=2.0, maximum=spec.run.poll_max)
         self._commits: GroupCommit | None = None  # while the lanes run
+        self._busy_said: set[str] = set()  # lanes whose full account was reported
         for lane in session.lanes.values():
             lane.limiter.on_capped = self._note_capped_wait(lane.name)
 
@@ -345,6 +346,7 @@ class Scheduler:
             if outcome is None:
                 return None
             if isinstance(outcome, AccountBusy):
+                self._note_busy(lane.name, outcome)
                 busy_since = self.clock() if busy_since is None else busy_since
                 if self.clock() - busy_since >= run.deadline:
                     self._left_pending(lane, job, f"no free task slot for {run.deadline:g}s")
@@ -364,6 +366,14 @@ class Scheduler:
                 job.id, "retry", f"submit refused ({outcome.reason()}); retrying in {delay:.1f}s"
             )
             await anyio.sleep(delay)
+
+    def _note_busy(self, provider: str, busy: AccountBusy) -> None:
+        if provider in self._busy_said:
+            return
+        self._busy_said.add(provider)
+        text = f"every task slot of the account is taken ({busy.reason()}); submits wait for one"
+        self.summary.notes.append(f"{provider}: {text}")
+        self.progress.note(provider, text)
 
     def _left_pending(self, lane: Lane, job: Job, why: str) -> None:
         """Refusals say "not now", not "never": the job stays pending for the next run."""
