@@ -19,6 +19,7 @@ from aiohttp import web
 
 from pipeline.commands import load_checked_spec, run_spec
 from pipeline.emulators import serve
+from pipeline.emulators.knobs import Knobs
 from pipeline.errors import (
     FinalError,
     ProviderError,
@@ -296,3 +297,20 @@ def test_a_non_provider_error_after_the_submit_left_ends_unknown(
     assert len(emulator.ledger("pixellabs")) == 6  # once each, never again
     with Manifest.open(spec.output.root, readonly=True) as manifest:
         assert all("KeyError" in (r.error or "") for r in manifest.iter_records())
+
+
+def test_the_new_knobs_validate() -> None:
+    knobs = Knobs.from_mapping(
+        {"error_after_create_status": 599, "fault_routes": ["POST /v1/generate"]}
+    )
+    assert knobs.error_after_create_status == 599 and knobs.fault_routes == ("POST /v1/generate",)
+    for bad in (
+        {"error_after_create_status": 404},
+        {"error_after_create_status": 600},
+        {"error_after_create_status": "524"},
+        {"fault_routes": "POST /v1/generate"},
+        {"fault_routes": [1]},
+        {"task_limit_message": None},
+    ):
+        with pytest.raises(ValueError, match="knob"):
+            Knobs.from_mapping(bad)
