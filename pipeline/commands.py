@@ -322,6 +322,8 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
             yield f"    {name:<{width}}  {cells}"
     for name, reason in summary.stopped.items():
         yield f"  {name}: submits stopped: {reason}"
+    for note in summary.notes:
+        yield f"  {note}"
     if summary.errors:
         yield f"  {len(summary.errors)} job(s) could not go on and will continue next run;"
         yield f"    first: {summary.errors[0]}"

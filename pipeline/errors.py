@@ -5,12 +5,15 @@
     ├── ManifestError             the manifest database cannot be opened or is not ours
     ├── ProviderError             an API said no, or could not be reached
     │   ├── TransientError        worth retrying later: 429, 5xx, connection trouble
-    │   │   └── RateLimited       429, with the server's Retry-After when it gave one
+    │   │   ├── RateLimited       429, with the server's Retry-After when it gave one
+    │   │   │   └── AccountBusy   every task slot of the account is taken: wait for one
+    │   │   └── SubmitRefused     a submit that provably created nothing (never sent)
     │   ├── FinalError            retrying the same request cannot help (400, 403 policy…)
     │   │   └── AccountError      the whole account is blocked (bad key, no balance):
     │   │                         stop submitting to that provider
-    │   └── SubmitUnknown         a submit was sent but its outcome is unknown (timeout or
-    │                             dropped connection after sending): never retried blindly
+    │   └── SubmitUnknown         a submit was sent but its outcome is unknown (timeout,
+    │                             dropped connection, a 5xx, an unreadable answer, any
+    │                             error not known to be a refusal): never retried blindly
     ├── RemoteTaskFailed          the remote task ran and failed; carries the provider's reason
     └── DownloadError             an output could not be fetched or did not verify
         └── VerificationError     bytes arrived but do not match what was promised
@@ -26,6 +29,7 @@ from __future__ import annotations
 from .redact import scrub
 
 __all__ = [
+    "AccountBusy",
     "AccountError",
     "DownloadError",
     "FinalError",
@@ -35,6 +39,7 @@ __all__ = [
     "RateLimited",
     "RemoteTaskFailed",
     "SpecError",
+    "SubmitRefused",
     "SubmitUnknown",
     "TransientError",
     "VerificationError",
@@ -124,6 +129,15 @@ class RateLimited(TransientError):
     """HTTP 429 or the provider's equivalent."""
 
 
+class AccountBusy(RateLimited):
+    """The account already runs as many tasks as it may (PixAI: 10): not now, later."""
+
+
+class SubmitRefused(TransientError):
+    """A submit that provably created nothing (the connection was refused, or an answer
+    the API documents as "not processed"): safe to send again later."""
+
+
 class FinalError(ProviderError):
     """The request itself is wrong for this API; the job fails with this reason."""
 
@@ -133,7 +147,7 @@ class AccountError(FinalError):
 
 
 class SubmitUnknown(ProviderError):
-    """A submit left but no answer came back: it may or may not have created a task."""
+    """A submit left and no answer proved it created nothing: a task may exist."""
 
 
 class RemoteTaskFailed(PipelineError):

@@ -52,7 +52,7 @@ import httpx
 # used: ``URL._uri_reference`` (a NamedTuple of the parsed parts; ``LeanClient._parse``).
 from httpx._client import BoundAsyncStream, ClientState
 
-from pipeline.errors import SubmitUnknown, TransientError
+from pipeline.errors import SubmitRefused, SubmitUnknown, TransientError
 from pipeline.http_transport import READ_AT_ONCE, AiohttpTransport, PlainBody
 
 __all__ = [
@@ -476,13 +476,16 @@ async def send(
     """Send one request, reading the whole body; transport trouble becomes our errors.
 
     With ``submit=True`` a failure after the request may have left raises
-    ``SubmitUnknown`` (contract 2); otherwise transport trouble is a ``TransientError``.
+    ``SubmitUnknown`` (contract 2), one that provably never left ``SubmitRefused``;
+    otherwise transport trouble is a ``TransientError``.
     """
     try:
         response = await client.request(method, url, **kwargs)
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         what = f"{method} {url}: {type(exc).__name__}: {exc}".rstrip(": ")
-        if submit and not request_was_unsent(exc):
-            raise SubmitUnknown(f"no answer to submit ({what})") from exc
-        raise TransientError(f"request failed ({what})") from exc
+        if not submit:
+            raise TransientError(f"request failed ({what})") from exc
+        if request_was_unsent(exc):
+            raise SubmitRefused(f"submit not sent ({what})") from exc
+        raise SubmitUnknown(f"no answer to submit ({what})") from exc
     return response

@@ -28,9 +28,10 @@ from typing import TypeVar
 
 import anyio
 
-from pipeline.models import Rate
+from pipeline.models import Rate, RunSettings
 
 __all__ = [
+    "DEFAULT_MAX_WAIT",
     "Backoff",
     "ProviderLimiter",
     "TokenBucket",
@@ -44,6 +45,8 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+DEFAULT_MAX_WAIT = RunSettings().max_retry_after
+"""The longest a server's Retry-After or rate-limit reset is waited (``run.max_retry_after``)."""
 _EPOCH_THRESHOLD = 1e9  # a reset value above this is an epoch timestamp, below it a delta
 _EPOCH_MS_THRESHOLD = 1e12  # ...and above this one, epoch milliseconds
 
@@ -205,8 +208,13 @@ class ProviderLimiter:
 
     ``async with limiter.slot():`` around a job's whole life (at most ``concurrency`` jobs
     in flight); ``await limiter.request()`` before every HTTP request to the provider
-    (submit and poll); ``observe_response(headers)`` after every response, and
-    ``penalize(retry_after)`` on a 429.
+    (``submit=True`` for submits); ``observe_response(headers)`` after every response,
+    and ``penalize(retry_after)`` on a 429.
+
+    A pause asked for in answer to a submit holds back only submits: status queries of
+    tasks already paid for go on (a server that limits them too says so on their own
+    answers). No pause or reset wait lasts longer than ``max_wait``; the first one cut
+    short calls ``on_capped(asked, max_wait)``, so the run can say so once.
     """
 
     def __init__(
@@ -216,6 +224,7 @@ class ProviderLimiter:
         *,
         burst: int | None = None,
         default_penalty: float = 1.0,
+        max_wait: float = DEFAULT_MAX_WAIT,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         wall: Clock = time.time,
@@ -225,7 +234,14 @@ class ProviderLimiter:
             rate, burst=burst, clock=clock, sleep=sleep, wall=wall, in_flight=concurrency
         )
         self._default_penalty = default_penalty
+        self._clock = clock
+        self._sleep = sleep
         self._wall = wall
+        self._submits_paused_until = -math.inf
+        self.max_wait = max_wait
+        self.capped: float | None = None
+        """The longest wait a server asked for beyond ``max_wait`` (None: none so far)."""
+        self.on_capped: Callable[[float, float], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -237,24 +253,50 @@ class ProviderLimiter:
         async with self._slots:
             yield
 
-    async def request(self) -> None:
-        """Wait until one more request may be sent to this provider."""
+    async def request(self, *, submit: bool = False) -> None:
+        """Wait until one more request (a submit, with ``submit``) may be sent."""
+        while submit and (wait := self._submits_paused_until - self._clock()) > 0:
+            await self._sleep(wait)
         await self.bucket.acquire()
 
-    def penalize(self, retry_after: float | None) -> None:
-        """The provider refused (429): pause every request for ``retry_after`` seconds."""
-        self.bucket.pause_for(self._default_penalty if retry_after is None else retry_after)
+    def penalize(self, retry_after: float | None, *, submit: bool = False) -> None:
+        """The provider refused (429): pause requests (only submits, with ``submit``)
+        for ``retry_after`` seconds, at most ``max_wait``."""
+        self._pause(self._default_penalty if retry_after is None else retry_after, submit)
 
-    def observe_response(self, headers: Mapping[str, str]) -> None:
-        """Read ``Retry-After`` and ``X-RateLimit-*`` (or ``RateLimit-*``) from a response."""
+    def observe_response(self, headers: Mapping[str, str], *, submit: bool = False) -> None:
+        """Read ``Retry-After`` and ``X-RateLimit-*`` (or ``RateLimit-*``) from a response
+        (to a submit, with ``submit``)."""
         lowered = {name.lower(): value for name, value in headers.items()}
         retry_after = parse_retry_after(lowered.get("retry-after"), now=self._wall())
         if retry_after is not None:
-            self.bucket.pause_for(retry_after)
+            self._pause(retry_after, submit)
         remaining = _first_int(_header(lowered, "remaining"))
         limit = _first_int(_header(lowered, "limit"))
         reset = self._reset_epoch(_header(lowered, "reset"))
+        if reset is not None and remaining is not None:
+            now = self._wall()
+            wait = reset - now
+            reset = now + (self._bounded(wait) if remaining <= 0 else min(wait, self.max_wait))
         self.bucket.observe_headers(remaining, reset, limit)
+
+    def _pause(self, seconds: float, submit: bool) -> None:
+        seconds = self._bounded(seconds)
+        if submit:
+            until = self._clock() + max(0.0, seconds)
+            self._submits_paused_until = max(self._submits_paused_until, until)
+        else:
+            self.bucket.pause_for(seconds)
+
+    def _bounded(self, seconds: float) -> float:
+        """``seconds``, cut to ``max_wait``; the first cut is reported to ``on_capped``."""
+        if seconds <= self.max_wait:
+            return seconds
+        first = self.capped is None
+        self.capped = max(self.capped or 0.0, seconds)
+        if first and self.on_capped is not None:
+            self.on_capped(seconds, self.max_wait)
+        return self.max_wait
 
     def _reset_epoch(self, value: str | None) -> float | None:
         """``X-RateLimit-Reset`` as epoch seconds: epoch s, epoch ms, or delta seconds."""

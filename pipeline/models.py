@@ -153,7 +153,8 @@ class RunSettings:
     poll_max: float = 30.0
     poll_factor: float = 1.5
     http_timeout: float = 60.0
-    retries: int = 6  # transient errors on poll and download; never on submit
+    retries: int = 6  # transient errors on poll and download; refused submits
+    max_retry_after: float = 300.0  # the longest server-asked wait honoured (Retry-After)
     poll_defaults: frozenset[str] = frozenset()
 
     def advised(self, advice: PollAdvice) -> RunSettings:

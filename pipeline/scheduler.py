@@ -25,11 +25,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from pipeline.commits import GroupCommit, group_commits
 from pipeline.errors import (
+    AccountBusy,
     AccountError,
     DownloadError,
     FinalError,
     ProviderError,
-    SubmitUnknown,
+    RateLimited,
+    SubmitRefused,
     TransientError,
 )
 from pipeline.limits import Backoff
@@ -37,6 +39,7 @@ from pipeline.manifest import Manifest
 from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
 from pipeline.outputs import fetch_outputs
 from pipeline.progress import NullProgress, Progress
+from pipeline.providers.base import submit_outcome
 from pipeline.session import Lane, Session, prepaid_requests
 
 __all__ = ["RunOptions", "RunSummary", "Scheduler"]
@@ -65,6 +68,7 @@ class RunSummary:
     interrupted: bool = False
     elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)  # unexpected local errors, per job
+    notes: list[str] = field(default_factory=list)  # things the user should know, once each
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -95,6 +99,9 @@ class Scheduler:
         self.summary = RunSummary()
         self._backoff = Backoff(initial=1.0, factor=2.0, maximum=spec.run.poll_max)
         self._commits: GroupCommit | None = None  # while the lanes run
+        self._busy_said: set[str] = set()  # lanes whose full account was reported
+        for lane in session.lanes.values():
+            lane.limiter.on_capped = self._note_capped_wait(lane.name)
 
     # -- the run ----------------------------------------------------------------------
 
@@ -155,6 +162,17 @@ class Scheduler:
 
     def _count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.manifest.counts().values())
+
+    def _note_capped_wait(self, provider: str) -> Callable[[float, float], None]:
+        def note(asked: float, cap: float) -> None:
+            text = (
+                f"the server asked to wait {asked:g}s; waiting {cap:g}s at most "
+                "(run.max_retry_after)"
+            )
+            self.summary.notes.append(f"{provider}: {text}")
+            self.progress.note(provider, text)
+
+        return note
 
     # -- one provider -----------------------------------------------------------------
 
@@ -293,17 +311,22 @@ class Scheduler:
     # -- submit: contract 2 ---------------------------------------------------------
 
     async def _submit(self, lane: Lane, record: JobRecord) -> JobRecord | None:
-        """Submit once per refusal-free attempt; a refused submit (429, 503, no
-        connection) is safe to repeat after a pause, an ambiguous one never is.
+        """Submit until the provider takes it or says no for good. Only refusals that
+        prove nothing was created are sent again (``submit_outcome``): a 429 or an
+        unsent request after a pause, at most ``run.retries`` times; "every task slot
+        is taken" (``AccountBusy``) with poll-like spacing for up to ``run.deadline``.
 
         Returns the job as now recorded (submitted, with its remote id), or None."""
-        job = record.job
+        job, run = record.job, self.spec.run
         await lane.follower.ready()
-        for attempt in range(self.spec.run.retries + 1):
+        refusals = busy = sent = 0
+        busy_since: float | None = None
+        while True:
             if lane.stopped:
                 return None
-            await lane.limiter.request()  # cancellable wait, outside the shield
-            client_ref = f"{job.id}.{record.attempts + attempt + 1}"
+            await lane.limiter.request(submit=True)  # cancellable wait, outside the shield
+            sent += 1
+            client_ref = f"{job.id}.{record.attempts + sent}"
             if not self.manifest.transition(
                 job.id, S.SUBMITTING, expect=S.PENDING, client_ref=client_ref
             ):
@@ -316,24 +339,47 @@ class Scheduler:
                     state=S.SUBMITTED,
                     remote_id=remote_id,
                     client_ref=client_ref,
-                    attempts=record.attempts + attempt + 1,
+                    attempts=record.attempts + sent,
                     submitted_at=submitted_at,
                     updated_at=submitted_at,
                 )
             if outcome is None:
                 return None
-            delay = self._backoff.delay(attempt, outcome.retry_after)
+            if isinstance(outcome, AccountBusy):
+                self._note_busy(lane.name, outcome)
+                busy_since = self.clock() if busy_since is None else busy_since
+                if self.clock() - busy_since >= run.deadline:
+                    self._left_pending(lane, job, f"no free task slot for {run.deadline:g}s")
+                    return None
+                busy += 1
+                spacing = min(run.poll_max, run.poll_initial * run.poll_factor ** (busy - 1))
+                delay = max(self._backoff.delay(busy, outcome.retry_after), spacing)
+            else:
+                refusals += 1
+                if refusals > run.retries:
+                    self._left_pending(lane, job, f"submit refused {refusals} times")
+                    return None
+                delay = self._backoff.delay(refusals, outcome.retry_after)
+                if outcome.retry_after:
+                    lane.limiter.penalize(outcome.retry_after, submit=True)
             self.manifest.log_event(
                 job.id, "retry", f"submit refused ({outcome.reason()}); retrying in {delay:.1f}s"
             )
-            if outcome.retry_after:
-                lane.limiter.penalize(outcome.retry_after)
             await anyio.sleep(delay)
-        # Refusals say "not now", not "never": the job stays pending for the next run.
-        text = f"submit refused {self.spec.run.retries + 1} times; left pending"
+
+    def _note_busy(self, provider: str, busy: AccountBusy) -> None:
+        if provider in self._busy_said:
+            return
+        self._busy_said.add(provider)
+        text = f"every task slot of the account is taken ({busy.reason()}); submits wait for one"
+        self.summary.notes.append(f"{provider}: {text}")
+        self.progress.note(provider, text)
+
+    def _left_pending(self, lane: Lane, job: Job, why: str) -> None:
+        """Refusals say "not now", not "never": the job stays pending for the next run."""
+        text = f"{why}; left pending"
         self.manifest.log_event(job.id, "error", text)
         self.summary.errors.append(f"{lane.name} job {job.id}: {text}")
-        return None
 
     async def _submit_shielded(self, lane: Lane, job: Job) -> Submitted | TransientError | None:
         """One submit request, immune to Ctrl-C: its outcome is always recorded."""
@@ -345,34 +391,37 @@ class Scheduler:
         return outcome
 
     async def _submit_once(self, lane: Lane, job: Job) -> Submitted | TransientError | None:
+        """Send the submit and record what its answer proves. Returns the remote id, the
+        refusal to wait out, or None when the job left ``submitting`` for good."""
         job_id = job.id
         try:
             remote_id = await lane.adapter.submit(job)
-        except SubmitUnknown as exc:
-            self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=exc.reason())
-            return None
-        except AccountError as exc:
-            lane.stopped = lane.stopped or exc.reason()
-            self.manifest.transition(
-                job_id, S.PENDING, expect=S.SUBMITTING, detail=f"account error: {exc.reason()}"
+        except Exception as exc:  # everything not on the allowlist is ambiguous
+            error = submit_outcome(exc)
+        else:
+            at = self.manifest.transition_at(
+                job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
             )
-            self.progress.note(lane.name, f"submits stopped: {exc.reason()}")
-            return None
-        except FinalError as exc:
+            self.summary.submitted += 1
+            return remote_id, at
+        if isinstance(error, RateLimited | SubmitRefused):
             self.manifest.transition(
-                job_id, S.FAILED, expect=S.SUBMITTING, error=f"submit: {exc.reason()}"
+                job_id, S.PENDING, expect=S.SUBMITTING, detail=f"refused: {error.reason()}"
             )
-            return None
-        except TransientError as exc:
+            return error
+        if isinstance(error, AccountError):
+            lane.stopped = lane.stopped or error.reason()
             self.manifest.transition(
-                job_id, S.PENDING, expect=S.SUBMITTING, detail=f"refused: {exc.reason()}"
+                job_id, S.PENDING, expect=S.SUBMITTING, detail=f"account error: {error.reason()}"
             )
-            return exc
-        at = self.manifest.transition_at(
-            job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
-        )
-        self.summary.submitted += 1
-        return remote_id, at
+            self.progress.note(lane.name, f"submits stopped: {error.reason()}")
+        elif isinstance(error, FinalError):
+            self.manifest.transition(
+                job_id, S.FAILED, expect=S.SUBMITTING, error=f"submit: {error.reason()}"
+            )
+        else:
+            self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=error.reason())
+        return None
 
     # -- outputs --------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ def prepaid_requests() -> Iterator[None]:
     """Within this block, the current task's requests were rate-limited by the caller.
 
     The scheduler takes a submit's rate token *before* it records the submit intent, so
-    that waiting for a token stays cancellable while the submit itself is shielded.
+    that waiting for a token stays cancellable while the submit itself is shielded. The
+    block holds only the submit, so the limiter also reads it as "this is a submit".
     """
     token = _prepaid.set(True)
     try:
@@ -159,14 +160,15 @@ async def _open_lane(
         and entry.concurrency > adapter_type.max_concurrency
     ):
         entry = replace(entry, concurrency=adapter_type.max_concurrency)
-    limiter = ProviderLimiter(entry.concurrency, entry.rate)
+    limiter = ProviderLimiter(entry.concurrency, entry.rate, max_wait=run.max_retry_after)
 
     async def on_request(request: httpx.Request) -> None:
         if not _prepaid.get():
             await limiter.request()
 
     async def on_response(response: httpx.Response) -> None:
-        limiter.observe_response(_rate_headers(response.headers))
+        # A wait asked in answer to a submit holds back submits only (polls go on).
+        limiter.observe_response(_rate_headers(response.headers), submit=_prepaid.get())
 
     client = make_api_client(
         entry.base_url or adapter_type.default_base_url,
@@ -178,6 +180,7 @@ async def _open_lane(
     )
     await stack.enter_async_context(client)
     adapter = adapter_type(entry, client)
+    adapter.max_retry_after = run.max_retry_after
     mode = completion_mode(entry, adapter_type)
     if services:
         from pipeline.webhooks import attach_callbacks

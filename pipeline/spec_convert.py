@@ -139,6 +139,7 @@ def _run(model: SpecModel) -> RunSettings:
         poll_factor=default.poll_factor if poll.factor is None else poll.factor,
         http_timeout=run.http_timeout,
         retries=run.retries,
+        max_retry_after=run.max_retry_after,
         poll_defaults=frozenset(name for name, value in unset.items() if value is None),
     )
 

@@ -282,7 +282,15 @@ class RunModel(_Section):
     )
     http_timeout: Duration = Field(60.0, description="Timeout of one HTTP request.")
     retries: int = Field(
-        6, ge=0, description="Retries of transient errors (polls, downloads; never submits)."
+        6,
+        ge=0,
+        description="Retries of transient errors (polls, downloads) and of submits the "
+        "provider refused (429); never of a submit that may have created its task.",
+    )
+    max_retry_after: Duration = Field(
+        300.0,
+        description="The longest wait a server may ask for (Retry-After, a rate-limit "
+        "reset); a longer one is cut to this, and the run says so.",
     )
 
 

@@ -158,7 +158,7 @@ async def test_malformed_result_json_is_a_clear_transient_error(result_json):
         (error(403, "Forbidden", "content policy"), FinalError),
         (error(400, "Invalid request", "Missing required field: input.prompt"), FinalError),
         (error(429, "Too many requests", "slow down"), RateLimited),
-        (error(503, "Service unavailable", "later"), TransientError),
+        (error(503, "Service unavailable", "later"), SubmitUnknown),  # not "not processed"
         (error(500, "Internal server error", "oops"), SubmitUnknown),
         (httpx.Response(200, json={"code": 402, "message": "Insufficient balance"}), AccountError),
     ],

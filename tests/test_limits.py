@@ -411,3 +411,56 @@ async def test_retrying_none_verdict_counts_as_transient() -> None:
         fn, retries=1, backoff=Backoff(), is_transient=lambda exc: None, sleep=Sleeps()
     )
     assert result == "ok"
+
+
+# --- a server's waits: capped, said once, and a submit's 429 never stops polls ----------
+
+
+def capped_limiter(vt: VirtualTime, max_wait: float = 60.0) -> tuple[ProviderLimiter, list]:
+    pl = ProviderLimiter(2, None, max_wait=max_wait, clock=vt.clock, sleep=vt.sleep, wall=vt.wall)
+    said: list[tuple[float, float]] = []
+    pl.on_capped = lambda asked, cap: said.append((asked, cap))
+    return pl, said
+
+
+@pytest.mark.anyio
+async def test_a_huge_retry_after_on_a_submit_pauses_submits_only_and_is_capped(
+    vt: VirtualTime,
+) -> None:
+    pl, said = capped_limiter(vt)
+    pl.observe_response({"Retry-After": "86400"}, submit=True)
+
+    async def poll_then_submit() -> tuple[float, float]:
+        await pl.request()  # a status query of a paid task: not held back
+        polled = vt.now
+        await pl.request(submit=True)
+        return polled, vt.now
+
+    assert await vt.drive(poll_then_submit) == (0.0, 60.0)
+    assert said == [(86400.0, 60.0)]
+
+
+@pytest.mark.anyio
+async def test_a_huge_retry_after_on_a_poll_pauses_everything_up_to_the_cap_said_once(
+    vt: VirtualTime,
+) -> None:
+    pl, said = capped_limiter(vt, max_wait=30.0)
+    pl.observe_response({"Retry-After": "86400"})
+    pl.penalize(7200)
+    pl.observe_response({"Retry-After": "100000"})
+
+    async def one() -> float:
+        await pl.request()
+        return vt.now
+
+    assert await vt.drive(one) == 30.0
+    assert said == [(86400.0, 30.0)]  # said once, however often it happens
+    assert pl.capped == 100000.0
+
+
+def test_a_far_rate_limit_reset_is_capped(vt: VirtualTime) -> None:
+    pl, said = capped_limiter(vt, max_wait=120.0)
+    reset = EPOCH + 86400
+    pl.observe_response({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(reset))})
+    assert pl.bucket.paused_until == 120.0
+    assert said == [(86400.0, 120.0)]

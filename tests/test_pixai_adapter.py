@@ -10,7 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import AccountError, FinalError, RateLimited, SubmitUnknown, TransientError
+from pipeline.errors import (
+    AccountBusy,
+    AccountError,
+    FinalError,
+    RateLimited,
+    SubmitUnknown,
+    TransientError,
+)
 from pipeline.models import Job, ProviderSettings, RemoteStatus
 from pipeline.providers.pixai import PixAIProvider
 
@@ -124,9 +131,28 @@ async def test_submit_returns_the_task_id() -> None:
                 ]
             },
             200,
-            RateLimited,
+            AccountBusy,
         ),
-        ({"errors": [{"message": "You have too many tasks running"}]}, 200, RateLimited),
+        ({"errors": [{"message": "You have too many tasks running"}]}, 200, AccountBusy),
+        (
+            {"errors": [{"message": "Limit reached", "extensions": {"code": "CONCURRENCY"}}]},
+            200,
+            AccountBusy,
+        ),
+        (
+            {
+                "errors": [
+                    {"message": "10 generations already pending", "extensions": {"code": "E1"}}
+                ]
+            },
+            200,
+            AccountBusy,
+        ),
+        (
+            {"errors": [{"message": "boom", "extensions": {"code": "SOMETHING_NEW"}}]},
+            200,
+            SubmitUnknown,
+        ),
         (
             {"errors": [{"message": "x", "extensions": {"code": "INSUFFICIENT_CREDITS"}}]},
             200,
@@ -146,7 +172,7 @@ async def test_submit_returns_the_task_id() -> None:
         ({"message": "Unauthorized"}, 401, AccountError),
         ({"message": "Payment required"}, 402, AccountError),
         ({"message": "Too Many Requests"}, 429, RateLimited),
-        ({"message": "Service Unavailable"}, 503, TransientError),
+        ({"message": "Service Unavailable"}, 503, SubmitUnknown),  # undocumented: ambiguous
         ({"message": "Internal Server Error"}, 500, SubmitUnknown),
         ({"errors": [{"message": "Syntax Error"}]}, 400, FinalError),
     ],

@@ -29,6 +29,7 @@ from aiohttp import web
 from pipeline.emulators.app import (
     admit_request,
     drop_connection,
+    gateway_error,
     json_body,
     origin,
     retry_after_headers,
@@ -141,6 +142,8 @@ async def submit(request: web.Request) -> web.Response:
         _schedule_callback(request.app, state, task)
     if state.drop_after_create():
         return drop_connection(request)
+    if (failed := state.error_after_create()) is not None:
+        return gateway_error(failed)
     return _success({"taskId": task.id})
 
 

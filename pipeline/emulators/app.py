@@ -27,6 +27,7 @@ __all__ = [
     "bearer_token",
     "build_app",
     "drop_connection",
+    "gateway_error",
     "json_body",
     "origin",
     "retry_after_headers",
@@ -107,7 +108,8 @@ def admit_request(
     then pass its bearer key through ``state.admit``. The caller renders a refusal."""
     state = request.app[STATE_KEY]
     state.stats.count(route)
-    return state, state.admit(bearer_token(request), credit_documented=credit_documented)
+    admission = state.admit(bearer_token(request), credit_documented=credit_documented, route=route)
+    return state, admission
 
 
 def retry_after_headers(admission: Admission) -> dict[str, str]:
@@ -144,3 +146,9 @@ def drop_connection(request: web.Request) -> web.Response:
     if request.transport is not None:
         request.transport.close()
     return web.Response(status=204)
+
+
+def gateway_error(status: int) -> web.Response:
+    """A 5xx in a gateway's words (plain text, not the API's error body): what a client
+    sees when a proxy fails after the origin already created the task."""
+    return web.Response(status=status, text=f"error code: {status}")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Knobs"]
 
 # kind: "rate" (0..1), "seconds" (>= 0 float), "count" (>= 0 int), "int", "bool", "text",
-# "seconds_list" (a list of seconds)
+# "seconds_list" (a list of seconds), "status_5xx" (an int 500..599), "text_list"
 _KINDS: dict[str, tuple[str, bool]] = {
     "task_seconds": ("seconds", False),
     "task_jitter": ("rate", False),
@@ -26,6 +26,8 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "retry_after": ("seconds", True),
     "error_rate": ("rate", False),
     "drop_after_create_rate": ("rate", False),
+    "error_after_create_rate": ("rate", False),
+    "error_after_create_status": ("status_5xx", False),
     "truncate_rate": ("rate", False),
     "url_ttl": ("seconds", True),
     "output_bytes": ("count", True),
@@ -43,6 +45,9 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "callback_duplicate_rate": ("rate", False),
     "event_loss_rate": ("rate", False),
     "echo_auth": ("bool", False),
+    "fault_routes": ("text_list", True),
+    "task_limit_code": ("text", True),
+    "task_limit_message": ("text", False),
 }
 
 
@@ -64,6 +69,12 @@ class Knobs:
     """Probability that an API request is answered 500 or 503 before anything happens."""
     drop_after_create_rate: float = 0.0
     """Probability that a submit creates (and charges) the task, then drops the connection."""
+    error_after_create_rate: float = 0.0
+    """Probability that a submit creates (and charges) the task, then answers
+    ``error_after_create_status`` instead (a proxy or gateway failing after the origin
+    accepted it)."""
+    error_after_create_status: int = 524
+    """The 5xx (500-599) sent by ``error_after_create_rate``; its body is plain text."""
     truncate_rate: float = 0.0
     """Probability that a download sends fewer bytes than its Content-Length, then closes."""
     url_ttl: float | None = None
@@ -97,6 +108,16 @@ class Knobs:
     echo_auth: bool = False
     """Error answers (status >= 400) quote the caller's key and Authorization header in
     the API's own error message, as careless real APIs do (tests of redaction)."""
+    fault_routes: tuple[str, ...] | None = None
+    """Routes (the stats keys, e.g. ``POST /v1/generate``) that ``rate_limit_rate`` and
+    ``error_rate`` apply to; None: every API route."""
+    task_limit_code: str | None = "TOO_MANY_TASKS"
+    """PixAI: ``extensions.code`` of the refusal when the account already has 10 tasks
+    waiting or running (None: no code). PixAI does not document its words."""
+    task_limit_message: str = (
+        "Too many tasks in progress: at most 10 tasks may be waiting or running"
+    )
+    """PixAI: the message of that refusal."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:
@@ -127,8 +148,8 @@ def _validate(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"knob {name} must be true or false, got {value!r}")
         return value
-    if kind == "seconds_list":
-        return _seconds_list(name, value)
+    if kind in _SPECIAL_KINDS:
+        return _SPECIAL_KINDS[kind](name, value)
     if kind == "text":
         if not isinstance(value, str):
             raise ValueError(f"knob {name} must be a string, got {value!r}")
@@ -136,11 +157,32 @@ def _validate(name: str, value: Any) -> Any:
     return _number(name, kind, value)
 
 
+def _status_5xx(name: str, value: Any) -> int:
+    number = _number(name, "int", value)
+    if not 500 <= number <= 599:
+        raise ValueError(f"knob {name} must be an HTTP status from 500 to 599, got {value!r}")
+    return int(number)
+
+
+def _text_list(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
+        raise ValueError(f"knob {name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _seconds_list(name: str, value: Any) -> tuple[float, ...]:
     if not isinstance(value, list | tuple):
         # ValueError, not TypeError: a knob of the wrong type is a bad value in a document
         raise ValueError(f"knob {name} must be a list of seconds, got {value!r}")  # noqa: TRY004
     return tuple(float(_number(name, "seconds", item)) for item in value)
+
+
+_SPECIAL_KINDS: dict[str, Callable[[str, Any], Any]] = {
+    "seconds_list": _seconds_list,
+    "status_5xx": _status_5xx,
+    "text_list": _text_list,
+}
 
 
 def _number(name: str, kind: str, value: Any) -> float | int:

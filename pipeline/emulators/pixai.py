@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from pipeline.emulators.app import (
     bearer_token,
     build_app,
     drop_connection,
+    gateway_error,
     json_body,
     origin,
     retry_after_headers,
@@ -98,9 +100,16 @@ async def graphql_http(request: web.Request) -> web.Response:
         return _errors(400, "Subscriptions are served over WebSocket at GET /graphql")
     ctx = GqlContext(request.app[WORLD_KEY], admission.key, api_key, origin(request))
     result = await run_operation(operation, ctx, variables, name)
+    return _answer(request, ctx, result.formatted)
+
+
+def _answer(request: web.Request, ctx: GqlContext, formatted: Mapping[str, Any]) -> web.Response:
+    """The result, unless a fault knob fired while the operation ran."""
     if ctx.drop_connection:
         return drop_connection(request)
-    return json_body(result.formatted)
+    if ctx.error_status is not None:
+        return gateway_error(ctx.error_status)
+    return json_body(formatted)
 
 
 async def not_found(request: web.Request) -> web.Response:

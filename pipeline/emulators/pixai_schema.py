@@ -12,8 +12,9 @@ choices worth knowing:
   graphql-core's own.
 - **Errors.** Resolver errors are GraphQL errors with ``extensions.code`` (Apollo-style
   codes; the exact codes PixAI uses are a GUESS): ``TOO_MANY_TASKS`` for the 11th task
-  in progress, ``BAD_USER_INPUT`` for invalid parameters, ``INSUFFICIENT_CREDITS`` for
-  keys with the ``broke_key_prefix`` knob, ``NOT_FOUND`` for cancelling an unknown task.
+  in progress (worded by the ``task_limit_code`` and ``task_limit_message`` knobs),
+  ``BAD_USER_INPUT`` for invalid parameters, ``INSUFFICIENT_CREDITS`` for keys with the
+  ``broke_key_prefix`` knob, ``NOT_FOUND`` for cancelling an unknown task.
   ``task(id)`` of an unknown task is ``null``, not an error.
 """
 
@@ -110,6 +111,7 @@ class GqlContext:
     api_key: str
     base: str
     drop_connection: bool = False
+    error_status: int | None = None  # answer this 5xx instead of the result
     streams: list[EventStream] = field(default_factory=list)
 
 
@@ -210,13 +212,13 @@ class Root:
         except Invalid as invalid:
             raise _error(str(invalid), "BAD_USER_INPUT") from invalid
         except TooManyTasks as busy:
-            raise _error(
-                "Too many tasks in progress: at most 10 tasks may be waiting or running",
-                "TOO_MANY_TASKS",
-            ) from busy
+            knobs = state.knobs
+            extensions = {"code": knobs.task_limit_code} if knobs.task_limit_code else None
+            raise GraphQLError(knobs.task_limit_message, extensions=extensions) from busy
         state.charge(task, "mutation createGenerationTask", {"parameters": parameters})
         if state.drop_after_create():
             ctx.drop_connection = True
+        ctx.error_status = state.error_after_create()
         return world.task_view(task)
 
     def cancelGenerationTask(

@@ -28,6 +28,7 @@ from pipeline.emulators.app import (
     admit_request,
     build_app,
     drop_connection,
+    gateway_error,
     json_body,
     origin,
     retry_after_headers,
@@ -116,6 +117,8 @@ async def submit(request: web.Request) -> web.Response:
     state.charge(task, SUBMIT_ROUTE, body)
     if state.drop_after_create():
         return drop_connection(request)
+    if (failed := state.error_after_create()) is not None:
+        return gateway_error(failed)
     line = task.timeline
     answer = {
         "generationId": task.id,

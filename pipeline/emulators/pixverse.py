@@ -41,6 +41,7 @@ from aiohttp import web
 from pipeline.emulators.app import (
     admit_request,
     drop_connection,
+    gateway_error,
     json_body,
     origin,
     retry_after_headers,
@@ -139,6 +140,8 @@ async def submit(request: web.Request) -> web.Response:
         _schedule_callback(request.app, task, params["callback_url"], base)
     if state.drop_after_create():
         return drop_connection(request)
+    if (failed := state.error_after_create()) is not None:
+        return gateway_error(failed)
     if not blocking:
         return json_body({"task_id": task.id})
     return await _blocking_answer(state, task, base)

@@ -102,8 +102,11 @@ class EmulatorState:
         self.limiter.clear()
         self.dice.reseed(self.knobs.seed)
 
-    def admit(self, api_key: str | None, *, credit_documented: bool = False) -> Admission:
-        """Check the key, count the request against its quota, then roll for faults."""
+    def admit(
+        self, api_key: str | None, *, credit_documented: bool = False, route: str | None = None
+    ) -> Admission:
+        """Check the key, count the request against its quota, then roll for faults
+        (on ``route`` only when the ``fault_routes`` knob names it)."""
         knobs, now = self.knobs, self.clock()
         if not api_key:
             return self._refuse(ANONYMOUS, now, Refusal.MISSING_KEY)
@@ -117,7 +120,8 @@ class EmulatorState:
             self.stats.faults["limit_exceeded"] += 1
             after = quota.retry_after(now) if knobs.retry_after is not None else None
             return Admission(key, quota, Refusal.LIMIT_EXCEEDED, after)
-        fault = injected_fault(knobs, self.dice)
+        routes = knobs.fault_routes
+        fault = injected_fault(knobs, self.dice) if routes is None or route in routes else None
         if fault is None:
             return Admission(key, quota)
         self.stats.faults[_FAULT_REFUSALS[fault].value] += 1
@@ -141,6 +145,14 @@ class EmulatorState:
             return False
         self.stats.faults["dropped"] += 1
         return True
+
+    def error_after_create(self) -> int | None:
+        """Roll ``error_after_create_rate``; on a hit count an ``error_after_create`` fault
+        and return the status to answer the submit with (see ``app.gateway_error``)."""
+        if not self.dice.roll(self.knobs.error_after_create_rate):
+            return None
+        self.stats.faults["error_after_create"] += 1
+        return self.knobs.error_after_create_status
 
     def _refuse(self, key: str, now: float, refusal: Refusal) -> Admission:
         quota = self.limiter.peek(key, now, self.knobs.requests_per_minute)

@@ -36,6 +36,7 @@ from pipeline.errors import (
     RateLimited,
     SpecError,
     SubmitUnknown,
+    TransientError,
 )
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
 from pipeline.providers.base import (
@@ -43,7 +44,9 @@ from pipeline.providers.base import (
     ParamInfo,
     PreparedRequest,
     Provider,
+    brief,
     error_for_status,
+    json_or_none,
 )
 
 __all__ = ["AceDataPixverseProvider"]
@@ -143,7 +146,7 @@ class AceDataPixverseProvider(Provider):
         answer = await self._send_json(request, submit=True)
         task_id = answer.get("task_id")
         if not isinstance(task_id, str) or not task_id:
-            raise SubmitUnknown(f"submit answered without a task_id: {_brief(answer)}")
+            raise SubmitUnknown(f"submit answered without a task_id: {brief(answer)}")
         return task_id
 
     # -- status ------------------------------------------------------------------------
@@ -169,7 +172,7 @@ class AceDataPixverseProvider(Provider):
         answer = await self._send_json(PreparedRequest("POST", "/pixverse/tasks", body))
         items = answer.get("items")
         if not isinstance(items, list):
-            raise FinalError(f"retrieve_batch answered without items: {_brief(answer)}")
+            raise TransientError(f"retrieve_batch answered without items: {brief(answer)}")
         wanted = set(ids)
         found: dict[str, RemoteTask] = {}
         for item in items:
@@ -217,10 +220,7 @@ class AceDataPixverseProvider(Provider):
         return error
 
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return None, response.reason_phrase or "error"
+        body = json_or_none(response)
         error = body.get("error") if isinstance(body, Mapping) else None
         if isinstance(error, Mapping):
             code = error.get("code")
@@ -284,8 +284,3 @@ def _positive_option(settings: ProviderSettings, name: str, default: int) -> int
             path=f"providers.{settings.name}.options.{name}",
         )
     return value
-
-
-def _brief(answer: Mapping[str, Any]) -> str:
-    text = repr(dict(answer))
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -35,7 +35,10 @@ from pipeline.providers.base import (
     ParamInfo,
     PreparedRequest,
     Provider,
+    brief,
     error_for_status,
+    json_or_none,
+    submit_outcome,
 )
 
 __all__ = ["IMAGE_MODELS", "VIDEO_MODELS", "ApixoProvider"]
@@ -135,7 +138,7 @@ class ApixoProvider(Provider):
         data = answer.get("data")
         task_id = data.get("taskId") if isinstance(data, Mapping) else None
         if not isinstance(task_id, str) or not task_id:
-            raise SubmitUnknown(f"submit answered without a taskId: {dict(answer)}")
+            raise SubmitUnknown(f"submit answered without a taskId: {brief(answer)}")
         return _remote_id(job, task_id)
 
     async def status(self, remote_id: str) -> RemoteTask:
@@ -162,10 +165,7 @@ class ApixoProvider(Provider):
         return _split_remote_id(remote_id)[1]
 
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return None, response.reason_phrase or "error"
+        body = json_or_none(response)
         if not isinstance(body, Mapping):
             return None, response.reason_phrase or "error"
         return None, _envelope_message(body, response.reason_phrase or "error")
@@ -200,12 +200,10 @@ def _split_remote_id(remote_id: str) -> tuple[str, str]:
 def _raise_for_envelope(answer: Mapping[str, Any], *, submit: bool) -> None:
     """A 200 whose envelope says otherwise is an error of that code."""
     code = answer.get("code", 200)
-    if code == 200 or not isinstance(code, int) or isinstance(code, bool):
+    if not isinstance(code, int) or isinstance(code, bool) or code < 400:
         return
-    message = _envelope_message(answer, "error")
-    if submit and code in (500, 502, 504):
-        raise SubmitUnknown(f"submit answered code {code}: {message}; the task may exist")
-    raise error_for_status(code, None, message)
+    error = error_for_status(code, None, _envelope_message(answer, "error"))
+    raise submit_outcome(error) if submit else error
 
 
 def _envelope_message(body: Mapping[str, Any], fallback: str) -> str:
@@ -244,11 +242,12 @@ def _result_urls(remote_id: str, data: Mapping[str, Any]) -> list[str]:
     text = data.get("resultJson")
     try:
         result = json.loads(text) if isinstance(text, str) else text
-    except ValueError as exc:
-        raise TransientError(f"APIXO resultJson of {remote_id} is not JSON: {text!r:.200}") from exc
+    except (ValueError, RecursionError) as exc:
+        message = f"APIXO resultJson of {remote_id} is not readable JSON: {brief(text)}"
+        raise TransientError(message) from exc
     urls = result.get("resultUrls") if isinstance(result, Mapping) else None
     if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise TransientError(f"APIXO resultJson of {remote_id} has no resultUrls: {text!r:.200}")
+        raise TransientError(f"APIXO resultJson of {remote_id} has no resultUrls: {brief(text)}")
     return urls
 
 

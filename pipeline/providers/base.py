@@ -27,10 +27,12 @@ from pipeline.errors import (
     FinalError,
     ProviderError,
     RateLimited,
+    SubmitRefused,
     SubmitUnknown,
     TransientError,
 )
 from pipeline.http import send
+from pipeline.limits import DEFAULT_MAX_WAIT
 from pipeline.models import Job, PollAdvice, ProviderSettings, RemoteTask
 
 __all__ = [
@@ -40,12 +42,11 @@ __all__ = [
     "ParamInfo",
     "PreparedRequest",
     "Provider",
+    "brief",
     "error_for_status",
+    "json_or_none",
+    "submit_outcome",
 ]
-
-_AMBIGUOUS_SUBMIT_STATUSES = frozenset({500, 502, 504})
-"""A submit answered with these may have created the task before failing. 429 and 503
-are refusals (nothing was created) and 4xx are final."""
 
 COMMON_PARAMS = (
     "prompt",
@@ -113,6 +114,11 @@ class Provider(abc.ABC):
     options: ClassVar[Mapping[str, OptionInfo]] = {}  # besides COMMON_OPTIONS
     poll_advice: ClassVar[PollAdvice] = PollAdvice()
     """The API's documented polling advice; it fills the poll settings a spec leaves out."""
+    submit_refusal_statuses: ClassVar[frozenset[int]] = frozenset({429})
+    """Statuses that prove a submit created nothing, so it may be sent again. Add 503 only
+    for an API that documents it as "not processed"; none of the built-in ones does."""
+    max_retry_after: float = DEFAULT_MAX_WAIT
+    """A server's Retry-After longer than this is cut to it (set from ``run``)."""
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
@@ -186,7 +192,23 @@ class Provider(abc.ABC):
     async def _send_json(
         self, request: PreparedRequest, *, submit: bool = False
     ) -> Mapping[str, Any]:
-        """Send a prepared request and return its JSON body, or raise the right error."""
+        """Send a prepared request and return its JSON object, or raise the right error.
+
+        With ``submit=True`` only a refusal that proves nothing was created keeps its
+        class (see ``submit_outcome``); anything else raises ``SubmitUnknown``."""
+        if not submit:
+            return await self._request_json(request)
+        try:
+            return await self._request_json(request, submit=True)
+        except Exception as exc:
+            outcome = submit_outcome(exc)
+            if outcome is exc:
+                raise
+            raise outcome from exc
+
+    async def _request_json(
+        self, request: PreparedRequest, *, submit: bool = False
+    ) -> Mapping[str, Any]:
         response = await send(
             self.client,
             request.method,
@@ -197,26 +219,40 @@ class Provider(abc.ABC):
         )
         if response.status_code >= 400:
             error = self.error_from_response(response)
-            if submit and response.status_code in _AMBIGUOUS_SUBMIT_STATUSES:
-                raise SubmitUnknown(
-                    f"submit answered {error.reason()}; the task may exist",
-                    status=response.status_code,
-                    code=error.code,
-                ) from error
+            if isinstance(error, TransientError):
+                if error.retry_after is not None:
+                    error.retry_after = min(error.retry_after, self.max_retry_after)
+                if submit:
+                    error = self._submit_refusal(response.status_code, error)
             raise error
+        what = f"{request.method} {request.path}"
         try:
-            body = response.json()
+            body = read_json(response)
         except ValueError as exc:
-            message = f"{request.method} {request.path}: answer is not JSON"
-            if submit:
-                raise SubmitUnknown(message, status=response.status_code) from exc
-            raise TransientError(message, status=response.status_code) from exc
+            raise TransientError(f"{what}: {exc}", status=response.status_code) from exc
         if not isinstance(body, Mapping):
-            message = f"{request.method} {request.path}: expected a JSON object"
-            if submit:
-                raise SubmitUnknown(message, status=response.status_code)
+            message = f"{what}: expected a JSON object, got {brief(body)}"
             raise TransientError(message, status=response.status_code)
         return body
+
+    def _submit_refusal(self, status: int, error: TransientError) -> ProviderError:
+        """A retryable error answering a submit: a refusal only for the statuses that
+        prove nothing was created, else ``SubmitUnknown`` (a 5xx may follow creation)."""
+        if status not in self.submit_refusal_statuses:
+            unknown = SubmitUnknown(
+                f"submit answered {error.reason()}; the task may exist",
+                status=status,
+                code=error.code,
+            )
+            unknown.__cause__ = error
+            return unknown
+        if isinstance(error, RateLimited):
+            return error
+        refused = SubmitRefused(
+            error.message, status=status, code=error.code, retry_after=error.retry_after
+        )
+        refused.__cause__ = error
+        return refused
 
     def error_from_response(self, response: httpx.Response) -> ProviderError:
         """Map an error response onto the error tree. Adapters refine ``error_code``."""
@@ -249,3 +285,53 @@ def error_for_status(
     if status in (401, 402):
         return AccountError(message, status=status, code=code)
     return FinalError(message, status=status, code=code)
+
+
+def submit_outcome(exc: BaseException) -> ProviderError:
+    """What a submit that raised ``exc`` means: the one allowlist of contract 2.
+
+    Only refusals that prove nothing was created keep their class: a 429 or the API's
+    "busy" (``RateLimited``), a request that never left (``SubmitRefused``), and a 4xx
+    the request itself earned (``FinalError``: nothing to retry). Every other error —
+    any 5xx, an answer too large or malformed to read, an error nobody mapped — becomes
+    ``SubmitUnknown``: a task may exist, so the submit is never sent again blindly.
+    """
+    if isinstance(exc, SubmitUnknown | RateLimited | SubmitRefused):
+        return exc
+    if isinstance(exc, FinalError) and (exc.status is None or exc.status < 500):
+        return exc
+    if isinstance(exc, ProviderError):
+        reason, status, code = exc.reason(), exc.status, exc.code
+    else:
+        reason, status, code = f"{type(exc).__name__}: {brief(str(exc))}", None, None
+    unknown = SubmitUnknown(f"submit outcome unknown ({reason})", status=status, code=code)
+    unknown.__cause__ = exc
+    return unknown
+
+
+def read_json(response: httpx.Response) -> Any:
+    """The response body as JSON; ValueError when it is not JSON or nested too deeply
+    to read (the decoder's RecursionError)."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise ValueError("answer is JSON nested too deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"answer is not JSON ({brief(str(exc))})") from exc
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    """The response body as JSON, or None when it cannot be read (error bodies)."""
+    try:
+        return read_json(response)
+    except ValueError:
+        return None
+
+
+def brief(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, safe on anything a server sends."""
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except (RecursionError, ValueError):
+        return f"<{type(value).__name__} too deep or large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,8 +14,8 @@ downloaded as a result. Media ids become URLs through ``media(id)`` (variant ``P
 
 Errors come as GraphQL errors (also with HTTP 200) or as ``{"message"}`` with an HTTP
 status. The concurrency-limit refusal (10 tasks waiting or running per account) is not
-documented; it is recognised by ``extensions.code`` or by its message (see
-``_classify``).
+documented; it is recognised by the meaning of its code or message, whatever the
+words (see ``_BUSY`` and ``_classify``), and waited out rather than failed.
 
 The WebSocket mechanics live in ``pipeline.notify_ws``; what to subscribe to and how an
 event's payload becomes a ``RemoteTask`` live here.
@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import httpx
 
 from pipeline.errors import (
+    AccountBusy,
     AccountError,
     FinalError,
     ProviderError,
-    RateLimited,
     SubmitUnknown,
     TransientError,
 )
@@ -48,7 +48,14 @@ from pipeline.models import (
     RemoteStatus,
     RemoteTask,
 )
-from pipeline.providers.base import OptionInfo, ParamInfo, PreparedRequest, Provider
+from pipeline.providers.base import (
+    OptionInfo,
+    ParamInfo,
+    PreparedRequest,
+    Provider,
+    brief,
+    json_or_none,
+)
 
 __all__ = ["PixAIProvider"]
 
@@ -93,11 +100,23 @@ FIELDS = {
 }
 
 _ACCOUNT = re.compile(r"unauthori[sz]ed|unauthenticated|invalid (api )?(key|token)|credit|balance")
-_BUSY = re.compile(r"too many (tasks|requests)|concurren|in progress|rate.?limit")
+_TASKS = r"(tasks?|jobs?|generations?|requests?)"
+_BUSY = re.compile(
+    r"too.?many|concurren|simultaneous|parallel|slots?\b|busy|rate.?limit|throttl"
+    rf"|(pending|running|waiting|active|queued|in.progress|ongoing|unfinished).{{0,20}}{_TASKS}"
+    rf"|{_TASKS}.{{0,20}}(pending|running|waiting|active|in.progress|limit|maximum|exceed)"
+    rf"|(limit|maximum|max)\b.{{0,30}}{_TASKS}"
+)
+"""The account's "not now" in any words: too many pending/running tasks, a concurrency
+or task limit. PixAI documents the limit (10 tasks) but not the error, so the code and
+the message are both read for their meaning."""
 _ACCOUNT_CODES = frozenset(
     {"UNAUTHENTICATED", "UNAUTHORIZED", "INSUFFICIENT_CREDITS", "INSUFFICIENT_BALANCE"}
 )
-_BUSY_CODES = frozenset({"TOO_MANY_TASKS", "RATE_LIMITED", "TOO_MANY_REQUESTS"})
+_REQUEST_CODES = frozenset(
+    {"BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED", "GRAPHQL_PARSE_FAILED", "BAD_REQUEST"}
+)
+"""Codes that say the request itself was rejected before anything was made."""
 _SUBMIT_TIMES_KEPT = 4096
 
 
@@ -162,7 +181,7 @@ class PixAIProvider(Provider):
         errors = answer.get("errors")
         if errors:
             raise _classify(errors, submit=True)
-        raise SubmitUnknown(f"createGenerationTask answered without a task id: {dict(answer)}")
+        raise SubmitUnknown(f"createGenerationTask answered without a task id: {brief(answer)}")
 
     def submit_sent_at(self, remote_id: str) -> float | None:
         """``time.monotonic()`` when the submit that created ``remote_id`` was sent by this
@@ -277,10 +296,7 @@ class PixAIProvider(Provider):
     # -- errors ---------------------------------------------------------------------
 
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return None, response.reason_phrase or "error"
+        body = json_or_none(response)
         if isinstance(body, Mapping):
             errors = body.get("errors")
             if isinstance(errors, list) and errors:
@@ -412,16 +428,22 @@ def _error_message(errors: Any) -> str:
 
 
 def _classify(errors: Any, *, submit: bool) -> ProviderError:
-    """A GraphQL ``errors`` list as one of our errors (see the module docstring)."""
+    """A GraphQL ``errors`` list as one of our errors (see the module docstring).
+
+    Busy (the account's task limit, whatever its words) waits for a slot; account and
+    request errors are final. On a submit anything else may have created the task:
+    ``SubmitUnknown``. On a query it is final, as it was asked of a known task."""
     first = errors[0] if isinstance(errors, list) and errors else {}
     code, message = _error_code(first), _error_message(errors)
-    lowered = message.lower()
-    if code in _BUSY_CODES or (code is None and _BUSY.search(lowered)):
-        return RateLimited(message, code=code)
-    if code in _ACCOUNT_CODES or (code is None and _ACCOUNT.search(lowered)):
+    words = f"{code or ''} {message}".lower().replace("_", " ")
+    if code in _ACCOUNT_CODES or (code is None and _ACCOUNT.search(words)):
         return AccountError(message, code=code)
-    if code == "INTERNAL_SERVER_ERROR" or (code is None and "internal" in lowered):
-        if submit:
-            return SubmitUnknown(f"createGenerationTask failed inside: {message}", code=code)
+    if _BUSY.search(words):
+        return AccountBusy(message, code=code)
+    if code in _REQUEST_CODES:
+        return FinalError(message, code=code)
+    if submit:
+        return SubmitUnknown(f"createGenerationTask answered an error: {message}", code=code)
+    if code == "INTERNAL_SERVER_ERROR" or (code is None and "internal" in words):
         return TransientError(message, code=code)
     return FinalError(message, code=code)

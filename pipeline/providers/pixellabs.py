@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from pipeline.errors import SubmitUnknown
+from pipeline.errors import SubmitUnknown, TransientError
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
-from pipeline.providers.base import ParamInfo, PreparedRequest, Provider
+from pipeline.providers.base import ParamInfo, PreparedRequest, Provider, brief, json_or_none
 
 __all__ = ["PixelLabsProvider"]
 
@@ -97,7 +97,7 @@ class PixelLabsProvider(Provider):
         answer = await self._send_json(self.build_submit(job), submit=True)
         generation_id = answer.get("generationId")
         if not isinstance(generation_id, str) or not generation_id:
-            raise SubmitUnknown(f"submit answered without a generationId: {dict(answer)}")
+            raise SubmitUnknown(f"submit answered without a generationId: {brief(answer)}")
         estimate = answer.get("estimatedTime")
         if isinstance(estimate, int | float) and not isinstance(estimate, bool) and estimate > 0:
             # Whole seconds, rounded up: the task may be done up to a second sooner (a
@@ -118,10 +118,7 @@ class PixelLabsProvider(Provider):
         return _parse_status(remote_id, answer)
 
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
-        try:
-            body = response.json()
-        except ValueError:
-            return None, response.reason_phrase or "error"
+        body = json_or_none(response)
         if isinstance(body, Mapping):
             return _str_or_none(body.get("error")), str(body.get("message") or "error")
         return None, response.reason_phrase or "error"
@@ -131,8 +128,6 @@ def _parse_status(remote_id: str, answer: Mapping[str, Any]) -> RemoteTask:
     raw_status = str(answer.get("status", ""))
     status = STATUS.get(raw_status)
     if status is None:
-        from pipeline.errors import TransientError
-
         raise TransientError(f"unknown PixelLabs status {raw_status!r} for {remote_id}")
     progress = answer.get("progress")
     outputs: tuple[OutputRef, ...] = ()
@@ -142,11 +137,18 @@ def _parse_status(remote_id: str, answer: Mapping[str, Any]) -> RemoteTask:
     return RemoteTask(
         remote_id=remote_id,
         status=status,
-        progress=float(progress) if isinstance(progress, int | float) else None,
+        progress=_percent(progress),
         outputs=outputs,
         error=_failure_reason(answer) if status is RemoteStatus.FAILED else None,
         raw=answer,
     )
+
+
+def _percent(value: object) -> float | None:
+    """A progress figure, or None for anything that is not a plain number 0-100."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value <= 100 else None
 
 
 def _failure_reason(answer: Mapping[str, Any]) -> str:
