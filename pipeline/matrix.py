@@ -10,7 +10,8 @@ item's ``params`` (and a JSONL line's keys) < the matrix cell < the seed. Then
 Duplicates: matrix cells are de-duplicated once (they are few), so include entries or
 repeated values never double a job. Identical jobs that come from repeated prompts (the
 same line twice in a file) are yielded each time: finding them would mean remembering
-every prompt. They share one id, and the manifest keeps one (INSERT OR IGNORE).
+every prompt. They share one id, and the manifest keeps one. ``count_unique_jobs``
+counts them once, as the run will, remembering one small key per prompt × cell.
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.identity import canonical_json, job_id, slugify
 from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
 from pipeline.spec_prompts import Prompt, iter_prompts
 
-__all__ = ["count_jobs", "expand_matrix", "iter_jobs", "iter_param_sets", "job_params", "job_seeds"]
+__all__ = [
+    "JobCount",
+    "count_jobs",
+    "count_unique_jobs",
+    "expand_matrix",
+    "iter_jobs",
+    "iter_param_sets",
+    "job_params",
+    "job_seeds",
+]
 
 PROVIDER_KEY = "provider"
 SEED_KEY = "seed"
@@ -52,6 +63,46 @@ def count_jobs(spec: Spec) -> int:
     seed_count = len(spec.seeds) if spec.seeds is not None else 1
     jobs_per_prompt = len(_spec_cells(spec)) * seed_count * spec.repeats
     return jobs_per_prompt * sum(_count_prompts(source) for source in spec.prompts)
+
+
+@dataclass(frozen=True, slots=True)
+class JobCount:
+    """The distinct jobs of a spec per provider, and how many listed twice were merged."""
+
+    per_provider: dict[str, int]
+    duplicates: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_provider.values())
+
+    def merged_note(self) -> str:
+        """`` (N duplicates merged)`` when the spec lists some jobs more than once."""
+        if not self.duplicates:
+            return ""
+        return f" ({self.duplicates} duplicate{'s' if self.duplicates > 1 else ''} merged)"
+
+
+def count_unique_jobs(spec: Spec) -> JobCount:
+    """The jobs ``iter_jobs(spec)`` yields, each id once: what a run submits.
+
+    Two prompt × cell pairs give the same jobs exactly when their jobs of the first seed
+    and replicate 0 are the same (the seed and replicate are set alike in both), so one
+    id per pair is remembered, a seed list times fewer than the jobs."""
+    seeds = job_seeds(spec)
+    per_pair = len(seeds) * spec.repeats
+    counts = dict.fromkeys(spec.providers, 0)
+    seen: set[int] = set()
+    duplicates = 0
+    for provider, prompt, merged in iter_param_sets(spec):
+        params, model = job_params(merged, seeds[0], prompt.text)
+        key = int(job_id(provider, model, params, 0), 16)
+        if key in seen:
+            duplicates += per_pair
+        else:
+            seen.add(key)
+            counts[provider] += per_pair
+    return JobCount(counts, duplicates)
 
 
 def _count_prompts(source: PromptSource) -> int:
