@@ -19,10 +19,11 @@ from pipeline.manifest import Manifest, Pruned
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
-from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
+from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.session import completion_mode
 from pipeline.spec_units import parse_duration
+from pipeline.webhooks import wants_callbacks
 
 __all__ = [
     "check_params",
@@ -123,6 +124,58 @@ def check_options(spec: Spec) -> None:
             adapter(settings)
         except SpecError as exc:
             raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
+        _check_emulator_knobs(spec, name)
+        _check_callback_scheme(spec, name, adapter, mode)
+
+
+def _check_emulator_knobs(spec: Spec, name: str) -> None:
+    """``emulate:`` knobs, each checked as the emulator will (imported only when used)."""
+    knobs = spec.providers[name].emulate
+    if not knobs:
+        return
+    import dataclasses
+    import difflib
+
+    from pipeline.emulators.knobs import Knobs
+
+    known = [field.name for field in dataclasses.fields(Knobs)]
+    for key, value in knobs.items():
+        at = ("providers", name, "emulate", key)
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise spec_error(
+                spec, f"unknown emulator knob {key!r}{guess}", at, "knobs: " + ", ".join(known)
+            )
+        try:
+            Knobs.from_mapping({key: value})
+        except ValueError as exc:
+            raise spec_error(spec, str(exc), at) from None
+
+
+def _check_callback_scheme(spec: Spec, name: str, adapter: type[Provider], mode: str) -> None:
+    """An API that takes only HTTPS callback URLs (APIXO's docs) must be given one when
+    the real API is used; emulators, and an API reached over plain http, accept http."""
+    settings = spec.providers[name]
+    base_url = settings.base_url or adapter.default_base_url
+    if (
+        not getattr(adapter, "https_callbacks_only", False)
+        or settings.emulate is not None
+        or not base_url.startswith("https://")
+        or not wants_callbacks(mode, adapter)
+    ):
+        return
+    public_url = spec.webhooks.public_url
+    if public_url is not None and public_url.startswith("https://"):
+        return
+    raise spec_error(
+        spec,
+        f"{adapter.title} accepts only an HTTPS callback_url, and the callbacks would go to "
+        + (public_url or "the receiver's own http:// address"),
+        ("webhooks", "public_url") if public_url else ("providers", name, "options"),
+        hint="set webhooks.public_url to an https:// address that reaches the receiver "
+        "(a tunnel or reverse proxy), or use completion: poll",
+    )
 
 
 def _option_problem(info: OptionInfo, value: Any) -> str | None:
