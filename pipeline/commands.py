@@ -429,6 +429,7 @@ def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
             f"nothing to do: all {total} jobs were already done — nothing submitted. "
             f"Outputs in {spec.output.root}"
         )
+        yield from _outside_note(spec, summary)
         return
     head = "interrupted" if summary.interrupted else "finished"
     yield f"{spec.name}: {head} in {summary.elapsed:.1f}s"
@@ -457,15 +458,19 @@ def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
             f"  {unknown} job(s) have an unknown submit outcome; check the provider, then "
             f"rerun with --resubmit-unknown to submit them again"
         )
+    yield from _outside_note(spec, summary)
+    if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
+        yield "  failures: pipeline status " + str(spec.output.root)
+    yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+def _outside_note(spec: Spec, summary: RunSummary) -> Iterator[str]:
     outside = sum(sum(states.values()) for states in summary.outside_spec.values())
     if outside:
         yield (
             f"  {outside} job(s) not in this spec left as they were (see `pipeline status`; "
             f"`pipeline prune {spec.source}` removes them)"
         )
-    if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
-        yield "  failures: pipeline status " + str(spec.output.root)
-    yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
 
 
 def _done_first(item: tuple[str, int]) -> tuple[bool, str]:
