@@ -86,22 +86,37 @@ class JobCount:
 def count_unique_jobs(spec: Spec) -> JobCount:
     """The jobs ``iter_jobs(spec)`` yields, each id once: what a run submits.
 
-    Two prompt × cell pairs give the same jobs exactly when their jobs of the first seed
-    and replicate 0 are the same (the seed and replicate are set alike in both), so one
-    id per pair is remembered, a seed list times fewer than the jobs."""
-    seeds = job_seeds(spec)
-    per_pair = len(seeds) * spec.repeats
+    A prompt × cell pair stands for its seeds × replicates, and two pairs give the same
+    jobs exactly when provider, prompt and merged params (less the ``seed`` a seed list
+    overrides) are equal: one hash of those is remembered per pair. The params' JSON is
+    made once per cell for prompts that share their source's params (txt, csv,
+    templates), so a million-line prompt file costs no job ids."""
+    cells = _spec_cells(spec)
+    per_pair = len(job_seeds(spec)) * spec.repeats
+    ignored = {"prompt", SEED_KEY} if spec.seeds is not None else {"prompt"}
     counts = dict.fromkeys(spec.providers, 0)
     seen: set[int] = set()
     duplicates = 0
-    for provider, prompt, merged in iter_param_sets(spec):
-        params, model = job_params(merged, seeds[0], prompt.text)
-        key = int(job_id(provider, model, params, 0), 16)
-        if key in seen:
-            duplicates += per_pair
-        else:
-            seen.add(key)
-            counts[provider] += per_pair
+    params_of: Mapping[str, Any] | None = None
+    pairs: list[tuple[str, str]] = []
+    for source in spec.prompts:
+        for prompt in iter_prompts(source):
+            if prompt.params is not params_of:
+                params_of = prompt.params
+                pairs = [
+                    (
+                        provider,
+                        canonical_json({k: v for k, v in merged.items() if k not in ignored}),
+                    )
+                    for provider, merged in _prompt_cells(spec, prompt, cells)
+                ]
+            for provider, params in pairs:
+                key = hash((provider, params, prompt.text))
+                if key in seen:
+                    duplicates += per_pair
+                else:
+                    seen.add(key)
+                    counts[provider] += per_pair
     return JobCount(counts, duplicates)
 
 
