@@ -237,7 +237,7 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
             )
             if len(seen) == wanted:
                 break
-    yield (f"{spec.name}: {job_count.total} jobs{job_count.merged_note()} → {spec.output.root}")
+    yield f"{spec.name}: {job_count.total} jobs{job_count.merged_note()} → {spec.output.root}"
     for name, count in counts.items():
         settings = spec.providers[name]
         rate = f", rate {_rate_text(settings.rate)}" if settings.rate else ""
