@@ -59,7 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit again jobs whose earlier submit had an unknown outcome "
         "(may pay twice if the first one did reach the provider)",
     )
+    run.add_argument(
+        "--adopt",
+        action="store_true",
+        help="take over an output folder another spec file wrote (its jobs this spec "
+        "does not list are left as they are)",
+    )
     run.set_defaults(handler=cmd_run)
+
+    prune = commands.add_parser(
+        "prune", help="remove from the manifest the jobs the spec no longer lists"
+    )
+    prune.add_argument("spec", type=Path, help="the YAML spec")
+    prune.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    prune.add_argument(
+        "--delete-files", action="store_true", help="delete their output files and sidecars too"
+    )
+    prune.add_argument(
+        "--include-paid",
+        action="store_true",
+        help="also remove jobs whose paid remote task may still deliver (their remote ids "
+        "are printed and kept in the event log)",
+    )
+    prune.add_argument("--adopt", action="store_true", help="as for run")
+    prune.set_defaults(handler=cmd_prune)
 
     plan = commands.add_parser(
         "plan", help="dry run: jobs per provider and the requests, nothing sent"
@@ -127,12 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec
-    from pipeline.matrix import count_jobs
+    from pipeline.matrix import count_unique_jobs
 
     spec = load_checked_spec(args.spec)
+    count = count_unique_jobs(spec)
     print(
-        f"{args.spec}: ok — {count_jobs(spec)} jobs across {len(spec.providers)} "
-        f"provider(s), outputs under {spec.output.root}"
+        f"{args.spec}: ok — {count.total} jobs{count.merged_note()} across "
+        f"{len(spec.providers)} provider(s), outputs under {spec.output.root}"
     )
     return EXIT_OK
 
@@ -156,12 +180,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
         params_checked=False,  # checked in the run, unless the manifest has this expansion
+        adopt=args.adopt,
     )
     for line in summary_text(spec, summary):
         print(line)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pipeline.commands import load_checked_spec, prune_spec
+
+    spec = load_checked_spec(args.spec, out=args.out)
+    pruned = prune_spec(
+        spec, include_paid=args.include_paid, delete_files=args.delete_files, adopt=args.adopt
+    )
+    files = f"; {len(pruned.output_paths)} output file(s) " + (
+        "deleted" if args.delete_files else "left on disk"
+    )
+    print(f"removed {pruned.removed} job(s) not in the spec{files if pruned.removed else ''}")
+    if pruned.remote_ids:
+        print("remote tasks of the removed jobs: " + ", ".join(pruned.remote_ids))
+    if pruned.kept_paid:
+        print(
+            f"kept {pruned.kept_paid} job(s) with a paid remote task that may still deliver; "
+            "rerun a spec listing them to collect it, or prune with --include-paid"
+        )
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -181,6 +227,13 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
     for name, states in sorted(report["providers"].items()):
         cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
         print(f"  {name}: {cells}", file=out)
+    outside = report["not_in_spec"]
+    if outside:
+        total = sum(sum(states.values()) for states in outside.values())
+        print(f"{total} not in the spec (left as they were; `pipeline prune SPEC`):", file=out)
+        for name, states in sorted(outside.items()):
+            cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+            print(f"  {name}: {cells}", file=out)
     failures = report["failures"]
     if failures:
         print(f"{len(failures)} not done:", file=out)

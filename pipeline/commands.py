@@ -15,15 +15,16 @@ import anyio
 
 from pipeline import __version__
 from pipeline.errors import ManifestError, SpecError
-from pipeline.manifest import Manifest
-from pipeline.matrix import iter_jobs, iter_param_sets, job_params, job_seeds
+from pipeline.manifest import Manifest, Pruned
+from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
-from pipeline.providers.base import COMMON_OPTIONS, OptionInfo
+from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
 from pipeline.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.session import completion_mode
 from pipeline.spec_units import parse_duration
+from pipeline.webhooks import wants_callbacks
 
 __all__ = [
     "check_params",
@@ -31,6 +32,7 @@ __all__ = [
     "open_manifest_for",
     "parse_knobs",
     "plan_text",
+    "prune_spec",
     "run_spec",
     "status_report",
     "summary_text",
@@ -124,6 +126,58 @@ def check_options(spec: Spec) -> None:
             adapter(settings)
         except SpecError as exc:
             raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
+        _check_emulator_knobs(spec, name)
+        _check_callback_scheme(spec, name, adapter, mode)
+
+
+def _check_emulator_knobs(spec: Spec, name: str) -> None:
+    """``emulate:`` knobs, each checked as the emulator will (imported only when used)."""
+    knobs = spec.providers[name].emulate
+    if not knobs:
+        return
+    import dataclasses
+    import difflib
+
+    from pipeline.emulators.knobs import Knobs
+
+    known = [field.name for field in dataclasses.fields(Knobs)]
+    for key, value in knobs.items():
+        at = ("providers", name, "emulate", key)
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise spec_error(
+                spec, f"unknown emulator knob {key!r}{guess}", at, "knobs: " + ", ".join(known)
+            )
+        try:
+            Knobs.from_mapping({key: value})
+        except ValueError as exc:
+            raise spec_error(spec, str(exc), at) from None
+
+
+def _check_callback_scheme(spec: Spec, name: str, adapter: type[Provider], mode: str) -> None:
+    """An API that takes only HTTPS callback URLs (APIXO's docs) must be given one when
+    the real API is used; emulators, and an API reached over plain http, accept http."""
+    settings = spec.providers[name]
+    base_url = settings.base_url or adapter.default_base_url
+    if (
+        not getattr(adapter, "https_callbacks_only", False)
+        or settings.emulate is not None
+        or not base_url.startswith("https://")
+        or not wants_callbacks(mode, adapter)
+    ):
+        return
+    public_url = spec.webhooks.public_url
+    if public_url is not None and public_url.startswith("https://"):
+        return
+    raise spec_error(
+        spec,
+        f"{adapter.title} accepts only an HTTPS callback_url, and the callbacks would go to "
+        + (public_url or "the receiver's own http:// address"),
+        ("webhooks", "public_url") if public_url else ("providers", name, "options"),
+        hint="set webhooks.public_url to an https:// address that reaches the receiver "
+        "(a tunnel or reverse proxy), or use completion: poll",
+    )
 
 
 def _option_problem(info: OptionInfo, value: Any) -> str | None:
@@ -168,20 +222,24 @@ def _param_origin(spec: Spec, provider: str, key: str) -> tuple[str | int, ...]:
 def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
     """Jobs per provider, and the first ``show`` jobs of each in full with the request
     each would send. Nothing is sent."""
-    counts: dict[str, int] = dict.fromkeys(spec.providers, 0)
+    job_count = count_unique_jobs(spec)
+    counts = job_count.per_provider
     shown: dict[str, list[str]] = {name: [] for name in spec.providers}
     adapters = {name: registry.get(s.type)(s) for name, s in spec.providers.items()}
-    for job in iter_jobs(spec):
-        counts[job.provider] += 1
-        if len(shown[job.provider]) < show:
+    wanted = sum(min(show, n) for n in counts.values())
+    seen: set[str] = set()
+    for job in iter_jobs(spec) if wanted else ():
+        if len(shown[job.provider]) < show and job.id not in seen:
+            seen.add(job.id)
             request = adapters[job.provider].build_submit(job)
             shown[job.provider].append(
                 f"    job {job.id} (replicate {job.replicate})\n"
                 f"      params:  {json.dumps(dict(job.params), ensure_ascii=False)}\n"
                 f"      request: {request.describe()}"
             )
-    total = sum(counts.values())
-    yield f"{spec.name}: {total} jobs → {spec.output.root}"
+            if len(seen) == wanted:
+                break
+    yield f"{spec.name}: {job_count.total} jobs{job_count.merged_note()} → {spec.output.root}"
     for name, count in counts.items():
         settings = spec.providers[name]
         rate = f", rate {_rate_text(settings.rate)}" if settings.rate else ""
@@ -214,17 +272,22 @@ def run_spec(
     resubmit_unknown: bool = False,
     handle_signals: bool = True,
     params_checked: bool = True,
+    adopt: bool = False,
 ) -> RunSummary:
-    """Run (or resume) ``spec``. With ``params_checked=False`` the jobs' parameters are
-    checked here first — unless the manifest already holds this exact expansion."""
+    """Run (or resume) ``spec``: exactly its jobs are submitted; jobs of the manifest it
+    no longer lists are left as they are. With ``params_checked=False`` the jobs'
+    parameters are checked here first — unless the manifest already holds this exact
+    expansion. ``adopt``: take over an output folder another spec file wrote."""
     options = RunOptions(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
-    return anyio.run(_run, spec, options, quiet, params_checked)
+    return anyio.run(_run, spec, options, quiet, params_checked, adopt)
 
 
 EXPANSION_KEY = "expansion"
-"""Manifest meta key: fingerprint of the spec expansion whose jobs are all in the table."""
+"""Manifest meta key: ``<generation>:<fingerprint>`` of the spec expansion whose jobs are
+all in the table, tagged with that generation."""
+SPEC_PATH_KEY, SPEC_NAME_KEY = "spec_path", "spec_name"
 
 
 def expansion_fingerprint(spec: Spec) -> str:
@@ -263,31 +326,101 @@ def _seeds_identity(seeds: Sequence[int] | None) -> Any:
     return None if seeds is None else list(seeds)
 
 
-def _stored_fingerprint(root: Path) -> str | None:
+def _is_expanded(manifest: Manifest, fingerprint: str) -> bool:
+    return manifest.meta().get(EXPANSION_KEY) == f"{manifest.generation}:{fingerprint}"
+
+
+def _stored_expansion(root: Path, fingerprint: str) -> bool:
     try:
         with Manifest.open(root, readonly=True) as manifest:
-            return manifest.meta().get(EXPANSION_KEY)
+            return _is_expanded(manifest, fingerprint)
     except ManifestError:
-        return None
+        return False
 
 
-async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: bool) -> RunSummary:
+@contextmanager
+def _open_for_spec(spec: Spec, *, adopt: bool, fingerprint: str) -> Iterator[Manifest]:
+    """The manifest of ``spec``'s output root, refused if another spec file owns it, with
+    exactly the spec's jobs in its current generation and bulk reads limited to them.
+
+    A fingerprint match skips listing the jobs again (a million-job resume stays fast)."""
+    with Manifest.open(spec.output.root) as manifest:
+        _check_owner(spec, manifest.meta(), adopt=adopt)
+        manifest.set_meta(SPEC_NAME_KEY, spec.name)
+        manifest.set_meta(SPEC_PATH_KEY, _spec_identity(spec))
+        if not _is_expanded(manifest, fingerprint):
+            generation = manifest.begin_generation()  # an expansion cut short never matches
+            manifest.add_jobs(iter_jobs(spec))
+            manifest.set_meta(EXPANSION_KEY, f"{generation}:{fingerprint}")
+        manifest.limit_to_spec()
+        yield manifest
+
+
+def _spec_identity(spec: Spec) -> str:
+    return str(spec.source.resolve())
+
+
+def _check_owner(spec: Spec, meta: Mapping[str, str], *, adopt: bool) -> None:
+    """Refuse to mix the jobs of two spec files in one manifest; editing one is fine."""
+    owner, owner_name = meta.get(SPEC_PATH_KEY), meta.get(SPEC_NAME_KEY)
+    if adopt or owner == _spec_identity(spec):
+        return
+    if owner is None and owner_name in (None, spec.name):
+        return  # a new folder, or one written before spec files were recorded
+    holder = owner if owner is not None else f"a spec named {owner_name!r}"
+    raise SpecError(
+        f"output folder {spec.output.root} holds the jobs of {holder}; running this spec "
+        "there would mix two specs' jobs in one manifest",
+        file=str(spec.source),
+        hint="give this spec its own folder (--out DIR, or output.root), or rerun with "
+        "--adopt if it replaces that spec (jobs it does not list are then kept apart)",
+    )
+
+
+async def _run(
+    spec: Spec, options: RunOptions, quiet: bool, params_checked: bool, adopt: bool
+) -> RunSummary:
     from pipeline.progress import make_progress
     from pipeline.session import open_session
 
     fingerprint = expansion_fingerprint(spec)
-    expanded = _stored_fingerprint(spec.output.root) == fingerprint
-    if not expanded and not params_checked:
+    if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
         check_params(spec)  # before anything is written
-    with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
-        if not expanded:
-            manifest.add_jobs(iter_jobs(spec))
-            manifest.set_meta(EXPANSION_KEY, fingerprint)
+    with _open_for_spec(spec, adopt=adopt, fingerprint=fingerprint) as manifest:
         async with open_session(spec) as session:
             scheduler = Scheduler(
                 spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
             )
-            return await scheduler.run()
+            summary = await scheduler.run()
+        summary.outside_spec = manifest.outside_spec_counts()
+        return summary
+
+
+def prune_spec(spec: Spec, *, include_paid: bool, delete_files: bool, adopt: bool) -> Pruned:
+    """Remove from ``spec``'s manifest the jobs the spec no longer lists (and their files,
+    only with ``delete_files``); jobs with a paid, still open remote task stay unless
+    ``include_paid``. Nothing is sent to any provider."""
+    fingerprint = expansion_fingerprint(spec)
+    with _open_for_spec(spec, adopt=adopt, fingerprint=fingerprint) as manifest:
+        pruned = manifest.prune(include_paid=include_paid)
+        if delete_files:
+            _delete_outputs(spec.output.root, pruned.output_paths)
+        manifest.write_snapshot()
+    return pruned
+
+
+def _delete_outputs(root: Path, paths: Sequence[str]) -> None:
+    from pathlib import PurePosixPath
+
+    from pipeline.identity import resolve_inside
+
+    for rel in paths:
+        try:
+            target = resolve_inside(root, PurePosixPath(rel))
+        except ValueError:
+            continue  # never delete outside the output root
+        for path in (target, target.with_name(target.name + ".json")):
+            path.unlink(missing_ok=True)
 
 
 def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
@@ -303,6 +436,7 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
             f"nothing to do: all {total} jobs were already done — nothing submitted. "
             f"Outputs in {spec.output.root}"
         )
+        yield from _outside_note(spec, summary)
         return
     head = "interrupted" if summary.interrupted else "finished"
     yield f"{spec.name}: {head} in {summary.elapsed:.1f}s"
@@ -333,9 +467,19 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
             f"  {unknown} job(s) have an unknown submit outcome; check the provider, then "
             f"rerun with --resubmit-unknown to submit them again"
         )
+    yield from _outside_note(spec, summary)
     if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
         yield "  failures: pipeline status " + str(spec.output.root)
     yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+def _outside_note(spec: Spec, summary: RunSummary) -> Iterator[str]:
+    outside = sum(sum(states.values()) for states in summary.outside_spec.values())
+    if outside:
+        yield (
+            f"  {outside} job(s) not in this spec left as they were (see `pipeline status`; "
+            f"`pipeline prune {spec.source}` removes them)"
+        )
 
 
 def _done_first(item: tuple[str, int]) -> tuple[bool, str]:
@@ -369,6 +513,9 @@ def open_manifest_for(target: Path) -> Iterator[Manifest]:
 
 
 def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
+    """Counts and failures of the jobs of the spec's last expansion; the jobs it no
+    longer lists are counted apart, under ``not_in_spec``."""
+    manifest.limit_to_spec()
     providers = manifest.counts()
     states: dict[str, int] = {}
     for by_state in providers.values():
@@ -389,6 +536,7 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
             }
             for r in manifest.failures(limit=failures)
         ],
+        "not_in_spec": manifest.outside_spec_counts(),
     }
 
 

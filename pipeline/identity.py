@@ -171,18 +171,19 @@ def _template_fields(template: str) -> set[str]:
             continue
         if not name.isidentifier():
             raise ValueError(f"bad field {{{name}}}: use plain names like {{job_id}}")
-        if conversion is not None or (spec and "{" in spec):
-            raise ValueError(f"field {{{name}}}: conversions and nested fields are not allowed")
+        if conversion is not None or spec:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(
+                f"field {{{written[:40]}}}: output fields take no format specs, conversions "
+                f"or widths; write {{{name}}}. Allowed fields: {', '.join(sorted(OUTPUT_FIELDS))}"
+            )
         fields.add(name)
     return fields
 
 
 def _check_sample_rendering(template: str) -> None:
     sample = {name: "x" for name in OUTPUT_FIELDS} | {"index": 0, "replicate": 0, "seed": 0}
-    try:
-        rendered = _fill(template, sample)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"bad format spec: {exc}") from exc
+    rendered = _fill(template, sample)
     for component in rendered.split("/"):
         if component in ("", ".", ".."):
             raise ValueError(f"path component {component!r} is not allowed (empty, '.' or '..')")
@@ -190,23 +191,11 @@ def _check_sample_rendering(template: str) -> None:
 
 def _fill(template: str, values: Mapping[str, Any]) -> str:
     pieces: list[str] = []
-    for literal, name, spec, _conversion in string.Formatter().parse(template):
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
         pieces.append(literal)
-        if name is not None:
-            pieces.append(_format_field(values[name], spec or ""))
+        if name is not None:  # a checked template has no format specs: plain text only
+            pieces.append(ABSENT if values[name] is None else str(values[name]))
     return "".join(pieces)
-
-
-def _format_field(value: Any, spec: str) -> str:
-    if value is None:
-        return ABSENT
-    try:
-        text = format(value, spec)
-    except (ValueError, TypeError):
-        if not isinstance(value, str):  # e.g. {seed:06d} with a string seed
-            return str(value)
-        raise
-    return text
 
 
 def render_output_path(

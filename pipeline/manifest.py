@@ -14,8 +14,13 @@ leaves (``transition``), so a stale worker can never move a job backwards.
                             expect=JobState.RUNNING)  # two logged steps, one transaction
         manifest.finish(job.id, outputs)             # outputs + `done`, one transaction
 
-Tables: ``meta`` (schema_version, created_at, spec_name, spec_path), ``jobs``,
-``outputs`` and ``events`` (the log of transitions, retries and errors).
+Tables: ``meta`` (schema_version, created_at, spec_name, spec_path, generation…),
+``jobs``, ``outputs`` and ``events`` (the log of transitions, retries and errors).
+
+Spec generations: ``meta.generation`` numbers the spec expansions written into the
+manifest, and each job row holds the generation that last listed it (``add_jobs``). A job
+is *in the spec* when its generation is the current one; ``limit_to_spec`` makes the bulk
+reads see only those, and ``prune`` removes the others.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .manifest_rows import (
     write_atomically,
 )
 from .manifest_schema import DB_NAME, connect, prepare, translated
+from .manifest_scope import GENERATION_KEY, PAID_OPEN_STATES, Pruned, prune_rows, read_generation
 from .manifest_sql import (
     INSERT_EVENT,
     INSERT_JOB,
@@ -58,7 +64,8 @@ from .manifest_sql import (
 from .models import Job, JobRecord, JobState, Output
 from .redact import scrub
 
-__all__ = ["DB_NAME", "SNAPSHOT_NAME", "Event", "Manifest", "find_manifest"]
+__all__ = ["DB_NAME", "PAID_OPEN_STATES", "SNAPSHOT_NAME", "Event", "Manifest", "Pruned",
+           "find_manifest"]  # fmt: skip
 
 SNAPSHOT_NAME = "manifest.jsonl"
 
@@ -108,6 +115,9 @@ class Manifest:
         self._lock = threading.Lock()
         self._on_pending: Callable[[], None] | None = None  # group commit: see defer_commits
         self._failed_commit: str | None = None
+        with translated("open", self.path):
+            self.generation = read_generation(conn)  # the current spec expansion
+        self._scope = ""  # " AND generation = …" once limit_to_spec() was called
 
     @classmethod
     def open(
@@ -217,18 +227,50 @@ class Manifest:
 
         Streams ``jobs`` in chunks of ``chunk``, one transaction each, so a million jobs
         never sit in memory and another writer never waits long. (Readers never wait.)
+        Every job given, new or known, is tagged with the current ``generation``.
         """
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         added = 0
         iterator = iter(jobs)
+        last_rowid = "SELECT coalesce(max(rowid), 0) FROM jobs"
         while batch := list(itertools.islice(iterator, chunk)):
-            now = self._clock()
+            now, generation = self._clock(), self.generation
             with self._write("add jobs") as conn:
-                before = conn.total_changes
-                conn.executemany(INSERT_JOB, (job_row(job, now) for job in batch))
-                added += conn.total_changes - before
+                before = conn.execute(last_rowid).fetchone()[0]
+                conn.executemany(INSERT_JOB, (job_row(job, now, generation) for job in batch))
+                added += conn.execute(last_rowid).fetchone()[0] - before  # new rows go last
         return added
+
+    def begin_generation(self) -> int:
+        """Start a new spec expansion: jobs added from now on are its jobs. Committed at
+        once, so an expansion cut short never passes for a complete one."""
+        with self._write("begin generation") as conn:
+            self.generation = read_generation(conn) + 1
+            conn.execute(
+                "INSERT INTO meta VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (GENERATION_KEY, str(self.generation)),
+            )
+        if self._scope:
+            self.limit_to_spec()
+        return self.generation
+
+    def limit_to_spec(self) -> None:
+        """From now on ``iter_records``, ``counts``, ``total``, ``failures`` and ``reset``
+        see only the jobs of the current generation; calls by job id see every job."""
+        self._scope = f" AND generation = {int(self.generation)}"
+
+    def outside_spec_counts(self) -> dict[str, dict[str, int]]:
+        """``{provider: {state: n}}`` of the jobs not in the current generation."""
+        return self._counts("generation != :g", {"g": self.generation})
+
+    def prune(self, *, include_paid: bool = False) -> Pruned:
+        """Remove the jobs not in the current generation, with their output rows, in one
+        transaction; one ``pruned`` event per job keeps its remote id. Jobs whose paid
+        remote task may still deliver (``PAID_OPEN_STATES``) stay unless ``include_paid``."""
+        with self._write("prune") as conn:
+            return prune_rows(conn, self.generation, self._clock(), include_paid=include_paid)
 
     def transition(
         self,
@@ -374,7 +416,7 @@ class Manifest:
         ``transition`` would, in one transaction; one event per job. Returns the count."""
         sources = legal_sources(state_set(from_states), JobState(to))
         params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(sorted(sources))}
-        where = f"state IN ({', '.join(':' + name for name in params)})"
+        where = f"state IN ({', '.join(':' + name for name in params)}){self._scope}"
         if provider is not None:
             where += " AND provider = :provider"
             params["provider"] = provider
@@ -431,10 +473,11 @@ class Manifest:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         if states is None and provider is None:
-            yield from (r for _, r in self._pages("1", {}, batch, with_outputs))
+            yield from (r for _, r in self._pages("1" + self._scope, {}, batch, with_outputs))
             return
         wanted = sorted(state_set(states)) if states is not None else list(JobState)
         where = "state = :state" + ("" if provider is None else " AND provider = :provider")
+        where += self._scope
         streams = [
             self._pages(where, {"state": s.value, "provider": provider}, batch, with_outputs)
             for s in wanted
@@ -443,10 +486,15 @@ class Manifest:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{provider: {state: number of jobs}}``, for the states present."""
+        return self._counts("1" + self._scope, {})
+
+    def _counts(self, where: str, params: dict[str, Any]) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
         with self._read("count jobs") as conn:
             rows = conn.execute(
-                "SELECT provider, state, count(*) FROM jobs GROUP BY provider, state"
+                f"SELECT provider, state, count(*) FROM jobs WHERE {where} "
+                "GROUP BY provider, state",
+                params,
             ).fetchall()
         for provider, state, n in rows:
             result.setdefault(provider, {})[state] = n
@@ -454,7 +502,9 @@ class Manifest:
 
     def total(self) -> int:
         with self._read("count jobs") as conn:
-            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+            return int(
+                conn.execute(f"SELECT count(*) FROM jobs WHERE 1{self._scope}").fetchone()[0]
+            )
 
     def failures(self, *, limit: int | None = None) -> list[JobRecord]:
         """Failed, timed-out, cancelled and unknown jobs with their reasons, oldest first."""

@@ -36,8 +36,8 @@ OUTPUT_COLUMNS = "job_id, idx, path, size, sha256, url, content_type"
 Row = Sequence[Any]
 
 
-def job_row(job: Job, now: float) -> tuple[Any, ...]:
-    """The INSERT parameters of a new ``pending`` job."""
+def job_row(job: Job, now: float, generation: int = 0) -> tuple[Any, ...]:
+    """The INSERT parameters of a new ``pending`` job of spec expansion ``generation``."""
     return (
         job.id,
         job.provider,
@@ -48,6 +48,7 @@ def job_row(job: Job, now: float) -> tuple[Any, ...]:
         JobState.PENDING.value,
         now,
         now,
+        generation,
     )
 
 

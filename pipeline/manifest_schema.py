@@ -17,7 +17,7 @@ from .errors import ManifestError
 __all__ = ["BUSY_TIMEOUT", "DB_NAME", "SCHEMA_VERSION", "connect", "prepare", "translated"]
 
 DB_NAME = "manifest.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
 
 _DDL = """
@@ -41,9 +41,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
     submitted_at REAL,
-    finished_at  REAL
+    finished_at  REAL,
+    generation   INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state);
+CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state, generation);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS outputs (
     job_id       TEXT NOT NULL,
@@ -69,7 +70,17 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: Mapping[int, Migration] = {}
+
+def _add_generation(conn: sqlite3.Connection) -> None:
+    """1 → 2: ``jobs.generation`` (the spec expansion that last listed the job). The
+    stored expansion fingerprint is dropped, so the next run lists its jobs once."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS jobs_provider_state")
+    conn.execute("CREATE INDEX jobs_provider_state ON jobs (provider, state, generation)")
+    conn.execute("DELETE FROM meta WHERE key = 'expansion'")
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_generation}
 """``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
 write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
 

@@ -23,9 +23,11 @@ __all__ = [
     "update_sql",
 ]
 
-INSERT_JOB = (
-    "INSERT OR IGNORE INTO jobs (id, provider, model, params, replicate, prompt_slug, "
-    "state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_JOB = (  # a known job keeps its row; only its generation (see Manifest) moves on
+    "INSERT INTO jobs (id, provider, model, params, replicate, prompt_slug, "
+    "state, created_at, updated_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET generation = excluded.generation "
+    "WHERE generation != excluded.generation"
 )
 INSERT_EVENT = (
     "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?)"

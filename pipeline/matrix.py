@@ -10,7 +10,8 @@ item's ``params`` (and a JSONL line's keys) < the matrix cell < the seed. Then
 Duplicates: matrix cells are de-duplicated once (they are few), so include entries or
 repeated values never double a job. Identical jobs that come from repeated prompts (the
 same line twice in a file) are yielded each time: finding them would mean remembering
-every prompt. They share one id, and the manifest keeps one (INSERT OR IGNORE).
+every prompt. They share one id, and the manifest keeps one. ``count_unique_jobs``
+counts them once, as the run will, remembering one small key per prompt × cell.
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.identity import canonical_json, job_id, slugify
 from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
 from pipeline.spec_prompts import Prompt, iter_prompts
 
-__all__ = ["count_jobs", "expand_matrix", "iter_jobs", "iter_param_sets", "job_params", "job_seeds"]
+__all__ = [
+    "JobCount",
+    "count_jobs",
+    "count_unique_jobs",
+    "expand_matrix",
+    "iter_jobs",
+    "iter_param_sets",
+    "job_params",
+    "job_seeds",
+]
 
 PROVIDER_KEY = "provider"
 SEED_KEY = "seed"
@@ -52,6 +63,61 @@ def count_jobs(spec: Spec) -> int:
     seed_count = len(spec.seeds) if spec.seeds is not None else 1
     jobs_per_prompt = len(_spec_cells(spec)) * seed_count * spec.repeats
     return jobs_per_prompt * sum(_count_prompts(source) for source in spec.prompts)
+
+
+@dataclass(frozen=True, slots=True)
+class JobCount:
+    """The distinct jobs of a spec per provider, and how many listed twice were merged."""
+
+    per_provider: dict[str, int]
+    duplicates: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_provider.values())
+
+    def merged_note(self) -> str:
+        """`` (N duplicates merged)`` when the spec lists some jobs more than once."""
+        if not self.duplicates:
+            return ""
+        return f" ({self.duplicates} duplicate{'s' if self.duplicates > 1 else ''} merged)"
+
+
+def count_unique_jobs(spec: Spec) -> JobCount:
+    """The jobs ``iter_jobs(spec)`` yields, each id once: what a run submits.
+
+    A prompt × cell pair stands for its seeds × replicates, and two pairs give the same
+    jobs exactly when provider, prompt and merged params (less the ``seed`` a seed list
+    overrides) are equal: one hash of those is remembered per pair. The params' JSON is
+    made once per cell for prompts that share their source's params (txt, csv,
+    templates), so a million-line prompt file costs no job ids."""
+    cells = _spec_cells(spec)
+    per_pair = len(job_seeds(spec)) * spec.repeats
+    ignored = {"prompt", SEED_KEY} if spec.seeds is not None else {"prompt"}
+    counts = dict.fromkeys(spec.providers, 0)
+    seen: set[int] = set()
+    duplicates = 0
+    params_of: Mapping[str, Any] | None = None
+    pairs: list[tuple[str, str]] = []
+    for source in spec.prompts:
+        for prompt in iter_prompts(source):
+            if prompt.params is not params_of:
+                params_of = prompt.params
+                pairs = [
+                    (
+                        provider,
+                        canonical_json({k: v for k, v in merged.items() if k not in ignored}),
+                    )
+                    for provider, merged in _prompt_cells(spec, prompt, cells)
+                ]
+            for provider, params in pairs:
+                key = hash((provider, params, prompt.text))
+                if key in seen:
+                    duplicates += per_pair
+                else:
+                    seen.add(key)
+                    counts[provider] += per_pair
+    return JobCount(counts, duplicates)
 
 
 def _count_prompts(source: PromptSource) -> int:

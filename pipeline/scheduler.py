@@ -69,6 +69,7 @@ class RunSummary:
     elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)  # unexpected local errors, per job
     notes: list[str] = field(default_factory=list)  # things the user should know, once each
+    outside_spec: dict[str, dict[str, int]] = field(default_factory=dict)  # left as they were
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())

@@ -1,8 +1,9 @@
 """Prompt sources → prompts: templates, and prompt files read as streams.
 
 A prompt file is opened only when its prompts are wanted and read one line at a time,
-so a file of a million prompts costs no memory. Problems inside a file are SpecErrors
-naming the prompt file and its line.
+so a file of a million prompts costs no memory; a line longer than ``MAX_LINE_CHARS``
+(or a JSONL value nested deeper than ``MAX_JSON_DEPTH``) is refused, never read whole.
+Problems inside a file are SpecErrors naming the prompt file and its line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 _ENCODING = "utf-8-sig"  # tolerate the byte-order mark spreadsheet programs write
+MAX_LINE_CHARS = 1_000_000
+MAX_JSON_DEPTH = 64
 
 
 class Prompt(NamedTuple):
@@ -118,12 +121,30 @@ def _jsonl_prompt(source: PromptFile, lineno: int, line: str) -> Prompt:
         record = json.loads(line, parse_constant=_reject_constant)
     except ValueError as exc:
         _fail(source, lineno, f"not valid JSON: {exc}")
+    except RecursionError:
+        record = None
+    if record is None or _too_deep(record):
+        _fail(source, lineno, f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(record, dict):
         _fail(source, lineno, 'each line must be a JSON object like {"prompt": "..."}')
     text = record.pop("prompt", None)
     if not isinstance(text, str) or not text.strip():
         _fail(source, lineno, 'the object needs a non-empty string "prompt"')
     return Prompt(text, {**source.params, **record})
+
+
+def _too_deep(value: Any) -> bool:
+    level: list[Any] = [value]
+    for _depth in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -170,7 +191,9 @@ def _numbered_lines(source: PromptFile) -> Iterator[tuple[int, str]]:
     lineno = 0
     try:
         with source.path.open(encoding=_ENCODING, newline="") as handle:
-            for lineno, line in enumerate(handle, 1):
+            for lineno, line in enumerate(iter(lambda: handle.readline(MAX_LINE_CHARS + 1), ""), 1):
+                if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                    _fail(source, lineno, f"the line is longer than {MAX_LINE_CHARS:,} characters")
                 yield lineno, line
     except UnicodeDecodeError:
         _fail(source, lineno + 1, "the file is not UTF-8 text")

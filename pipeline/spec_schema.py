@@ -131,7 +131,7 @@ class OutputModel(_Section):
         DEFAULT_OUTPUT_PATH,
         description="Template of each output's path under root. Fields: {provider}, "
         "{model}, {prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}; "
-        "must contain {job_id} and {index}. Format specs work: {index:03d}.",
+        "must contain {job_id} and {index}. Fields take no format specs or widths.",
     )
 
 

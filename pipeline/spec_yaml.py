@@ -4,6 +4,10 @@ The loader is PyYAML's safe loader with three YAML 1.1 surprises removed, becaus
 are full of values they mangle: ``16:9`` stays a string (not the base-60 integer 969),
 ``yes``/``no``/``on``/``off`` stay strings (only ``true``/``false`` are booleans), and
 dates stay strings. Duplicate keys are an error instead of silently keeping the last.
+
+Resource limits, checked while composing, before any value is built: nesting deeper
+than ``MAX_DEPTH`` and aliases that would add more than ``MAX_ALIAS_VALUES`` values
+("billion laughs") are refused at their line, in time linear in the file's size.
 """
 
 from __future__ import annotations
@@ -17,7 +21,20 @@ import yaml
 
 from pipeline.errors import SpecError
 
-__all__ = ["FieldPath", "ParsedYaml", "expand_env", "format_path", "parse_yaml"]
+__all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_DEPTH",
+    "FieldPath",
+    "ParsedYaml",
+    "expand_env",
+    "format_path",
+    "parse_yaml",
+]
+
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists a spec may have (real specs use under 10)."""
+MAX_ALIAS_VALUES = 100_000
+"""How many values aliases (``*name``, ``<<: *name``) may add to a spec in all."""
 
 FieldPath = tuple[str | int, ...]
 """Where a value sits: ``("providers", "pixai", "rate")``, ``("prompts", 2, "file")``."""
@@ -29,13 +46,76 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE_KEY = "<<"
 
 
+class _TooLarge(Exception):
+    """A resource limit was hit while composing, at ``line``."""
+
+    def __init__(self, message: str, line: int, hint: str) -> None:
+        super().__init__(message)
+        self.line, self.hint = line, hint
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """Safe loader with YAML 1.2-like scalars (see the module docstring)."""
+    """Safe loader with YAML 1.2-like scalars and the resource limits (see the module
+    docstring)."""
 
     yaml_implicit_resolvers = {  # noqa: RUF012 -- PyYAML reads this class attribute
         first: [(tag, rx) for tag, rx in resolvers if tag not in {_BOOL, _INT, _FLOAT, _TIMESTAMP}]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """PyYAML's composer recurses once per level: stop it long before Python would."""
+        if self._depth >= MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
+            raise _TooLarge(
+                f"the YAML nests deeper than {MAX_DEPTH} levels", line, "flatten the structure"
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_alias_growth(root: yaml.Node) -> None:
+    """Refuse aliases that expand the document by more than ``MAX_ALIAS_VALUES`` values.
+
+    Sizes are counted once per distinct node (aliases share nodes), so a bomb costs no
+    more than its text; a node larger than every distinct node seen so far plus the
+    allowance can only be alias growth."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in visiting:
+            raise _TooLarge(
+                "a YAML alias refers to itself", node.start_mark.line + 1, "remove the alias"
+            )
+        visiting.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        visiting.discard(id(node))
+        sizes[id(node)] = total
+        if total > len(sizes) + MAX_ALIAS_VALUES:
+            raise _TooLarge(
+                f"YAML aliases here expand to {total:,} values (at most "
+                f"{MAX_ALIAS_VALUES:,} may come from aliases)",
+                node.start_mark.line + 1,
+                "write the values out, or move long lists into a prompt file",
+            )
+        return total
+
+    size(root)
 
 
 _SpecLoader.add_implicit_resolver(
@@ -101,6 +181,7 @@ def parse_yaml(text: str, *, file: str) -> ParsedYaml:
         node = loader.get_single_node()
         if node is None:
             return ParsedYaml(file, None, {})
+        _check_alias_growth(node)
         lines: dict[FieldPath, int] = {(): node.start_mark.line + 1}
         _record_lines(node, (), lines, file, ancestors=())
         return ParsedYaml(file, loader.construct_document(node), lines)
@@ -119,6 +200,13 @@ def parse_yaml(text: str, *, file: str) -> ParsedYaml:
         ) from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", file=file) from exc
+    except _TooLarge as exc:
+        raise SpecError(
+            str(exc),
+            file=file,
+            line=exc.line,
+            hint=exc.hint,
+        ) from None
     finally:
         loader.dispose()
 

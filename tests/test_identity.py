@@ -165,7 +165,7 @@ def test_slugify_is_always_a_safe_non_empty_slug(text: str, max_len: int) -> Non
     "template",
     [
         DEFAULT_TEMPLATE,
-        "{name}/{model}/{seed}/{replicate}/{job_id}_{index:03d}.{ext}",
+        "{name}/{model}/{seed}/{replicate}/{job_id}_{index}.{ext}",
         "flat/{job_id}-{index}.{ext}",
     ],
 )
@@ -186,7 +186,9 @@ def test_good_templates_pass(template: str) -> None:
         ("a//{job_id}-{index}", "empty"),
         ("{job_id!r}-{index}", "conversions"),
         ("{job_id.real}-{index}", "plain names"),
-        ("{provider:05d}/{job_id}-{index}", "format spec"),
+        ("{provider:05d}/{job_id}-{index}", "format specs"),
+        ("{job_id}-{index:03d}", "write {index}. Allowed fields: ext, index, job_id"),
+        ("{job_id:>2000000000}-{index}", "no format specs, conversions or widths"),
     ],
 )
 def test_bad_templates_say_what_is_wrong(template: str, complaint: str) -> None:
@@ -207,10 +209,10 @@ def test_render_default_template() -> None:
 
 
 def test_render_fills_every_field() -> None:
-    template = "{name}/{model}/{seed:04d}/{replicate}/{job_id}-{index:02d}.{ext}"
+    template = "{name}/{model}/{seed}/{replicate}/{job_id}-{index}.{ext}"
     job = make_job(model="org/flux:dev", replicate=2)
     path = render_output_path(template, job, index=3, ext=".JPEG", spec_name="run")
-    assert path == PurePosixPath("run/org_flux_dev/0007/2/0123456789abcdef-03.jpeg")
+    assert path == PurePosixPath("run/org_flux_dev/7/2/0123456789abcdef-3.jpeg")
 
 
 def test_render_absent_model_and_seed_as_none() -> None:

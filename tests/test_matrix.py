@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.matrix import count_jobs, expand_matrix, iter_jobs
+from pipeline.matrix import count_jobs, count_unique_jobs, expand_matrix, iter_jobs
 from pipeline.models import MatrixSpec, Spec
 from pipeline.spec import load_spec
 
@@ -231,6 +231,29 @@ def test_repeated_prompts_give_repeated_ids_not_new_jobs(tmp_path: Path) -> None
     spec = load(tmp_path, "providers: {pixai: {}}\nprompts: [{file: p.txt}]\n")
     first, second = ids(spec)
     assert first == second
+
+
+def test_unique_count_is_the_number_of_distinct_ids(tmp_path: Path) -> None:
+    """What a run stores (one row per id) is what plan and validate count."""
+    (tmp_path / "p.txt").write_text("same\nsame\nother\n")
+    (tmp_path / "p.jsonl").write_text(
+        '{"prompt": "same", "seed": 5}\n{"prompt": "same", "q": "lo"}\n{"prompt": "same", "x": 1}\n'
+    )
+    spec = load(
+        tmp_path,
+        """
+providers: {pixai: {}, apixo: {}}
+prompts: [{file: p.txt}, {file: p.jsonl}, same]
+matrix: {q: [lo, hi]}
+seeds: [1, 2]
+""",
+    )
+    listed = [job.id for job in iter_jobs(spec)]
+    count = count_unique_jobs(spec)
+    assert count.total == len(set(listed)) == 2 * 2 * 2 * 3  # same, other, same+x
+    assert count.duplicates == len(listed) - len(set(listed))
+    assert count.per_provider == {"pixai": 12, "apixo": 12}
+    assert count.merged_note() == f" ({count.duplicates} duplicates merged)"
 
 
 # --- laziness -------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class ApixoProvider(Provider):
     default_base_url = "https://api.apixo.ai"
     media = "image"
     completion_modes = ("poll", "webhook")
+    https_callbacks_only = True  # the docs: callback_url must be an HTTPS URL
     poll_advice: ClassVar[PollAdvice] = PollAdvice(initial=3.0)
     """The docs: poll every 3–5 s, with backoff (the spacing then grows × poll.factor)."""
     options: ClassVar[Mapping[str, OptionInfo]] = {
