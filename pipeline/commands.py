@@ -16,6 +16,7 @@ import anyio
 from pipeline import __version__
 from pipeline.errors import ManifestError, SpecError
 from pipeline.manifest import Manifest
+from pipeline.manifest_lock import hold_run_lock
 from pipeline.matrix import iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
@@ -277,7 +278,10 @@ async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: boo
     expanded = _stored_fingerprint(spec.output.root) == fingerprint
     if not expanded and not params_checked:
         check_params(spec)  # before anything is written
-    with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
+    with (
+        hold_run_lock(spec.output.root),  # one run per output root, before any write
+        Manifest.open(spec.output.root, spec_name=spec.name) as manifest,
+    ):
         if not expanded:
             manifest.add_jobs(iter_jobs(spec))
             manifest.set_meta(EXPANSION_KEY, fingerprint)
