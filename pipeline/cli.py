@@ -87,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     export.set_defaults(handler=cmd_export)
 
+    recover = commands.add_parser(
+        "recover",
+        help="rebuild a damaged manifest from manifest.jsonl (the damaged file is kept aside)",
+        description="Move a damaged manifest.sqlite aside (never deleted) and rebuild it "
+        "from manifest.jsonl, the snapshot written at the end of each run: states, remote "
+        "ids and outputs are kept, so nothing is paid twice; jobs caught submitting "
+        "become unknown.",
+    )
+    recover.add_argument("outdir", type=Path, help="the output directory")
+    recover.add_argument(
+        "--force", action="store_true", help="rebuild even if the manifest looks healthy"
+    )
+    recover.set_defaults(handler=cmd_recover)
+
     emulate = commands.add_parser(
         "emulate", help="serve the built-in API emulators until stopped, printing their base URLs"
     )
@@ -199,6 +213,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             from pipeline.fsio import write_atomic_text
 
             write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
+    return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from pipeline.commands import recover_text
+
+    for line in recover_text(args.outdir, force=args.force):
+        print(line)
     return EXIT_OK
 
 

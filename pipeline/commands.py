@@ -31,6 +31,7 @@ __all__ = [
     "open_manifest_for",
     "parse_knobs",
     "plan_text",
+    "recover_text",
     "run_spec",
     "status_report",
     "summary_text",
@@ -382,6 +383,25 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
             for r in manifest.failures(limit=failures)
         ],
     }
+
+
+def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
+    """Rebuild ``root``'s damaged manifest from its snapshot (``pipeline recover``)."""
+    from datetime import datetime
+
+    from pipeline.manifest_recover import recover
+
+    with hold_run_lock(root, what="pipeline recover"):
+        done = recover(root, force=force)
+    if done.moved_to is not None:
+        yield f"moved the damaged manifest to {done.moved_to} (kept, not deleted)"
+    when = datetime.fromtimestamp(done.snapshot_at).isoformat(sep=" ", timespec="seconds")
+    states = ", ".join(f"{state} {n}" for state, n in sorted(done.states.items()))
+    yield f"rebuilt {root / 'manifest.sqlite'}: {done.jobs} jobs ({states})"
+    yield (
+        f"from the snapshot of {when}: anything submitted after it is not in it, and "
+        "such a job is pending again; check the provider before the next run"
+    )
 
 
 def parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from .manifest_rows import (
     record_from_row,
     write_atomically,
 )
-from .manifest_schema import DB_NAME, connect, prepare, translated
+from .manifest_schema import DB_NAME, check_existing, connect, create_new, prepare, translated
 from .manifest_sql import (
     INSERT_EVENT,
     INSERT_JOB,
@@ -130,8 +130,12 @@ class Manifest:
         if not readonly:
             try:
                 root.mkdir(parents=True, exist_ok=True)
+                if path.exists():  # refused if unreadable: never started over
+                    check_existing(path)
+                else:
+                    create_new(path)
             except OSError as exc:
-                raise ManifestError(f"cannot create output directory {root}: {exc}") from exc
+                raise ManifestError(f"cannot create the manifest in {root}: {exc}") from exc
         meta = {"spec_name": spec_name, "spec_path": None if spec_path is None else str(spec_path)}
         with translated("open", path):
             conn = connect(path, readonly=readonly)

@@ -21,15 +21,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import ManifestError
+from .errors import ManifestError, RunLocked
 
 __all__ = ["LOCK_NAME", "RunLocked", "hold_run_lock"]
 
 LOCK_NAME = ".pipeline.lock"
-
-
-class RunLocked(ManifestError):
-    """Another process holds the output root's run lock."""
 
 
 @contextmanager
@@ -39,7 +35,7 @@ def hold_run_lock(root: Path, *, what: str = "pipeline run") -> Iterator[None]:
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
         raise ManifestError(f"cannot create the run lock in {root}: {exc}") from exc
     try:
