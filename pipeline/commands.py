@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +284,42 @@ async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: boo
         hold_run_lock(spec.output.root),  # one run per output root, before any write
         Manifest.open(spec.output.root, spec_name=spec.name) as manifest,
     ):
-        if not expanded:
-            manifest.add_jobs(iter_jobs(spec))
-            manifest.set_meta(EXPANSION_KEY, fingerprint)
-        async with open_session(spec) as session:
-            scheduler = Scheduler(
-                spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
-            )
-            return await scheduler.run()
+        summary: RunSummary | None = None
+        try:
+            if not expanded:
+                manifest.add_jobs(iter_jobs(spec))
+                manifest.set_meta(EXPANSION_KEY, fingerprint)
+            async with open_session(spec) as session:
+                scheduler = Scheduler(
+                    spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
+                )
+                summary = await scheduler.run()
+        except Exception:
+            if manifest.write_failure is None:
+                raise
+        if manifest.write_failure is not None:  # whatever else it caused on the way out
+            raise _write_stopped(manifest)
+        assert summary is not None
+        return summary
+
+
+def _write_stopped(manifest: Manifest) -> ManifestError:
+    """The run ended because the manifest could not be written: why, and what to do."""
+    failures = manifest.write_failures
+    at = datetime.fromtimestamp(failures.first_at or 0, UTC).isoformat()
+    lost = ""
+    if failures.lost:
+        where = failures.fallback or "no file (see the lines above)"
+        lost = (
+            f" {len(failures.lost)} paid task(s) could not be recorded: their remote ids "
+            f"are listed above and in {where}."
+        )
+    return ManifestError(
+        f"a write to {manifest.path} failed ({failures.first}; first failed write at "
+        f"{at}): submits stopped in every lane and the run ended.{lost} Free disk space "
+        "(or raise the file-size limit), then run again: recorded jobs continue from "
+        "their remote ids."
+    )
 
 
 def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:

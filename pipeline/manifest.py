@@ -55,6 +55,7 @@ from .manifest_sql import (
     state_set,
     update_sql,
 )
+from .manifest_unrecorded import WriteFailures
 from .models import Job, JobRecord, JobState, Output
 
 __all__ = ["DB_NAME", "SNAPSHOT_NAME", "Event", "Manifest", "find_manifest"]
@@ -106,7 +107,7 @@ class Manifest:
         self._clock = clock
         self._lock = threading.Lock()
         self._on_pending: Callable[[], None] | None = None  # group commit: see defer_commits
-        self._failed_commit: str | None = None
+        self.write_failures = WriteFailures(root)  # the first failed write stops all writes
 
     @classmethod
     def open(
@@ -157,12 +158,18 @@ class Manifest:
             if conn is None:
                 return
             self._on_pending = None
-            with translated("close", self.path):
-                if conn.in_transaction and self._failed_commit is None:
-                    conn.execute("COMMIT")
-                if not self.readonly:  # keep the planner's statistics fresh, cheaply
-                    conn.execute("PRAGMA analysis_limit = 400")
-                    conn.execute("PRAGMA optimize")
+            failed_before = self.write_failures.first is not None
+            try:
+                with translated("close", self.path):
+                    if conn.in_transaction:
+                        self._commit_or_lose(conn)
+                    if not self.readonly:  # keep the planner's statistics fresh, cheaply
+                        conn.execute("PRAGMA analysis_limit = 400")
+                        conn.execute("PRAGMA optimize")
+            except ManifestError:
+                if not failed_before:  # else already reported, and the run says why
+                    raise
+            finally:
                 conn.close()
 
     def __enter__(self) -> Manifest:
@@ -203,15 +210,26 @@ class Manifest:
         what the manifest holds, so nothing more may be written on top of it."""
         with self._lock, translated("commit", self.path):
             conn = self._connection()
-            if not conn.in_transaction:
-                return
-            try:
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                self._failed_commit = str(exc) or type(exc).__name__
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if conn.in_transaction:
+                self._commit_or_lose(conn)
+
+    def _commit_or_lose(self, conn: sqlite3.Connection) -> None:
+        """COMMIT; if it fails, roll back, stop all writes and report the remote ids
+        the transaction held (they are on no disk now)."""
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self.write_failures.failed(exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.write_failures.lose_uncommitted(f"commit failed: {exc}", self._provider_of(conn))
+            raise
+        self.write_failures.committed()
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why this process stopped writing (a write or commit failed), else None."""
+        return self.write_failures.first
 
     # -- writes --------------------------------------------------------------------
 
@@ -278,16 +296,25 @@ class Manifest:
         caller can keep its copy of the job current without reading it back."""
         steps = _steps(expect, via, JobState(to))
         now = self._clock()
-        with self._write("transition") as conn:
-            *first, (sources, last) = steps
-            for step_sources, step_to in first:  # `via`: guarded like any other step
-                if not self._step(conn, job_id, step_to, step_sources, now):
-                    return None
-            if not self._step(
-                conn, job_id, last, sources, now, remote_id=remote_id, client_ref=client_ref,
-                error=error, detail=detail,
-            ):  # fmt: skip
-                return None  # only the first step can miss, before anything was written
+        try:
+            with self._write("transition") as conn:
+                *first, (sources, last) = steps
+                for step_sources, step_to in first:  # `via`: guarded like any other step
+                    if not self._step(conn, job_id, step_to, step_sources, now):
+                        return None
+                if not self._step(
+                    conn, job_id, last, sources, now, remote_id=remote_id,
+                    client_ref=client_ref, error=error, detail=detail,
+                ):  # fmt: skip
+                    return None  # only the first step can miss, before anything was written
+                if remote_id is not None and self._on_pending is not None:
+                    self.write_failures.written(job_id, remote_id)  # on disk at the next commit
+        except Exception as exc:
+            if remote_id is not None:  # a paid task: it must be named somewhere
+                with self._lock:
+                    provider = self._provider_of(self._conn)
+                self.write_failures.lose(job_id, remote_id, f"not recorded: {exc}", provider)
+            raise
         return now
 
     def finish(
@@ -546,38 +573,65 @@ class Manifest:
         transaction instead, committed later by ``commit()``."""
         if self.readonly:
             raise ManifestError(f"{self.path}: {what}: manifest was opened read-only")
-        if self._failed_commit is not None:
+        if self.write_failures.first is not None:
             raise ManifestError(
-                f"{self.path}: {what}: an earlier commit failed ({self._failed_commit}); "
+                f"{self.path}: {what}: an earlier write failed ({self.write_failures.first}); "
                 "nothing more is written in this process"
             )
         on_pending = self._on_pending
         with self._lock, translated(what, self.path):
             conn = self._connection()
             if on_pending is None:
-                conn.execute("BEGIN IMMEDIATE")
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
                     yield conn
-                except BaseException:
+                except BaseException as exc:
+                    self._failed_write(conn, exc)
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
+                self._commit_or_lose(conn)
                 return
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-            conn.execute("SAVEPOINT write")
             try:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT write")
                 yield conn
             except BaseException as exc:
+                self._failed_write(conn, exc)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO write")
                     conn.execute("RELEASE write")
                 else:  # SQLite gave up the whole transaction (disk full, I/O error)
-                    self._failed_commit = str(exc) or type(exc).__name__
+                    reason = f"transaction lost: {exc}"
+                    self.write_failures.lose_uncommitted(reason, self._provider_of(conn))
                 raise
             conn.execute("RELEASE write")
         on_pending()
+
+    def _failed_write(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """An SQLite error in a write (disk full, I/O error…) stops every later write:
+        what this process believes is no longer what the manifest holds."""
+        if isinstance(exc, sqlite3.Error):
+            self.write_failures.failed(exc)
+
+    def _provider_of(self, conn: sqlite3.Connection | None) -> Callable[[str], str | None]:
+        """Looks up a job's provider for a report, as far as the database still answers."""
+
+        def provider(job_id: str) -> str | None:
+            try:
+                row = (
+                    None
+                    if conn is None
+                    else conn.execute(
+                        "SELECT provider FROM jobs WHERE id = ?", (job_id,)
+                    ).fetchone()
+                )
+            except sqlite3.Error:
+                return None
+            return None if row is None else str(row[0])
+
+        return provider
 
     @contextmanager
     def _reader(self, what: str) -> Iterator[sqlite3.Connection]:
