@@ -1,13 +1,15 @@
 """Command line: argument parsing, exit codes and human output. Nothing imports it.
 
 Exit codes: 0 success · 1 some jobs did not finish (failed, unknown…) or a runtime
-error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM).
+error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM) · 141 stdout closed
+by its reader (``pipeline status | head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from pipeline.errors import PipelineError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit
+    except BrokenPipeError:
+        return _stdout_gone()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -33,6 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
+
+
+def _stdout_gone() -> int:
+    """stdout's reader left (``pipeline status | head``): end quietly with 128 + SIGPIPE,
+    as a process killed by it would. stdout now points at /dev/null, so the flush at
+    exit has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
