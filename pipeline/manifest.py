@@ -55,7 +55,7 @@ from .manifest_sql import (
     state_set,
     update_sql,
 )
-from .manifest_unrecorded import WriteFailures
+from .manifest_unrecorded import WriteFailures, provider_lookup
 from .models import Job, JobRecord, JobState, Output
 
 __all__ = ["DB_NAME", "SNAPSHOT_NAME", "Event", "Manifest", "find_manifest"]
@@ -222,7 +222,7 @@ class Manifest:
             self.write_failures.failed(exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self.write_failures.lose_uncommitted(f"commit failed: {exc}", self._provider_of(conn))
+            self.write_failures.lose_uncommitted(f"commit failed: {exc}", provider_lookup(conn))
             raise
         self.write_failures.committed()
 
@@ -311,9 +311,9 @@ class Manifest:
                     self.write_failures.written(job_id, remote_id)  # on disk at the next commit
         except Exception as exc:
             if remote_id is not None:  # a paid task: it must be named somewhere
-                with self._lock:
-                    provider = self._provider_of(self._conn)
-                self.write_failures.lose(job_id, remote_id, f"not recorded: {exc}", provider)
+                with self._lock:  # the provider is read on our connection
+                    reason = f"not recorded: {exc}"
+                    self.write_failures.lose(job_id, remote_id, reason, provider_lookup(self._conn))
             raise
         return now
 
@@ -604,7 +604,7 @@ class Manifest:
                     conn.execute("RELEASE write")
                 else:  # SQLite gave up the whole transaction (disk full, I/O error)
                     reason = f"transaction lost: {exc}"
-                    self.write_failures.lose_uncommitted(reason, self._provider_of(conn))
+                    self.write_failures.lose_uncommitted(reason, provider_lookup(conn))
                 raise
             conn.execute("RELEASE write")
         on_pending()
@@ -614,24 +614,6 @@ class Manifest:
         what this process believes is no longer what the manifest holds."""
         if isinstance(exc, sqlite3.Error):
             self.write_failures.failed(exc)
-
-    def _provider_of(self, conn: sqlite3.Connection | None) -> Callable[[str], str | None]:
-        """Looks up a job's provider for a report, as far as the database still answers."""
-
-        def provider(job_id: str) -> str | None:
-            try:
-                row = (
-                    None
-                    if conn is None
-                    else conn.execute(
-                        "SELECT provider FROM jobs WHERE id = ?", (job_id,)
-                    ).fetchone()
-                )
-            except sqlite3.Error:
-                return None
-            return None if row is None else str(row[0])
-
-        return provider
 
     @contextmanager
     def _reader(self, what: str) -> Iterator[sqlite3.Connection]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-__all__ = ["FALLBACK_NAME", "WriteFailures", "report_unrecorded", "state_dir"]
+__all__ = ["FALLBACK_NAME", "WriteFailures", "provider_lookup", "report_unrecorded", "state_dir"]
 
 FALLBACK_NAME = "unrecorded-remote-ids.jsonl"
 
@@ -109,3 +110,20 @@ class WriteFailures:
         """The open transaction is gone: report every remote id it held."""
         for job_id, remote_id in list(self._uncommitted.items()):
             self.lose(job_id, remote_id, reason, provider)
+
+
+def provider_lookup(conn: sqlite3.Connection | None) -> Callable[[str], str | None]:
+    """Looks up a job's provider for a report, as far as the database still answers."""
+
+    def provider(job_id: str) -> str | None:
+        try:
+            row = (
+                None
+                if conn is None
+                else conn.execute("SELECT provider FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            )
+        except sqlite3.Error:
+            return None
+        return None if row is None else str(row[0])
+
+    return provider
