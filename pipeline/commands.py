@@ -18,6 +18,7 @@ from pipeline import __version__
 from pipeline.errors import ManifestError, SpecError
 from pipeline.manifest import Manifest
 from pipeline.manifest_lock import hold_run_lock
+from pipeline.manifest_unrecorded import adopt_unrecorded
 from pipeline.matrix import iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
@@ -289,6 +290,7 @@ async def _run(spec: Spec, options: RunOptions, quiet: bool, params_checked: boo
             if not expanded:
                 manifest.add_jobs(iter_jobs(spec))
                 manifest.set_meta(EXPANSION_KEY, fingerprint)
+            adopt_unrecorded(manifest)  # paid tasks a failed write left unrecorded
             async with open_session(spec) as session:
                 scheduler = Scheduler(
                     spec, manifest, session, options=options, progress=make_progress(quiet=quiet)

@@ -17,8 +17,19 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["FALLBACK_NAME", "WriteFailures", "provider_lookup", "report_unrecorded", "state_dir"]
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+__all__ = [
+    "FALLBACK_NAME",
+    "WriteFailures",
+    "adopt_unrecorded",
+    "provider_lookup",
+    "report_unrecorded",
+    "state_dir",
+]
 
 FALLBACK_NAME = "unrecorded-remote-ids.jsonl"
 
@@ -127,3 +138,33 @@ def provider_lookup(conn: sqlite3.Connection | None) -> Callable[[str], str | No
         return None if row is None else str(row[0])
 
     return provider
+
+
+def adopt_unrecorded(manifest: Manifest) -> int:
+    """Give back to their jobs the remote ids a failed run wrote to the output root's
+    fallback file (a job still ``submitting`` or ``unknown`` with no remote id), so
+    their paid tasks are followed and downloaded, never submitted again. The file is
+    then renamed ``unrecorded-remote-ids.adopted-<time>.jsonl``: never read twice, never
+    deleted. Returns how many were taken back."""
+    from .models import JobState
+
+    source = manifest.root / FALLBACK_NAME
+    if not source.is_file():
+        return 0
+    adopted = 0
+    for line in source.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            job_id, remote_id = str(entry["job_id"]), str(entry["remote_id"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line: the same id is on stderr
+        record = manifest.get(job_id)
+        if record is None or record.remote_id is not None:
+            continue
+        adopted += manifest.transition(
+            job_id, JobState.SUBMITTED, expect=(JobState.SUBMITTING, JobState.UNKNOWN),
+            remote_id=remote_id, detail=f"remote id taken back from {FALLBACK_NAME}",
+        )  # fmt: skip
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    source.rename(source.with_name(f"unrecorded-remote-ids.adopted-{stamp}.jsonl"))
+    return adopted

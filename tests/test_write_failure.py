@@ -25,6 +25,7 @@ from .conftest import FAKE_KEY, write_spec
 pytestmark = pytest.mark.slow
 
 CONCURRENCY = 4
+JOBS = 40
 
 
 def limited(max_bytes: int):
@@ -99,3 +100,14 @@ def test_failed_manifest_write_stops_submits_and_loses_no_remote_id(
     # Only requests already in flight at the failure may be charged after it.
     assert {c["task_id"] for c in late} <= lost, (late, unrecorded)
     assert len(late) <= CONCURRENCY
+
+    # Room again: the rerun takes the unrecorded ids back and pays for nothing twice.
+    rerun = run_limited(spec, tmp_path, resource.RLIM_INFINITY)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with Manifest.open(root, readonly=True) as manifest:
+        assert manifest.counts() == {"pixellabs": {"done": JOBS}}
+        recorded = {r.remote_id for r in manifest.iter_records()}
+    charges = emulator.ledger("pixellabs")
+    assert len(charges) == JOBS and {c["task_id"] for c in charges} == recorded
+    assert not fallback.exists()  # set aside once taken back, never read twice
+    assert unrecorded == [] or list(root.glob("unrecorded-remote-ids.adopted-*.jsonl"))
