@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.manifest import DB_NAME, SNAPSHOT_NAME, Manifest
+from pipeline.manifest_lock import hold_run_lock
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, run_cli, write_spec
@@ -172,3 +173,22 @@ def test_recover_round_trip_after_a_real_run_pays_nothing_again(tmp_path, emulat
     assert [(o["id"], o["state"], o["remote_id"], o["outputs"]) for o in rebuilt] == [
         (o["id"], o["state"], o["remote_id"], o["outputs"]) for o in snapshot
     ]
+
+
+def test_recover_is_refused_while_a_run_holds_the_folder(tmp_path):
+    root = tmp_path / "out"
+    Manifest.open(root).close()
+    (root / DB_NAME).write_bytes(b"")
+    with hold_run_lock(root):
+        result = run_cli("recover", str(root), cwd=tmp_path, timeout=60)
+    assert result.returncode != 0 and "in use by another" in result.stderr, result.stderr
+    assert (root / DB_NAME).read_bytes() == b""
+
+
+def test_status_of_a_damaged_manifest_names_the_recover_command(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / DB_NAME).write_bytes(b"")
+    result = run_cli("status", str(root), cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "pipeline recover" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
