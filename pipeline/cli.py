@@ -1,13 +1,15 @@
 """Command line: argument parsing, exit codes and human output. Nothing imports it.
 
 Exit codes: 0 success · 1 some jobs did not finish (failed, unknown…) or a runtime
-error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM).
+error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM) · 141 stdout closed
+by its reader (``pipeline status | head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from pipeline.errors import PipelineError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit
+    except BrokenPipeError:
+        return _stdout_gone()
     except PipelineError as exc:
         from pipeline.redact import scrub
 
@@ -35,6 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
+
+
+def _stdout_gone() -> int:
+    """stdout's reader left (``pipeline status | head``): end quietly with 128 + SIGPIPE,
+    as a process killed by it would. stdout now points at /dev/null, so the flush at
+    exit has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["jsonl"], default="jsonl")
     export.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     export.set_defaults(handler=cmd_export)
+
+    recover = commands.add_parser(
+        "recover",
+        help="rebuild a damaged manifest from manifest.jsonl (the damaged file is kept aside)",
+        description="Move a damaged manifest.sqlite aside (never deleted) and rebuild it "
+        "from manifest.jsonl, the snapshot written at the end of each run: states, remote "
+        "ids and outputs are kept, so nothing is paid twice; jobs caught submitting "
+        "become unknown.",
+    )
+    recover.add_argument("outdir", type=Path, help="the output directory")
+    recover.add_argument(
+        "--force", action="store_true", help="rebuild even if the manifest looks healthy"
+    )
+    recover.set_defaults(handler=cmd_recover)
 
     emulate = commands.add_parser(
         "emulate", help="serve the built-in API emulators until stopped, printing their base URLs"
@@ -254,6 +284,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             from pipeline.fsio import write_atomic_text
 
             write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
+    return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from pipeline.commands import recover_text
+
+    for line in recover_text(args.outdir, force=args.force):
+        print(line)
     return EXIT_OK
 
 

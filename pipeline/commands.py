@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import anyio
 from pipeline import __version__
 from pipeline.errors import ManifestError, SpecError
 from pipeline.manifest import Manifest, Pruned
+from pipeline.manifest_lock import hold_run_lock
+from pipeline.manifest_unrecorded import adopt_unrecorded
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
@@ -33,6 +36,7 @@ __all__ = [
     "parse_knobs",
     "plan_text",
     "prune_spec",
+    "recover_text",
     "run_spec",
     "status_report",
     "summary_text",
@@ -339,12 +343,17 @@ def _stored_expansion(root: Path, fingerprint: str) -> bool:
 
 
 @contextmanager
-def _open_for_spec(spec: Spec, *, adopt: bool, fingerprint: str) -> Iterator[Manifest]:
+def _open_for_spec(
+    spec: Spec, *, adopt: bool, fingerprint: str, what: str = "pipeline run"
+) -> Iterator[Manifest]:
     """The manifest of ``spec``'s output root, refused if another spec file owns it, with
     exactly the spec's jobs in its current generation and bulk reads limited to them.
 
     A fingerprint match skips listing the jobs again (a million-job resume stays fast)."""
-    with Manifest.open(spec.output.root) as manifest:
+    with (
+        hold_run_lock(spec.output.root, what=what),  # one run per output root, before any write
+        Manifest.open(spec.output.root) as manifest,
+    ):
         _check_owner(spec, manifest.meta(), adopt=adopt)
         manifest.set_meta(SPEC_NAME_KEY, spec.name)
         manifest.set_meta(SPEC_PATH_KEY, _spec_identity(spec))
@@ -387,11 +396,20 @@ async def _run(
     if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
         check_params(spec)  # before anything is written
     with _open_for_spec(spec, adopt=adopt, fingerprint=fingerprint) as manifest:
-        async with open_session(spec) as session:
-            scheduler = Scheduler(
-                spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
-            )
-            summary = await scheduler.run()
+        summary: RunSummary | None = None
+        try:
+            adopt_unrecorded(manifest)  # paid tasks a failed write left unrecorded
+            async with open_session(spec) as session:
+                scheduler = Scheduler(
+                    spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
+                )
+                summary = await scheduler.run()
+        except Exception:
+            if manifest.write_failure is None:
+                raise
+        if manifest.write_failure is not None:  # whatever else it caused on the way out
+            raise _write_stopped(manifest)
+        assert summary is not None
         summary.outside_spec = manifest.outside_spec_counts()
         return summary
 
@@ -401,7 +419,9 @@ def prune_spec(spec: Spec, *, include_paid: bool, delete_files: bool, adopt: boo
     only with ``delete_files``); jobs with a paid, still open remote task stay unless
     ``include_paid``. Nothing is sent to any provider."""
     fingerprint = expansion_fingerprint(spec)
-    with _open_for_spec(spec, adopt=adopt, fingerprint=fingerprint) as manifest:
+    with _open_for_spec(
+        spec, adopt=adopt, fingerprint=fingerprint, what="pipeline prune"
+    ) as manifest:
         pruned = manifest.prune(include_paid=include_paid)
         if delete_files:
             _delete_outputs(spec.output.root, pruned.output_paths)
@@ -421,6 +441,25 @@ def _delete_outputs(root: Path, paths: Sequence[str]) -> None:
             continue  # never delete outside the output root
         for path in (target, target.with_name(target.name + ".json")):
             path.unlink(missing_ok=True)
+
+
+def _write_stopped(manifest: Manifest) -> ManifestError:
+    """The run ended because the manifest could not be written: why, and what to do."""
+    failures = manifest.write_failures
+    at = datetime.fromtimestamp(failures.first_at or 0, UTC).isoformat()
+    lost = ""
+    if failures.lost:
+        where = failures.fallback or "no file (see the lines above)"
+        lost = (
+            f" {len(failures.lost)} paid task(s) could not be recorded: their remote ids "
+            f"are listed above and in {where}."
+        )
+    return ManifestError(
+        f"a write to {manifest.path} failed ({failures.first}; first failed write at "
+        f"{at}): submits stopped in every lane and the run ended.{lost} Free disk space "
+        "(or raise the file-size limit), then run again: recorded jobs continue from "
+        "their remote ids."
+    )
 
 
 def summary_text(spec: Spec, summary: RunSummary) -> Iterator[str]:
@@ -538,6 +577,25 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
         ],
         "not_in_spec": manifest.outside_spec_counts(),
     }
+
+
+def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
+    """Rebuild ``root``'s damaged manifest from its snapshot (``pipeline recover``)."""
+    from datetime import datetime
+
+    from pipeline.manifest_recover import recover
+
+    with hold_run_lock(root, what="pipeline recover"):
+        done = recover(root, force=force)
+    if done.moved_to is not None:
+        yield f"moved the damaged manifest to {done.moved_to} (kept, not deleted)"
+    when = datetime.fromtimestamp(done.snapshot_at).isoformat(sep=" ", timespec="seconds")
+    states = ", ".join(f"{state} {n}" for state, n in sorted(done.states.items()))
+    yield f"rebuilt {root / 'manifest.sqlite'}: {done.jobs} jobs ({states})"
+    yield (
+        f"from the snapshot of {when}: anything submitted after it is not in it, and "
+        "such a job is pending again; check the provider before the next run"
+    )
 
 
 def parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:

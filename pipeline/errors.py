@@ -3,6 +3,8 @@
     PipelineError                 base; carries the process exit code
     ├── SpecError                 the spec is wrong (exit 2): file:line, field path, what to fix
     ├── ManifestError             the manifest database cannot be opened or is not ours
+    │   ├── ManifestDamaged       it exists but cannot be read: refused, `pipeline recover`
+    │   └── RunLocked             another process is running on the same output root
     ├── ProviderError             an API said no, or could not be reached
     │   ├── TransientError        worth retrying later: 429, 5xx, connection trouble
     │   │   ├── RateLimited       429, with the server's Retry-After when it gave one
@@ -33,11 +35,13 @@ __all__ = [
     "AccountError",
     "DownloadError",
     "FinalError",
+    "ManifestDamaged",
     "ManifestError",
     "PipelineError",
     "ProviderError",
     "RateLimited",
     "RemoteTaskFailed",
+    "RunLocked",
     "SpecError",
     "SubmitRefused",
     "SubmitUnknown",
@@ -88,6 +92,15 @@ class SpecError(PipelineError):
 
 class ManifestError(PipelineError):
     """The manifest database is unusable (corrupt, locked for too long, newer schema)."""
+
+
+class ManifestDamaged(ManifestError):
+    """An existing manifest cannot be read (empty, not SQLite, corrupt pages, tables
+    missing): never started over, since that would pay for every job again."""
+
+
+class RunLocked(ManifestError):
+    """Another process holds the output root's run lock."""
 
 
 class ProviderError(PipelineError):

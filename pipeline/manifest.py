@@ -49,7 +49,7 @@ from .manifest_rows import (
     record_from_row,
     write_atomically,
 )
-from .manifest_schema import DB_NAME, connect, prepare, translated
+from .manifest_schema import DB_NAME, check_existing, connect, create_new, prepare, translated
 from .manifest_scope import GENERATION_KEY, PAID_OPEN_STATES, Pruned, prune_rows, read_generation
 from .manifest_sql import (
     INSERT_EVENT,
@@ -61,6 +61,7 @@ from .manifest_sql import (
     state_set,
     update_sql,
 )
+from .manifest_unrecorded import WriteFailures, provider_lookup
 from .models import Job, JobRecord, JobState, Output
 from .redact import scrub
 
@@ -114,10 +115,10 @@ class Manifest:
         self._clock = clock
         self._lock = threading.Lock()
         self._on_pending: Callable[[], None] | None = None  # group commit: see defer_commits
-        self._failed_commit: str | None = None
         with translated("open", self.path):
             self.generation = read_generation(conn)  # the current spec expansion
         self._scope = ""  # " AND generation = …" once limit_to_spec() was called
+        self.write_failures = WriteFailures(root)  # the first failed write stops all writes
 
     @classmethod
     def open(
@@ -141,8 +142,12 @@ class Manifest:
         if not readonly:
             try:
                 root.mkdir(parents=True, exist_ok=True)
+                if path.exists():  # refused if unreadable: never started over
+                    check_existing(path)
+                else:
+                    create_new(path)
             except OSError as exc:
-                raise ManifestError(f"cannot create output directory {root}: {exc}") from exc
+                raise ManifestError(f"cannot create the manifest in {root}: {exc}") from exc
         meta = {"spec_name": spec_name, "spec_path": None if spec_path is None else str(spec_path)}
         with translated("open", path):
             conn = connect(path, readonly=readonly)
@@ -164,12 +169,18 @@ class Manifest:
             if conn is None:
                 return
             self._on_pending = None
-            with translated("close", self.path):
-                if conn.in_transaction and self._failed_commit is None:
-                    conn.execute("COMMIT")
-                if not self.readonly:  # keep the planner's statistics fresh, cheaply
-                    conn.execute("PRAGMA analysis_limit = 400")
-                    conn.execute("PRAGMA optimize")
+            failed_before = self.write_failures.first is not None
+            try:
+                with translated("close", self.path):
+                    if conn.in_transaction:
+                        self._commit_or_lose(conn)
+                    if not self.readonly:  # keep the planner's statistics fresh, cheaply
+                        conn.execute("PRAGMA analysis_limit = 400")
+                        conn.execute("PRAGMA optimize")
+            except ManifestError:
+                if not failed_before:  # else already reported, and the run says why
+                    raise
+            finally:
                 conn.close()
 
     def __enter__(self) -> Manifest:
@@ -210,15 +221,26 @@ class Manifest:
         what the manifest holds, so nothing more may be written on top of it."""
         with self._lock, translated("commit", self.path):
             conn = self._connection()
-            if not conn.in_transaction:
-                return
-            try:
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                self._failed_commit = str(exc) or type(exc).__name__
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if conn.in_transaction:
+                self._commit_or_lose(conn)
+
+    def _commit_or_lose(self, conn: sqlite3.Connection) -> None:
+        """COMMIT; if it fails, roll back, stop all writes and report the remote ids
+        the transaction held (they are on no disk now)."""
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self.write_failures.failed(exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.write_failures.lose_uncommitted(f"commit failed: {exc}", provider_lookup(conn))
+            raise
+        self.write_failures.committed()
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why this process stopped writing (a write or commit failed), else None."""
+        return self.write_failures.first
 
     # -- writes --------------------------------------------------------------------
 
@@ -317,16 +339,25 @@ class Manifest:
         caller can keep its copy of the job current without reading it back."""
         steps = _steps(expect, via, JobState(to))
         now = self._clock()
-        with self._write("transition") as conn:
-            *first, (sources, last) = steps
-            for step_sources, step_to in first:  # `via`: guarded like any other step
-                if not self._step(conn, job_id, step_to, step_sources, now):
-                    return None
-            if not self._step(
-                conn, job_id, last, sources, now, remote_id=remote_id, client_ref=client_ref,
-                error=error, detail=detail,
-            ):  # fmt: skip
-                return None  # only the first step can miss, before anything was written
+        try:
+            with self._write("transition") as conn:
+                *first, (sources, last) = steps
+                for step_sources, step_to in first:  # `via`: guarded like any other step
+                    if not self._step(conn, job_id, step_to, step_sources, now):
+                        return None
+                if not self._step(
+                    conn, job_id, last, sources, now, remote_id=remote_id,
+                    client_ref=client_ref, error=error, detail=detail,
+                ):  # fmt: skip
+                    return None  # only the first step can miss, before anything was written
+                if remote_id is not None and self._on_pending is not None:
+                    self.write_failures.written(job_id, remote_id)  # on disk at the next commit
+        except Exception as exc:
+            if remote_id is not None:  # a paid task: it must be named somewhere
+                with self._lock:  # the provider is read on our connection
+                    reason = f"not recorded: {exc}"
+                    self.write_failures.lose(job_id, remote_id, reason, provider_lookup(self._conn))
+            raise
         return now
 
     def finish(
@@ -595,38 +626,47 @@ class Manifest:
         transaction instead, committed later by ``commit()``."""
         if self.readonly:
             raise ManifestError(f"{self.path}: {what}: manifest was opened read-only")
-        if self._failed_commit is not None:
+        if self.write_failures.first is not None:
             raise ManifestError(
-                f"{self.path}: {what}: an earlier commit failed ({self._failed_commit}); "
+                f"{self.path}: {what}: an earlier write failed ({self.write_failures.first}); "
                 "nothing more is written in this process"
             )
         on_pending = self._on_pending
         with self._lock, translated(what, self.path):
             conn = self._connection()
             if on_pending is None:
-                conn.execute("BEGIN IMMEDIATE")
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
                     yield conn
-                except BaseException:
+                except BaseException as exc:
+                    self._failed_write(conn, exc)
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
+                self._commit_or_lose(conn)
                 return
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-            conn.execute("SAVEPOINT write")
             try:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT write")
                 yield conn
             except BaseException as exc:
+                self._failed_write(conn, exc)
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO write")
                     conn.execute("RELEASE write")
                 else:  # SQLite gave up the whole transaction (disk full, I/O error)
-                    self._failed_commit = str(exc) or type(exc).__name__
+                    reason = f"transaction lost: {exc}"
+                    self.write_failures.lose_uncommitted(reason, provider_lookup(conn))
                 raise
             conn.execute("RELEASE write")
         on_pending()
+
+    def _failed_write(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """An SQLite error in a write (disk full, I/O error…) stops every later write:
+        what this process believes is no longer what the manifest holds."""
+        if isinstance(exc, sqlite3.Error):
+            self.write_failures.failed(exc)
 
     @contextmanager
     def _reader(self, what: str) -> Iterator[sqlite3.Connection]:

@@ -110,6 +110,7 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         "model": row[2],
         "params": json.loads(row[3]),
         "replicate": row[4],
+        "prompt_slug": row[5],  # for `pipeline recover`: output paths use it
         "state": row[6],
         "remote_id": row[7],
         "attempts": row[9],

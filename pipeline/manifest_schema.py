@@ -12,9 +12,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import ManifestError
+from .errors import ManifestDamaged, ManifestError
+from .fsio import replace_durably
 
-__all__ = ["BUSY_TIMEOUT", "DB_NAME", "SCHEMA_VERSION", "connect", "prepare", "translated"]
+__all__ = [
+    "BUSY_TIMEOUT",
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "check_existing",
+    "connect",
+    "create_new",
+    "damaged",
+    "prepare",
+    "translated",
+]
 
 DB_NAME = "manifest.sqlite"
 SCHEMA_VERSION = 2
@@ -98,12 +109,66 @@ def translated(what: str, path: Path) -> Iterator[None]:
             ) from exc
         raise ManifestError(f"{path}: {what}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
-        raise ManifestError(
-            f"{path}: {what}: not a usable pipeline manifest ({exc}); "
-            "move it aside or point to another output directory"
-        ) from exc
+        raise damaged(path, f"{what}: {exc}") from exc
     except sqlite3.Error as exc:
         raise ManifestError(f"{path}: {what}: {exc}") from exc
+
+
+def damaged(path: Path, detail: str) -> ManifestDamaged:
+    """The one-paragraph refusal of an existing manifest that cannot be read."""
+    root = path.parent
+    return ManifestDamaged(
+        f"{path} is not a usable pipeline manifest ({detail}). It exists, so it is "
+        "never started over (that would submit and pay for every job again), and it is "
+        f"left as it is. `pipeline recover {root}` moves it aside and rebuilds the "
+        f"manifest from {root / 'manifest.jsonl'}, the snapshot written at the end of "
+        "each run, keeping remote ids and states."
+    )
+
+
+def check_existing(path: Path) -> None:
+    """Raise ``ManifestDamaged`` unless the existing file ``path`` is a readable manifest:
+    SQLite, every table there, a schema version, ``PRAGMA quick_check`` ok. Read-only,
+    so a damaged file is never written to."""
+    if path.stat().st_size == 0:
+        raise damaged(path, "the file is empty")
+    with translated("check", path):
+        conn = connect(path, readonly=True)
+        try:
+            _check_readable(conn, path)
+        finally:
+            conn.close()
+
+
+def _check_readable(conn: sqlite3.Connection, path: Path) -> None:
+    version = _read_version(conn, path)
+    if version is None:
+        raise damaged(path, "no tables")
+    missing = _TABLES - _table_names(conn)
+    if missing:
+        raise damaged(path, f"table(s) {', '.join(sorted(missing))} missing")
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise damaged(path, "quick_check: " + "; ".join(problems))
+
+
+def create_new(path: Path) -> None:
+    """Create an empty manifest at ``path`` atomically: built under another name, then
+    renamed, so a crash mid-way never leaves an empty file that would later be refused
+    as damaged (or, worse, taken for a fresh start)."""
+    building = path.with_name(path.name + ".new")
+    for leftover in (building, *(building.with_name(building.name + s) for s in _SIDE)):
+        leftover.unlink(missing_ok=True)
+    with translated("create", path):
+        conn = connect(building, readonly=False)
+        try:
+            prepare(conn, building, readonly=False, meta={})
+        finally:
+            conn.close()  # checkpoints the WAL into the file and removes it
+    replace_durably(building, path)
+
+
+_SIDE = ("-wal", "-shm", "-journal")
 
 
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -168,13 +233,20 @@ def _create(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
-def _read_version(conn: sqlite3.Connection, path: Path) -> int | None:
-    """The schema version, or None for an empty database. Errors for a foreign one."""
-    tables = {
-        row[0]
+_TABLES = frozenset({"meta", "jobs", "outputs", "events"})
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {
+        str(row[0])
         for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         if not str(row[0]).startswith("sqlite_")
     }
+
+
+def _read_version(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The schema version, or None for an empty database. Errors for a foreign one."""
+    tables = _table_names(conn)
     if not tables:
         return None
     if "meta" not in tables:
@@ -191,7 +263,7 @@ def _read_version(conn: sqlite3.Connection, path: Path) -> int | None:
 
 def _check_version(version: int | None, path: Path, *, readonly: bool) -> None:
     if version is None:
-        raise ManifestError(f"{path}: empty database, not a pipeline manifest")
+        raise damaged(path, "an empty database")
     if version > SCHEMA_VERSION:
         raise ManifestError(
             f"{path}: manifest schema version {version} is newer than this pipeline "

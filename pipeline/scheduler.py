@@ -103,6 +103,7 @@ class Scheduler:
         self._busy_said: set[str] = set()  # lanes whose full account was reported
         for lane in session.lanes.values():
             lane.limiter.on_capped = self._note_capped_wait(lane.name)
+        self._lanes_scope: anyio.CancelScope | None = None  # while the lanes run
 
     # -- the run ----------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Scheduler:
                         group_commits(self.manifest) as self._commits,
                         anyio.create_task_group() as lanes,
                     ):
+                        self._lanes_scope = lanes.cancel_scope
                         for lane in self.session.lanes.values():
                             lanes.start_soon(self._run_lane, lane)
                 finally:
@@ -205,6 +207,7 @@ class Scheduler:
                 except Exception as exc:  # one job's trouble must not end the run
                     end = None
                     self._unexpected(lane, record, exc)
+                    self._stop_if_unwritable()
                 if end is not None:
                     self.summary.finished[end] += 1
                     self.progress.advance(lane.name, end)
@@ -217,6 +220,17 @@ class Scheduler:
         self.progress.note(lane.name, f"job {record.job.id}: {text}")
         with contextlib.suppress(Exception):
             self.manifest.log_event(record.job.id, "error", text)
+
+    def _stop_if_unwritable(self) -> None:
+        """A failed manifest write ends the run: no lane may submit (and pay) for a job
+        whose outcome could not be recorded. Shielded submits in flight still finish."""
+        failure = self.manifest.write_failure
+        if failure is None:
+            return
+        for lane in self.session.lanes.values():
+            lane.stopped = lane.stopped or f"the manifest could not be written ({failure})"
+        if self._lanes_scope is not None:
+            self._lanes_scope.cancel()
 
     # -- one job ------------------------------------------------------------------------
 

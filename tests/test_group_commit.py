@@ -3,6 +3,7 @@ the event loop; a submit's intent is still on disk before the request leaves."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from pipeline.commands import load_checked_spec, run_spec
 from pipeline.commits import group_commits
 from pipeline.errors import ManifestError
 from pipeline.manifest import Manifest
+from pipeline.manifest_unrecorded import FALLBACK_NAME
 from pipeline.models import Job, JobState
 from pipeline.providers.pixellabs import PixelLabsProvider
 
@@ -89,10 +91,41 @@ def test_a_failed_commit_rolls_back_and_stops_every_later_write(tmp_path: Path) 
     with pytest.raises(ManifestError, match="disk is full"):
         manifest.commit()
     manifest._conn = real
-    with pytest.raises(ManifestError, match="an earlier commit failed"):
+    with pytest.raises(ManifestError, match="an earlier write failed"):
         manifest.transition("job-2", S.SUBMITTING, expect=S.PENDING)
     manifest.close()
     assert state_seen_by_another_process(tmp_path, "job-1") == "pending"
+
+
+def test_remote_ids_lost_with_a_failed_commit_go_to_the_fallback_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = Manifest.open(tmp_path)
+    manifest.add_jobs([job(1), job(2)])
+    real = manifest._conn
+    assert real is not None
+    manifest.defer_commits(lambda: None)
+    for n in (1, 2):
+        manifest.transition(f"job-{n}", S.SUBMITTING, expect=S.PENDING)
+    manifest.commit()
+    manifest.transition("job-1", S.SUBMITTED, expect=S.SUBMITTING, remote_id="paid-1")
+    manifest._conn = FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(ManifestError, match="disk is full"):
+        manifest.commit()
+    manifest._conn = real
+    with pytest.raises(ManifestError, match="an earlier write failed"):  # after the failure
+        manifest.transition("job-2", S.SUBMITTED, expect=S.SUBMITTING, remote_id="paid-2")
+    manifest.close()
+
+    lines = (tmp_path / FALLBACK_NAME).read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [(e["job_id"], e["remote_id"], e["provider"]) for e in entries] == [
+        ("job-1", "paid-1", "p"),
+        ("job-2", "paid-2", "p"),
+    ]
+    err = capsys.readouterr().err
+    assert "remote id paid-1" in err and "remote id paid-2" in err
+    assert manifest.write_failure == "database or disk is full"
 
 
 @pytest.mark.anyio

@@ -543,6 +543,7 @@ def test_export_jsonl(manifest: Manifest, clock: FakeClock) -> None:
         "model": "m1",
         "params": {"prompt": "a cat 1", "seed": 1, "note": "ünïcode"},
         "replicate": 1,
+        "prompt_slug": "a-cat",
         "state": "done",
         "remote_id": "r1",
         "attempts": 1,
