@@ -5,7 +5,8 @@
     ├── ManifestError             the manifest database cannot be opened or is not ours
     ├── ProviderError             an API said no, or could not be reached
     │   ├── TransientError        worth retrying later: 429, 5xx, connection trouble
-    │   │   └── RateLimited       429, with the server's Retry-After when it gave one
+    │   │   ├── RateLimited       429, with the server's Retry-After when it gave one
+    │   │   └── ResponseTooLarge  an answer's body passed the provider's byte cap
     │   ├── FinalError            retrying the same request cannot help (400, 403 policy…)
     │   │   └── AccountError      the whole account is blocked (bad key, no balance):
     │   │                         stop submitting to that provider
@@ -13,7 +14,8 @@
     │                             dropped connection after sending): never retried blindly
     ├── RemoteTaskFailed          the remote task ran and failed; carries the provider's reason
     └── DownloadError             an output could not be fetched or did not verify
-        └── VerificationError     bytes arrived but do not match what was promised
+        ├── VerificationError     bytes arrived but do not match what was promised
+        └── DownloadTooLarge      the output passed the byte cap (final for that URL)
 
 Foreign exceptions (httpx, sqlite3, yaml) are translated where they enter, with
 ``raise … from`` so the cause stays visible in debug output.
@@ -24,12 +26,14 @@ from __future__ import annotations
 __all__ = [
     "AccountError",
     "DownloadError",
+    "DownloadTooLarge",
     "FinalError",
     "ManifestError",
     "PipelineError",
     "ProviderError",
     "RateLimited",
     "RemoteTaskFailed",
+    "ResponseTooLarge",
     "SpecError",
     "SubmitUnknown",
     "TransientError",
@@ -120,6 +124,10 @@ class RateLimited(TransientError):
     """HTTP 429 or the provider's equivalent."""
 
 
+class ResponseTooLarge(TransientError):
+    """An API answer's body passed the byte cap; reading stopped there."""
+
+
 class FinalError(ProviderError):
     """The request itself is wrong for this API; the job fails with this reason."""
 
@@ -156,3 +164,10 @@ class VerificationError(DownloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=True)
+
+
+class DownloadTooLarge(DownloadError):
+    """The output passed the download byte cap; its partial file is deleted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
