@@ -55,6 +55,7 @@ _METADATA = frozenset(
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?", re.IGNORECASE)  # IDNA: ASCII
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -155,9 +156,15 @@ async def check_hop(url: httpx.URL, policy: DownloadPolicy) -> Hop:
     if not host:
         raise _refused("the result URL has no host")
     port = _port(url)
+    if not 0 < port < 65536:
+        raise _refused(f"result URL port {port} is out of range")
     literal = _ip_or_none(host)
-    if literal is None and _NUMERIC_LABEL.fullmatch(host.rstrip(".").rpartition(".")[2]):
-        raise _refused(f"result URL host {host!r} is not a name nor a plain IP address")
+    name = url.raw_host.decode("ascii", "replace")
+    if literal is None and (
+        not _HOST_NAME.fullmatch(name)
+        or _NUMERIC_LABEL.fullmatch(name.rstrip(".").rpartition(".")[2])
+    ):
+        raise _refused(f"result URL host {host!r} is not a valid name nor a plain IP address")
     addresses = [literal] if literal is not None else await _resolve(host, port, policy)
     if (host.lower(), port) not in policy.trusted:
         for address in addresses:

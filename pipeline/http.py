@@ -525,8 +525,9 @@ async def _read_capped(response: httpx.Response, cap: int, what: str) -> httpx.R
     announced = response.headers.get("content-length", "")
     if announced.isdigit() and int(announced) > cap:
         raise too_large
-    if type(response.stream) is PlainBody or response.is_stream_consumed:
-        await response.aread()
+    framed = announced.isdigit() and "content-encoding" not in response.headers
+    if framed or type(response.stream) is PlainBody or response.is_stream_consumed:
+        await response.aread()  # at most the announced length, or read by the transport
         if len(response.content) > cap:
             raise too_large
         return response

@@ -333,7 +333,10 @@ async def test_a_name_resolving_to_a_private_address_is_refused_before_any_conne
         "http://user:pw@cdn.example/a.png",
         "http:///a.png",
         "http://[::1/a.png",
+        "http://cdn.example:99999/a.png",
+        "http://exa mple.com/a.png",
         "not a url",
+        "",
     ],
 )
 async def test_bad_urls_are_final_errors_without_any_request(dest: Path, url: str) -> None:
@@ -440,5 +443,63 @@ async def test_a_huge_response_header_is_a_download_error(
         writer.write(b"Content-Type: image/png\r\nContent-Length: 4\r\n\r\nabcd")
 
     async with raw_server(handler) as (base, _):
-        with pytest.raises(DownloadError):
+        try:  # refused (aiohttp's line limit) or accepted (h11's): never a foreign error
             await fetch(client, f"{base}/a.png", dest)
+        except DownloadError as exc:
+            assert "RemoteProtocolError" in str(exc)
+
+
+@pytest.mark.anyio
+async def test_a_small_body_shorter_than_its_length_is_a_transient_download_error(
+    client: httpx.AsyncClient, dest: Path
+) -> None:
+    async def handler(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
+        writer.write(PNG_A[:1000])
+
+    async with raw_server(handler) as (base, _):
+        with pytest.raises(DownloadError) as caught:
+            await fetch(client, f"{base}/a.png", dest)
+    assert caught.value.transient and not dest.exists()
+
+
+# --- the spec's settings ----------------------------------------------------------------
+
+
+def _load(tmp_path: Path, provider_extra: str) -> Any:
+    from pipeline.commands import load_checked_spec
+
+    from .conftest import write_spec
+
+    path = write_spec(
+        tmp_path,
+        f"""
+        name: caps
+        providers:
+          pixellabs:
+            api_key: k
+            base_url: http://127.0.0.1:9/api
+            {provider_extra}
+        prompts: [a fox]
+        """,
+    )
+    return load_checked_spec(path, env={})
+
+
+def test_caps_and_private_downloads_come_from_the_spec(tmp_path: Path) -> None:
+    extra = "limits: {max_response_bytes: 65536, max_download_bytes: 1048576}\n"
+    extra += "            allow_private_downloads: true"
+    settings = _load(tmp_path, extra).providers["pixellabs"]
+    assert (settings.max_response_bytes, settings.max_download_bytes) == (65536, 1 << 20)
+    policy = policy_for(settings)
+    assert policy.allow_private and policy.max_bytes == 1 << 20
+    assert policy.trusted == {("127.0.0.1", 9)}
+    default = policy_for(_load(tmp_path, "").providers["pixellabs"])
+    assert not default.allow_private and default.max_bytes == 2 << 30
+
+
+def test_a_cap_too_small_is_a_spec_error(tmp_path: Path) -> None:
+    from pipeline.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"providers\.pixellabs\.limits\.max_download_bytes"):
+        _load(tmp_path, "limits: {max_download_bytes: 10}")
