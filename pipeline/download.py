@@ -57,6 +57,15 @@ import httpx
 
 from pipeline.download_commit import Committer
 from pipeline.download_guard import DEFAULT_POLICY, DownloadPolicy, check_hop
+from pipeline.download_resume import (
+    int_or_none,
+    is_stale,
+    parse_content_range,
+    read_validator,
+    resume_headers,
+    validator_of,
+    validator_path,
+)
 from pipeline.errors import DownloadError, DownloadTooLarge, VerificationError
 from pipeline.fsio import fsync_dir, write_atomic_text
 from pipeline.limits import parse_retry_after
@@ -182,12 +191,12 @@ async def _fetch_to_part(
     or a 206 whose start, total or validator differ from it, means the file changed or
     our ``.part`` is no prefix of it: the ``.part`` is dropped and the file fetched whole.
     A ``.part`` without a stored validator is never resumed."""
-    validator = _read_validator(part) if offset else None
+    validator = read_validator(part) if offset else None
     if offset and validator is None:  # no way to tell which file it is a prefix of
         await anyio.to_thread.run_sync(_unlink_part, part)
         offset = 0
     response = await _send(client, ref.url, offset, validator, policy)
-    if offset and _stale(response, offset, validator):
+    if offset and is_stale(response.status_code, _fields(response.headers), offset, validator):
         await response.aclose()
         await anyio.to_thread.run_sync(_unlink_part, part)
         offset = 0
@@ -221,47 +230,6 @@ def _too_large(limit: int) -> DownloadTooLarge:
         f"the output is larger than the download cap of {limit} bytes "
         "(providers.<name>.limits.max_download_bytes)"
     )
-
-
-def _validator_of(fields: Mapping[str, str], total: int | None) -> str:
-    """What identifies this version of the file: a strong ETag, Last-Modified, length."""
-    etag = fields.get("etag")
-    return json.dumps(
-        {
-            "etag": etag if etag and not etag.startswith("W/") else None,
-            "last_modified": fields.get("last-modified"),
-            "total": total,
-        }
-    )
-
-
-def _stale(response: httpx.Response, offset: int, validator: Mapping[str, Any] | None) -> bool:
-    """Whether the answer to a resume shows our ``.part`` is not a prefix of this file."""
-    if response.status_code == 416:
-        return True
-    if response.status_code != 206 or validator is None:
-        return False
-    fields = _fields(response.headers)
-    start, total = _parse_content_range(fields.get("content-range"))
-    if start != offset or total != validator.get("total"):
-        return True
-    etag, modified = validator.get("etag"), validator.get("last_modified")
-    if etag is not None and fields.get("etag") != etag:
-        return True
-    return modified is not None and etag is None and fields.get("last-modified") != modified
-
-
-def validator_path(part: Path) -> Path:
-    """Where the validator of a ``.part``'s file version is kept while it may resume."""
-    return part.with_name(part.name + ".validator")
-
-
-def _read_validator(part: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(validator_path(part).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class _PartBody:
@@ -531,12 +499,7 @@ async def _send(
 ) -> httpx.Response:
     """GET ``url``, following redirects here so that every hop is checked and pinned
     (``download_guard``)."""
-    headers = {"Accept-Encoding": "identity"}
-    if offset and validator is not None:
-        headers["Range"] = f"bytes={offset}-"
-        if_range = validator.get("etag") or validator.get("last_modified")
-        if if_range:
-            headers["If-Range"] = str(if_range)
+    headers = {"Accept-Encoding": "identity", **resume_headers(offset, validator)}
     target = httpx.URL(url)
     for _ in range(policy.max_redirects + 1):
         hop = await check_hop(target, policy)
@@ -597,12 +560,12 @@ def _span_of(status: int, fields: Mapping[str, str], ref: OutputRef, limit: int)
     content_type = _media_type(fields.get("content-type"))
     _check_content_type(content_type, ref)
     encoded = fields.get("content-encoding", "identity").lower() != "identity"
-    length = None if encoded else _int_or_none(fields.get("content-length"))
+    length = None if encoded else int_or_none(fields.get("content-length"))
     chunked = "chunked" in fields.get("transfer-encoding", "").lower()
     framed = chunked or "content-length" in fields
     start, total = 0, length
     if status == 206:
-        start_or_none, total = _parse_content_range(fields.get("content-range"))
+        start_or_none, total = parse_content_range(fields.get("content-range"))
         if start_or_none is None:
             raise VerificationError("206 answer without a readable Content-Range")
         start = start_or_none
@@ -610,25 +573,8 @@ def _span_of(status: int, fields: Mapping[str, str], ref: OutputRef, limit: int)
             total = start + length
     if total is not None and total > limit:
         raise _too_large(limit)
-    validator = _validator_of(fields, total)
+    validator = validator_of(fields, total)
     return _Span(start, total, content_type, framed, validator, limit)
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 100-199/200`` → (100, 200); the total may be ``*`` (unknown)."""
-    if not value or not value.strip().lower().startswith("bytes "):
-        return None, None
-    spec = value.strip()[6:]
-    span, _, total = spec.partition("/")
-    first, _, _last = span.partition("-")
-    return _int_or_none(first), _int_or_none(total)
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value.strip()) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _media_type(header: str | None) -> str | None:
