@@ -56,7 +56,7 @@ import anyio.abc
 import httpx
 
 from pipeline.download_commit import Committer
-from pipeline.download_guard import DEFAULT_POLICY, DownloadPolicy, check_hop
+from pipeline.download_guard import DEFAULT_POLICY, DownloadPolicy, Hop, check_hop
 from pipeline.download_resume import (
     int_or_none,
     is_stale,
@@ -68,6 +68,7 @@ from pipeline.download_resume import (
 )
 from pipeline.errors import DownloadError, DownloadTooLarge, VerificationError
 from pipeline.fsio import fsync_dir, write_atomic_text
+from pipeline.http import request_was_unsent
 from pipeline.limits import parse_retry_after
 from pipeline.media_end import TAIL, incomplete_media, media_kind
 from pipeline.models import Output, OutputRef
@@ -503,18 +504,31 @@ async def _send(
     target = httpx.URL(url)
     for _ in range(policy.max_redirects + 1):
         hop = await check_hop(target, policy)
-        extensions = {"sni_hostname": hop.sni} if hop.sni else None
-        request = client.build_request(
-            "GET", hop.connect, headers={**headers, "Host": hop.host}, extensions=extensions
-        )
-        _strip_credentials(request.headers)
-        response = await client.send(request, stream=True, follow_redirects=False, auth=None)
+        response = await _send_pinned(client, hop, headers)
         if not response.is_redirect:
             return response
         location = response.headers["location"]
         await response.aclose()
         target = target.join(location)
     raise DownloadError(f"more than {policy.max_redirects} redirects", transient=False)
+
+
+async def _send_pinned(
+    client: httpx.AsyncClient, hop: Hop, headers: Mapping[str, str]
+) -> httpx.Response:
+    """Send to the hop's checked addresses in turn, while the connection fails."""
+    extensions = {"sni_hostname": hop.sni} if hop.sni else None
+    for index, connect in enumerate(hop.connects):
+        request = client.build_request(
+            "GET", connect, headers={**headers, "Host": hop.host}, extensions=extensions
+        )
+        _strip_credentials(request.headers)
+        try:
+            return await client.send(request, stream=True, follow_redirects=False, auth=None)
+        except httpx.TransportError as exc:
+            if index + 1 == len(hop.connects) or not request_was_unsent(exc):
+                raise
+    raise AssertionError("a hop has at least one address")  # pragma: no cover
 
 
 def _strip_credentials(headers: httpx.Headers) -> None:

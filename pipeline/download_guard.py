@@ -80,13 +80,18 @@ DEFAULT_POLICY = DownloadPolicy()
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One checked request target: ``connect`` is ``url`` with its host replaced by the
-    checked address; ``host`` goes into the Host header, ``sni`` into TLS."""
+    """One checked request target: ``connects`` is ``url`` with its host replaced by each
+    checked address in the resolver's order (tried in turn while a connection fails);
+    ``host`` goes into the Host header, ``sni`` into TLS."""
 
     url: httpx.URL
-    connect: str
+    connects: tuple[str, ...]
     host: str
     sni: str | None
+
+    @property
+    def connect(self) -> str:
+        return self.connects[0]
 
 
 def policy_for(settings: ProviderSettings, resolver: Resolver | None = None) -> DownloadPolicy:
@@ -172,11 +177,10 @@ async def check_hop(url: httpx.URL, policy: DownloadPolicy) -> Hop:
             if reason is not None:
                 raise _refused(f"result URL host {host} ({address}) refused: {reason}")
     if literal is not None:
-        return Hop(url, str(url), host, None)
-    pinned = url.copy_with(host=str(addresses[0]))
-    return Hop(
-        url, str(pinned), url.netloc.decode("ascii"), host if url.scheme == "https" else None
-    )
+        return Hop(url, (str(url),), host, None)
+    unique = dict.fromkeys(addresses)  # getaddrinfo repeats an address per protocol
+    pinned = tuple(str(url.copy_with(host=str(address))) for address in unique)
+    return Hop(url, pinned, url.netloc.decode("ascii"), host if url.scheme == "https" else None)
 
 
 async def _resolve(host: str, port: int, policy: DownloadPolicy) -> list[IPAddress]:

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.download import download, part_path
-from pipeline.download_guard import DownloadPolicy, address_refusal, policy_for
+from pipeline.download_guard import DownloadPolicy, address_refusal, check_hop, policy_for
 from pipeline.errors import DownloadError
 from pipeline.http import make_download_client
 from pipeline.models import Output, OutputRef, ProviderSettings
@@ -503,3 +503,33 @@ def test_a_cap_too_small_is_a_spec_error(tmp_path: Path) -> None:
 
     with pytest.raises(SpecError, match=r"providers\.pixellabs\.limits\.max_download_bytes"):
         _load(tmp_path, "limits: {max_download_bytes: 10}")
+
+
+@pytest.mark.anyio
+async def test_an_https_hop_connects_to_the_checked_address_with_the_name_for_tls() -> None:
+    resolver = FakeResolver({"cdn.example": ["2606:2800:220:1:248:1893:25c8:1946"]})
+    hop = await check_hop(
+        httpx.URL("https://cdn.example:8443/a.png?x=1"), DownloadPolicy(resolver=resolver)
+    )
+    assert hop.connect == "https://[2606:2800:220:1:248:1893:25c8:1946]:8443/a.png?x=1"
+    assert (hop.host, hop.sni) == ("cdn.example:8443", "cdn.example")
+
+
+@pytest.mark.anyio
+async def test_the_next_checked_address_is_tried_when_one_refuses_the_connection(
+    client: httpx.AsyncClient, dest: Path
+) -> None:
+    """A name with two checked addresses, the first with nothing listening (127.0.0.2 on
+    the same free port): the second serves the file."""
+    app = web.Application()
+    app.router.add_get("/a.png", _png_response)
+    async with serve_app(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        resolver = FakeResolver({"files.test": ["127.0.0.2", "127.0.0.1"]})
+        policy = DownloadPolicy(allow_private=True, resolver=resolver)
+        await fetch(client, f"http://files.test:{port}/a.png", dest, policy)
+    assert dest.read_bytes() == PNG_A
+
+
+async def _png_response(request: web.Request) -> web.Response:
+    return web.Response(body=PNG_A, content_type="image/png")
