@@ -664,7 +664,7 @@ def _mp4_problem(body: _PartBody) -> str | None:
         def read_at(offset: int, count: int) -> bytes:
             return os.pread(file.fileno(), count, offset)
 
-        return incomplete_media("mp4", b"", read_at, body.size)
+        return incomplete_media("mp4", b"", read_at, body.size, open_ended=body.framed)
 
 
 def _verify(ref: OutputRef, total: int | None, size: int, digest: str) -> tuple[str | None, bool]:

@@ -30,19 +30,22 @@ def media_kind(head: bytes) -> str | None:
 
 
 def incomplete_media(
-    kind: str | None, tail: bytes, read_at: ReadAt | None, size: int
+    kind: str | None, tail: bytes, read_at: ReadAt | None, size: int, *, open_ended: bool = True
 ) -> str | None:
     """Why a file of ``kind`` and ``size`` bytes is cut short, or None when it is whole
     (or of a kind not judged). ``tail`` is its last bytes (PNG); ``read_at(offset,
-    count)`` reads it (MP4)."""
+    count)`` reads it (MP4). ``open_ended``: an MP4 whose last box runs to the end of
+    the file (size 0) counts as whole; that proves nothing when the length is unknown."""
     if kind == "png":
         return None if tail.endswith(_IEND) else "the PNG does not end with its IEND chunk"
     if kind == "mp4" and read_at is not None:
-        return _mp4_problem(read_at, size)
+        return _mp4_problem(read_at, size, open_ended=open_ended)
     return None
 
 
-def _mp4_problem(read_at: ReadAt, size: int) -> str | None:  # noqa: PLR0911 (one per flaw)
+def _mp4_problem(  # noqa: PLR0911 (one answer per flaw)
+    read_at: ReadAt, size: int, *, open_ended: bool
+) -> str | None:
     offset = 0
     for _ in range(_MAX_BOXES):
         if offset == size:
@@ -58,7 +61,7 @@ def _mp4_problem(read_at: ReadAt, size: int) -> str | None:  # noqa: PLR0911 (on
                 return f"the MP4 ends inside a box header at byte {offset}"
             length = struct.unpack(">Q", header[8:16])[0]
         elif length == 0:  # the last box runs to the end of the file
-            return None
+            return None if open_ended else "the MP4's last box has no length to check"
         if length < 8:
             return f"the MP4 has a malformed box at byte {offset}"
         offset += length

@@ -533,3 +533,41 @@ async def test_the_next_checked_address_is_tried_when_one_refuses_the_connection
 
 async def _png_response(request: web.Request) -> web.Response:
     return web.Response(body=PNG_A, content_type="image/png")
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+MP4 = (
+    _box(b"ftyp", b"isom\x00\x00\x02\x00isom")
+    + _box(b"moov", b"m" * 500)
+    + _box(b"mdat", os.urandom(300_000))
+)
+
+
+def _unframed_video(body: bytes) -> RawHandler:
+    async def handler(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nConnection: close\r\n\r\n")
+        writer.write(body)
+
+    return handler
+
+
+@pytest.mark.anyio
+async def test_an_mp4_is_trusted_without_length_only_when_its_boxes_add_up(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    open_ended = tmp_path / "open.mp4"
+    async with raw_server(_unframed_video(MP4)) as (base, _):
+        assert (await fetch(client, f"{base}/v.mp4", whole)).size == len(MP4)
+    async with raw_server(_unframed_video(MP4[:-1000])) as (base, _):
+        with pytest.raises(DownloadError, match="MP4") as caught:
+            await fetch(client, f"{base}/v.mp4", cut)
+    assert caught.value.transient and not cut.exists()
+    last_box_open = MP4[:-300_008] + struct.pack(">I", 0) + b"mdat" + os.urandom(1000)
+    async with raw_server(_unframed_video(last_box_open)) as (base, _):
+        with pytest.raises(DownloadError, match="no length"):
+            await fetch(client, f"{base}/v.mp4", open_ended)
+    assert whole.read_bytes() == MP4
