@@ -56,9 +56,21 @@ import anyio.abc
 import httpx
 
 from pipeline.download_commit import Committer
-from pipeline.errors import DownloadError, VerificationError
+from pipeline.download_guard import DEFAULT_POLICY, DownloadPolicy, Hop, check_hop
+from pipeline.download_resume import (
+    int_or_none,
+    is_stale,
+    parse_content_range,
+    read_validator,
+    resume_headers,
+    validator_of,
+    validator_path,
+)
+from pipeline.errors import DownloadError, DownloadTooLarge, VerificationError
 from pipeline.fsio import fsync_dir, write_atomic_text
+from pipeline.http import request_was_unsent
 from pipeline.limits import parse_retry_after
+from pipeline.media_end import TAIL, incomplete_media, media_kind
 from pipeline.models import Output, OutputRef
 
 __all__ = [
@@ -68,6 +80,7 @@ __all__ = [
     "part_path",
     "sidecar_path",
     "sidecar_text",
+    "validator_path",
     "write_sidecar",
 ]
 
@@ -99,6 +112,9 @@ class _Span:
     start: int  # byte offset the body starts at (0, or the resumed .part length)
     total: int | None  # the whole file's length, when the server said it
     content_type: str | None
+    framed: bool = True  # a Content-Length or chunked body: its end is proven by the transport
+    validator: str = "{}"  # what identifies this version of the file (``_validator_of``)
+    limit: int = DEFAULT_POLICY.max_bytes
 
 
 def part_path(dest: Path) -> Path:
@@ -117,6 +133,7 @@ async def download(
     chunk_size: int = _HOLD,
     sidecar: Callable[[Output], Mapping[str, Any]] | None = None,
     committer: Committer | None = None,
+    policy: DownloadPolicy = DEFAULT_POLICY,
 ) -> Output:
     """Download ``ref`` to ``dest``, verified, fsynced and renamed into place.
 
@@ -127,6 +144,9 @@ async def download(
     fits is written in one go by the final hop, and bytes held when a transfer breaks
     are not kept for resuming.
 
+    ``policy`` decides which hosts may be fetched (each redirect hop is checked and the
+    connection pinned to the checked address) and how many bytes the output may have.
+
     ``sidecar``, given the verified ``Output``, returns the provenance to write beside
     it (``<dest>.json``, as ``write_sidecar`` does); it is written in the same worker hop
     as the output, and one directory fsync makes both renames durable. With a
@@ -134,8 +154,10 @@ async def download(
     """
     part = part_path(dest)
     offset = _part_length(part)
+    if ref.size is not None and ref.size > policy.max_bytes:
+        raise _too_large(policy.max_bytes)
     try:
-        body = await _fetch_to_part(client, ref, part, offset, chunk_size)
+        body = await _fetch_to_part(client, ref, part, offset, chunk_size, policy=policy)
     except httpx.InvalidURL as exc:
         raise DownloadError(f"invalid result URL: {exc}", transient=False) from exc
     except (httpx.TooManyRedirects, httpx.UnsupportedProtocol) as exc:
@@ -156,23 +178,38 @@ async def download(
 
 
 async def _fetch_to_part(
-    client: httpx.AsyncClient, ref: OutputRef, part: Path, offset: int, hold: int
+    client: httpx.AsyncClient,
+    ref: OutputRef,
+    part: Path,
+    offset: int,
+    hold: int,
+    *,
+    policy: DownloadPolicy,
 ) -> _PartBody:
-    """Fetch the body into ``part`` (resuming it if possible) and verify it."""
-    response = await _send(client, ref.url, offset)
-    if response.status_code == 416 and offset:  # our .part is no prefix of this file
-        await response.aclose()
-        await anyio.to_thread.run_sync(_unlink, part)
+    """Fetch the body into ``part`` (resuming it if possible) and verify it.
+
+    A resume sends ``If-Range`` with the validator stored beside the ``.part``; a 416,
+    or a 206 whose start, total or validator differ from it, means the file changed or
+    our ``.part`` is no prefix of it: the ``.part`` is dropped and the file fetched whole.
+    A ``.part`` without a stored validator is never resumed."""
+    validator = read_validator(part) if offset else None
+    if offset and validator is None:  # no way to tell which file it is a prefix of
+        await anyio.to_thread.run_sync(_unlink_part, part)
         offset = 0
-        response = await _send(client, ref.url, offset)
+    response = await _send(client, ref.url, offset, validator, policy)
+    if offset and is_stale(response.status_code, _fields(response.headers), offset, validator):
+        await response.aclose()
+        await anyio.to_thread.run_sync(_unlink_part, part)
+        offset = 0
+        response = await _send(client, ref.url, offset, None, policy)
     body: _PartBody | None = None
     try:
         try:
             fields = _fields(response.headers)
             _raise_for_status(response, fields)
-            span = _span_of(response.status_code, fields, ref)
+            span = _span_of(response.status_code, fields, ref, policy.max_bytes)
             if span.start not in (offset, 0):
-                await anyio.to_thread.run_sync(_unlink, part)
+                await anyio.to_thread.run_sync(_unlink_part, part)
                 raise VerificationError(f"server resumed at byte {span.start}, not {offset}")
             generic = span.content_type in (None, *_GENERIC_TYPES)  # check the head
             body = await _PartBody.open(part, span, offset, hold, generic)
@@ -180,11 +217,20 @@ async def _fetch_to_part(
         finally:
             await response.aclose()
         await _verify_or_discard(body, ref)
-    except BaseException:
+    except BaseException as exc:
         if body is not None:
             body.close()
+        if isinstance(exc, DownloadTooLarge):  # final for this URL: nothing to resume
+            await anyio.to_thread.run_sync(_unlink_part, part)
         raise
     return body
+
+
+def _too_large(limit: int) -> DownloadTooLarge:
+    return DownloadTooLarge(
+        f"the output is larger than the download cap of {limit} bytes "
+        "(providers.<name>.limits.max_download_bytes)"
+    )
 
 
 class _PartBody:
@@ -217,6 +263,11 @@ class _PartBody:
         self._in_file = span.start  # bytes the worker wrote (``_write``)
         self._written_back = span.start  # bytes the kernel was asked to write back
         self._write_error: Exception | None = None
+        self.framed = span.framed
+        self._validator = span.validator
+        self._limit = span.limit
+        self.head = b""  # the file's first bytes (its media type, ``media_end``)
+        self._file_tail = b""  # the last bytes in the file (``_write``, ``_open_at``)
 
     @classmethod
     async def open(
@@ -230,26 +281,52 @@ class _PartBody:
         """
         if span.start == 0 and offset == 0:
             return cls(part, span, hashlib.sha256(), None, hold, check_head=generic)
-        hasher, file = await anyio.to_thread.run_sync(_open_at, part, span.start)
-        return cls(part, span, hasher, file, hold, check_head=generic)
+        hasher, file, head, tail = await anyio.to_thread.run_sync(
+            _open_at, part, span.start, span.validator
+        )
+        body = cls(part, span, hasher, file, hold, check_head=generic)
+        body.head, body._file_tail = head, tail
+        return body
 
     async def receive(self, pieces: AsyncIterator[bytes]) -> None:
         """Take the whole body: held while it fits in ``hold``, hashed in the loop at the
         end; past ``hold``, handed to a worker thread in batches (``_pump``)."""
         held = self._held
+        room = self._limit - self.size
         async for piece in pieces:
             held.append(piece)
             self._held_bytes += len(piece)
+            if self._held_bytes > room:
+                raise _too_large(self._limit)
             if self._held_bytes >= self._hold:
                 break
         else:
             self.size += self._held_bytes
+            self._note_head()
             await self._refuse_error_page()
             for piece in held:
                 self.hasher.update(piece)
             return
+        self._note_head()
         await self._refuse_error_page()
         await self._pump(pieces)
+
+    def _note_head(self) -> None:
+        if self.start == 0:
+            self.head = _head(self._held)
+
+    def tail(self) -> bytes:
+        """The body's last ``TAIL`` bytes (held ones, after those in the file)."""
+        return _last_bytes(self._held, TAIL, self._file_tail)
+
+    def read_all_into_file(self) -> None:
+        """In a worker: put what is held into the ``.part`` (opening it if need be), so
+        that it can be read back whole (``media_end`` walks an MP4's boxes)."""
+        if self._file is None:
+            self._file = _open_part(self.part, 0, self._validator)
+        self._file.writelines(self._held)
+        self._held.clear()
+        self._file.flush()
 
     async def _pump(self, pieces: AsyncIterator[bytes]) -> None:
         """The rest of a body that outgrew ``hold``: the loop only receives, and a
@@ -272,14 +349,19 @@ class _PartBody:
                 async with send:
                     batch, self._held = self._held, []
                     size, self._held_bytes = self._held_bytes, 0
+                    room = self._limit - self.size
                     try:
                         async for piece in pieces:
+                            batch.append(piece)
+                            size += len(piece)
+                            if size > room:  # past the cap: nothing more is written
+                                failure, batch, size = _too_large(self._limit), [], 0
+                                break
                             if size >= _BATCH:
+                                room -= size
                                 self.size += size
                                 await send.send(batch)
                                 batch, size = [], 0
-                            batch.append(piece)
-                            size += len(piece)
                     except anyio.BrokenResourceError:
                         raise
                     except Exception as exc:  # raised as itself, not in an exception group
@@ -314,7 +396,8 @@ class _PartBody:
         """
         file = self._file
         if file is None:
-            file = self._file = _open_part(self.part, 0)
+            file = self._file = _open_part(self.part, 0, self._validator)
+        self._file_tail = _last_bytes(batch, TAIL, self._file_tail)
         update = self.hasher.update
         for piece in batch:
             update(piece)
@@ -333,7 +416,7 @@ class _PartBody:
         except VerificationError:
             if self._file is not None:  # a stale .part, truncated: not a prefix either
                 self.close()
-                await anyio.to_thread.run_sync(_unlink, self.part)
+                await anyio.to_thread.run_sync(_unlink_part, self.part)
             raise
 
     def keep_prefix(self) -> None:
@@ -368,6 +451,7 @@ class _PartBody:
                 os.fsync(file.fileno())
             finally:
                 file.close()
+            validator_path(self.part).unlink(missing_ok=True)
         if provenance is None:
             os.replace(self.part, dest)
         else:
@@ -397,13 +481,54 @@ def _head(pieces: list[bytes]) -> bytes:
     return head
 
 
-async def _send(client: httpx.AsyncClient, url: str, offset: int) -> httpx.Response:
-    headers = {"Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = client.build_request("GET", url, headers=headers)
-    _strip_credentials(request.headers)
-    return await client.send(request, stream=True, follow_redirects=True, auth=None)
+def _last_bytes(pieces: list[bytes], count: int, before: bytes = b"") -> bytes:
+    """The last ``count`` bytes of ``before`` followed by ``pieces``, copying little."""
+    tail = b""
+    for piece in reversed(pieces):
+        tail = piece[-(count - len(tail)) :] + tail
+        if len(tail) >= count:
+            return tail
+    return (before + tail)[-count:]
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    url: str,
+    offset: int,
+    validator: Mapping[str, Any] | None,
+    policy: DownloadPolicy,
+) -> httpx.Response:
+    """GET ``url``, following redirects here so that every hop is checked and pinned
+    (``download_guard``)."""
+    headers = {"Accept-Encoding": "identity", **resume_headers(offset, validator)}
+    target = httpx.URL(url)
+    for _ in range(policy.max_redirects + 1):
+        hop = await check_hop(target, policy)
+        response = await _send_pinned(client, hop, headers)
+        if not response.is_redirect:
+            return response
+        location = response.headers["location"]
+        await response.aclose()
+        target = target.join(location)
+    raise DownloadError(f"more than {policy.max_redirects} redirects", transient=False)
+
+
+async def _send_pinned(
+    client: httpx.AsyncClient, hop: Hop, headers: Mapping[str, str]
+) -> httpx.Response:
+    """Send to the hop's checked addresses in turn, while the connection fails."""
+    extensions = {"sni_hostname": hop.sni} if hop.sni else None
+    for index, connect in enumerate(hop.connects):
+        request = client.build_request(
+            "GET", connect, headers={**headers, "Host": hop.host}, extensions=extensions
+        )
+        _strip_credentials(request.headers)
+        try:
+            return await client.send(request, stream=True, follow_redirects=False, auth=None)
+        except httpx.TransportError as exc:
+            if index + 1 == len(hop.connects) or not request_was_unsent(exc):
+                raise
+    raise AssertionError("a hop has at least one address")  # pragma: no cover
 
 
 def _strip_credentials(headers: httpx.Headers) -> None:
@@ -445,36 +570,25 @@ def _raise_for_status(response: httpx.Response, fields: Mapping[str, str]) -> No
     raise DownloadError(f"{what}: unexpected answer from download host", transient=False)
 
 
-def _span_of(status: int, fields: Mapping[str, str], ref: OutputRef) -> _Span:
+def _span_of(status: int, fields: Mapping[str, str], ref: OutputRef, limit: int) -> _Span:
     content_type = _media_type(fields.get("content-type"))
     _check_content_type(content_type, ref)
     encoded = fields.get("content-encoding", "identity").lower() != "identity"
-    length = None if encoded else _int_or_none(fields.get("content-length"))
-    if status == 200:
-        return _Span(0, length, content_type)
-    start, total = _parse_content_range(fields.get("content-range"))
-    if start is None:
-        raise VerificationError("206 answer without a readable Content-Range")
-    if total is None and length is not None:
-        total = start + length
-    return _Span(start, total, content_type)
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 100-199/200`` → (100, 200); the total may be ``*`` (unknown)."""
-    if not value or not value.strip().lower().startswith("bytes "):
-        return None, None
-    spec = value.strip()[6:]
-    span, _, total = spec.partition("/")
-    first, _, _last = span.partition("-")
-    return _int_or_none(first), _int_or_none(total)
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value.strip()) if value is not None else None
-    except ValueError:
-        return None
+    length = None if encoded else int_or_none(fields.get("content-length"))
+    chunked = "chunked" in fields.get("transfer-encoding", "").lower()
+    framed = chunked or "content-length" in fields
+    start, total = 0, length
+    if status == 206:
+        start_or_none, total = parse_content_range(fields.get("content-range"))
+        if start_or_none is None:
+            raise VerificationError("206 answer without a readable Content-Range")
+        start = start_or_none
+        if total is None and length is not None:
+            total = start + length
+    if total is not None and total > limit:
+        raise _too_large(limit)
+    validator = validator_of(fields, total)
+    return _Span(start, total, content_type, framed, validator, limit)
 
 
 def _media_type(header: str | None) -> str | None:
@@ -509,13 +623,48 @@ async def _verify_or_discard(body: _PartBody, ref: OutputRef) -> None:
     digest = body.hasher.hexdigest()
     problem, resumable = _verify(ref, body.total, body.size, digest)
     if problem is None:
+        problem = await _incomplete(body, ref)
+        resumable = not body.framed  # a valid prefix; framed and cut: the length lied
+    if problem is None:
         return
     if resumable:
         body.keep_prefix()
     else:
         body.close()
-        await anyio.to_thread.run_sync(_unlink, body.part)
+        await anyio.to_thread.run_sync(_unlink_part, body.part)
     raise VerificationError(problem)
+
+
+async def _incomplete(body: _PartBody, ref: OutputRef) -> str | None:
+    """Why the body may be cut short though its length checked out, or None.
+
+    A PNG must end with IEND and an MP4's boxes must add up to its length (a lying
+    Content-Length is caught so). A body with no length that ended when the connection
+    closed (neither Content-Length nor chunked) proves nothing: it is trusted only when
+    the provider gave its size or checksum (checked in ``_verify``) or its media type's
+    own end was seen."""
+    kind = media_kind(body.head)
+    if kind == "mp4":
+        problem = await anyio.to_thread.run_sync(_mp4_problem, body)
+    else:
+        problem = incomplete_media(kind, body.tail(), None, body.size)
+    if problem is not None:
+        return f"the body is incomplete: {problem}"
+    if body.framed or kind is not None:
+        return None
+    if ref.size is not None or ref.sha256:
+        return None
+    return "the body had no length and ended with a closed connection: not provably complete"
+
+
+def _mp4_problem(body: _PartBody) -> str | None:
+    body.read_all_into_file()
+    with body.part.open("rb") as file:
+
+        def read_at(offset: int, count: int) -> bytes:
+            return os.pread(file.fileno(), count, offset)
+
+        return incomplete_media("mp4", b"", read_at, body.size, open_ended=body.framed)
 
 
 def _verify(ref: OutputRef, total: int | None, size: int, digest: str) -> tuple[str | None, bool]:
@@ -547,8 +696,9 @@ def _part_length(part: Path) -> int:
         return 0
 
 
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def _unlink_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    validator_path(part).unlink(missing_ok=True)
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
@@ -579,35 +729,47 @@ def _write_durably(path: Path, pieces: list[bytes], *, make_dirs: bool = False) 
         os.close(fd)
 
 
-def _open_part(part: Path, start: int) -> IO[bytes]:
-    """Open for writing at ``start``: append to a resumed prefix, else start afresh."""
+def _open_part(part: Path, start: int, validator: str) -> IO[bytes]:
+    """Open for writing at ``start``: append to a resumed prefix, else start afresh
+    (its validator first, so that a ``.part`` is only ever resumed against it)."""
     if start == 0:
-        return open(_create(part, make_dirs=True), "wb")
+        fresh = open(_create(part, make_dirs=True), "wb")  # noqa: SIM115 (returned open)
+        try:
+            validator_path(part).write_text(validator, encoding="utf-8")
+        except BaseException:
+            fresh.close()
+            raise
+        return fresh
     file = part.open("r+b")
     file.truncate(start)
     file.seek(start)
     return file
 
 
-def _open_at(part: Path, start: int) -> tuple[_Hasher, IO[bytes]]:
-    """One hop for a ``.part`` that exists: hash the kept prefix, open after it."""
-    hasher = _hash_prefix(part, start)
-    return hasher, _open_part(part, start)
+def _open_at(part: Path, start: int, validator: str) -> tuple[_Hasher, IO[bytes], bytes, bytes]:
+    """One hop for a ``.part`` that exists: hash the kept prefix (noting its first and
+    last bytes), open after it."""
+    hasher, head, tail = _hash_prefix(part, start)
+    return hasher, _open_part(part, start, validator), head, tail
 
 
-def _hash_prefix(part: Path, length: int) -> _Hasher:
-    """A sha256 fed with the first ``length`` bytes of ``part`` (the resumed prefix)."""
+def _hash_prefix(part: Path, length: int) -> tuple[_Hasher, bytes, bytes]:
+    """A sha256 fed with the first ``length`` bytes of ``part`` (the resumed prefix),
+    with the prefix's first ``_HEAD`` and last ``TAIL`` bytes."""
     hasher: _Hasher = hashlib.sha256()
+    head = tail = b""
     if length == 0:
-        return hasher
+        return hasher, head, tail
     with part.open("rb") as file:
         remaining = length
         while remaining and (block := file.read(min(_HASH_BLOCK, remaining))):
             hasher.update(block)
+            head = head or block[:_HEAD]
+            tail = (tail + block[-TAIL:])[-TAIL:]
             remaining -= len(block)
     if remaining:
         raise VerificationError(f"{part} shrank while resuming")
-    return hasher
+    return hasher, head, tail
 
 
 def write_sidecar(path: Path, data: Mapping[str, Any]) -> Path:

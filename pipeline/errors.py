@@ -9,7 +9,8 @@
     │   ├── TransientError        worth retrying later: 429, 5xx, connection trouble
     │   │   ├── RateLimited       429, with the server's Retry-After when it gave one
     │   │   │   └── AccountBusy   every task slot of the account is taken: wait for one
-    │   │   └── SubmitRefused     a submit that provably created nothing (never sent)
+    │   │   ├── SubmitRefused     a submit that provably created nothing (never sent)
+    │   │   └── ResponseTooLarge  an answer's body passed the provider's byte cap
     │   ├── FinalError            retrying the same request cannot help (400, 403 policy…)
     │   │   └── AccountError      the whole account is blocked (bad key, no balance):
     │   │                         stop submitting to that provider
@@ -18,7 +19,8 @@
     │                             error not known to be a refusal): never retried blindly
     ├── RemoteTaskFailed          the remote task ran and failed; carries the provider's reason
     └── DownloadError             an output could not be fetched or did not verify
-        └── VerificationError     bytes arrived but do not match what was promised
+        ├── VerificationError     bytes arrived but do not match what was promised
+        └── DownloadTooLarge      the output passed the byte cap (final for that URL)
 
 Foreign exceptions (httpx, sqlite3, yaml) are translated where they enter, with
 ``raise … from`` so the cause stays visible in debug output. Messages that can quote a
@@ -34,6 +36,7 @@ __all__ = [
     "AccountBusy",
     "AccountError",
     "DownloadError",
+    "DownloadTooLarge",
     "FinalError",
     "ManifestDamaged",
     "ManifestError",
@@ -41,6 +44,7 @@ __all__ = [
     "ProviderError",
     "RateLimited",
     "RemoteTaskFailed",
+    "ResponseTooLarge",
     "RunLocked",
     "SpecError",
     "SubmitRefused",
@@ -151,6 +155,10 @@ class SubmitRefused(TransientError):
     the API documents as "not processed"): safe to send again later."""
 
 
+class ResponseTooLarge(TransientError):
+    """An API answer's body passed the byte cap; reading stopped there."""
+
+
 class FinalError(ProviderError):
     """The request itself is wrong for this API; the job fails with this reason."""
 
@@ -187,3 +195,10 @@ class VerificationError(DownloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=True)
+
+
+class DownloadTooLarge(DownloadError):
+    """The output passed the download byte cap; its partial file is deleted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)

@@ -52,8 +52,9 @@ import httpx
 # used: ``URL._uri_reference`` (a NamedTuple of the parsed parts; ``LeanClient._parse``).
 from httpx._client import BoundAsyncStream, ClientState
 
-from pipeline.errors import SubmitRefused, SubmitUnknown, TransientError
+from pipeline.errors import ResponseTooLarge, SubmitRefused, SubmitUnknown, TransientError
 from pipeline.http_transport import READ_AT_ONCE, AiohttpTransport, PlainBody
+from pipeline.models import DEFAULT_MAX_RESPONSE_BYTES
 
 __all__ = [
     "READ_AT_ONCE",
@@ -140,7 +141,11 @@ class LeanClient(httpx.AsyncClient):
     refuses them). No API we call relies on cookies, the cookie jar costs ≈ 20 µs per
     response, and a download client must carry nothing a host gave it (contract 5).
     Cookies set on the client explicitly are still sent (via httpx's path).
+
+    ``max_response_bytes`` bounds what ``send`` reads of an answer's (decoded) body.
     """
+
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("cookies", CookieJar(DefaultCookiePolicy(allowed_domains=[])))
@@ -421,14 +426,16 @@ def make_api_client(
     max_connections: int,
     on_request: RequestHook | None = None,
     on_response: ResponseHook | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> LeanClient:
-    """A client for one provider's API: its base URL, its credentials, its limiter."""
+    """A client for one provider's API: its base URL, its credentials, its limiter, and
+    the most bytes ``send`` reads of one answer."""
     hooks: dict[str, list[Callable[..., Any]]] = {"request": [], "response": []}
     if on_request is not None:
         hooks["request"].append(on_request)
     if on_response is not None:
         hooks["response"].append(on_response)
-    return LeanClient(
+    client = LeanClient(
         base_url=base_url,
         headers={"User-Agent": USER_AGENT, **headers},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
@@ -436,6 +443,8 @@ def make_api_client(
         event_hooks=hooks,
         follow_redirects=False,
     )
+    client.max_response_bytes = max_response_bytes
+    return client
 
 
 def make_download_client(*, timeout: float, max_connections: int) -> LeanClient:
@@ -477,10 +486,18 @@ async def send(
 
     With ``submit=True`` a failure after the request may have left raises
     ``SubmitUnknown`` (contract 2), one that provably never left ``SubmitRefused``;
-    otherwise transport trouble is a ``TransientError``.
+    otherwise transport trouble is a ``TransientError``. A body past the client's
+    ``max_response_bytes`` is abandoned as it streams: ``ResponseTooLarge``
+    (transient), or ``SubmitUnknown`` for a submit.
     """
+    cap = getattr(client, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES)
     try:
-        response = await client.request(method, url, **kwargs)
+        request = client.build_request(method, url, **kwargs)
+        response = await client.send(request, stream=True)
+        try:
+            return await _read_capped(response, cap, f"{method} {url}")
+        finally:
+            await response.aclose()
     except httpx.RequestError as exc:
         what = f"{method} {url}: {type(exc).__name__}: {exc}".rstrip(": ")
         if not submit:
@@ -488,4 +505,49 @@ async def send(
         if request_was_unsent(exc):
             raise SubmitRefused(f"submit not sent ({what})") from exc
         raise SubmitUnknown(f"no answer to submit ({what})") from exc
-    return response
+    except ResponseTooLarge as exc:
+        if submit:
+            raise SubmitUnknown(f"unreadable answer to submit: {exc}") from exc
+        raise
+
+
+_REBUILT_DROPS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+
+
+async def _read_capped(response: httpx.Response, cap: int, what: str) -> httpx.Response:
+    """``response`` with its body read, never holding more than ``cap`` decoded bytes.
+
+    A body the transport already read (small, announced) is taken as it is; any other
+    is read piece by piece and handed back in a new response with the decoded body
+    (its framing and encoding headers dropped)."""
+    too_large = ResponseTooLarge(
+        f"answer to {what} is larger than the cap of {cap} bytes "
+        "(providers.<name>.limits.max_response_bytes)",
+        status=response.status_code,
+    )
+    announced = response.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > cap:
+        raise too_large
+    framed = announced.isdigit() and "content-encoding" not in response.headers
+    if framed or type(response.stream) is PlainBody or response.is_stream_consumed:
+        await response.aread()  # at most the announced length, or read by the transport
+        if len(response.content) > cap:
+            raise too_large
+        return response
+    pieces: list[bytes] = []
+    size = 0
+    async for piece in response.aiter_bytes():
+        size += len(piece)
+        if size > cap:
+            raise too_large
+        pieces.append(piece)
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _REBUILT_DROPS]
+    rebuilt = httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=b"".join(pieces),
+        request=response.request,
+        extensions=response.extensions,
+    )
+    rebuilt.history = response.history
+    return rebuilt

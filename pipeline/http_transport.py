@@ -4,8 +4,8 @@ through by default (see that module for the measurements that chose it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 import httpx
@@ -49,7 +49,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         from httpx_aiohttp.transport import map_aiohttp_exceptions
 
         self._yarl_url = yarl.URL
-        self._map_errors = map_aiohttp_exceptions
+        self._map_errors = _mapping_all(map_aiohttp_exceptions)
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
@@ -125,6 +125,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _mapping_all(upstream: _ErrorMap) -> _ErrorMap:
+    """httpx-aiohttp's error map, plus what it lets through: any other aiohttp error (a
+    response header past aiohttp's line limit, a malformed status line…) becomes an
+    ``httpx.RemoteProtocolError``, so callers see only httpx's errors."""
+    import aiohttp
+
+    @contextmanager
+    def mapping() -> Iterator[None]:
+        try:
+            with upstream():
+                yield
+        except aiohttp.ClientError as exc:
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
+
+    return mapping
 
 
 def _header_strings(headers: httpx.Headers) -> list[tuple[str, str]]:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 __all__ = [
     "ACTIVE_STATES",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Job",
@@ -105,6 +107,12 @@ class Rate:
         return self.count / self.per_seconds
 
 
+DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
+"""Bytes an API answer may have (``providers.X.limits.max_response_bytes``)."""
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 << 30
+"""Bytes one output may have (``providers.X.limits.max_download_bytes``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """One entry of ``providers:`` in the spec, validated and with ``${VAR}`` resolved.
@@ -122,6 +130,9 @@ class ProviderSettings:
     params: Mapping[str, Any] = field(default_factory=dict)  # default job parameters
     options: Mapping[str, Any] = field(default_factory=dict)  # adapter options (completion…)
     emulate: Mapping[str, Any] | None = None  # None: real API; a dict: built-in emulator knobs
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # an API answer's body, at most
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # one output file, at most
+    allow_private_downloads: bool = False  # result URLs on loopback/private addresses
 
 
 @dataclass(frozen=True, slots=True)

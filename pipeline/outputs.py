@@ -19,6 +19,7 @@ import httpx
 
 from pipeline import __version__
 from pipeline.download import Committer, download
+from pipeline.download_guard import policy_for
 from pipeline.errors import DownloadError
 from pipeline.identity import render_output_path, resolve_inside
 from pipeline.limits import Backoff, retrying
@@ -93,7 +94,7 @@ async def _fetch_one(
         async def once() -> Output:
             return await download(
                 client, current, dest, job_id=job.id, index=index, rel_path=rel.as_posix(),
-                sidecar=sidecar, committer=committer,
+                sidecar=sidecar, committer=committer, policy=policy_for(adapter.settings),
             )  # fmt: skip
 
         return await retrying(

@@ -177,6 +177,7 @@ async def _open_lane(
         max_connections=max(entry.concurrency, 4),
         on_request=on_request,
         on_response=on_response,
+        max_response_bytes=entry.max_response_bytes,
     )
     await stack.enter_async_context(client)
     adapter = adapter_type(entry, client)

@@ -116,6 +116,9 @@ def _provider(
         params=dict(item.params),
         options=dict(item.options),
         emulate=dict(item.emulate) if item.emulate is not None else None,
+        max_response_bytes=item.limits.max_response_bytes,
+        max_download_bytes=item.limits.max_download_bytes,
+        allow_private_downloads=item.allow_private_downloads,
     )
 
 

@@ -21,12 +21,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pipeline.models import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_RESPONSE_BYTES
 from pipeline.spec_units import DURATION_PATTERN, RATE_PATTERN, parse_duration, parse_rate
 
 __all__ = [
     "DEFAULT_OUTPUT_PATH",
     "UNION_TAGS",
     "FileItem",
+    "LimitsModel",
     "MatrixModel",
     "OutputModel",
     "ProviderModel",
@@ -135,6 +137,21 @@ class OutputModel(_Section):
     )
 
 
+class LimitsModel(_Section):
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1024,
+        description="Most bytes an API answer may have; a longer one is abandoned as it "
+        "streams (a status query is retried, a submit's outcome becomes unknown).",
+    )
+    max_download_bytes: int = Field(
+        DEFAULT_MAX_DOWNLOAD_BYTES,
+        ge=1024,
+        description="Most bytes one output may have; a longer download is stopped at the "
+        "cap, its partial file deleted, and the job fails with that reason.",
+    )
+
+
 class ProviderModel(_Section):
     type: str | None = Field(
         None, description="The API this provider speaks. Default: the provider's key."
@@ -157,6 +174,16 @@ class ProviderModel(_Section):
         None,
         description="Use the built-in emulator of this API: true, or emulator knobs such "
         "as {task_seconds: 2, failure_rate: 0.1}.",
+    )
+    limits: LimitsModel = Field(
+        default_factory=lambda: LimitsModel.model_validate({}),
+        description="Byte caps on API answers and downloads.",
+    )
+    allow_private_downloads: bool = Field(
+        False,
+        description="Fetch result URLs on loopback and private addresses (a self-hosted "
+        "file store). Off: only public addresses, and the API's own configured host and "
+        "port. Link-local and cloud metadata addresses are never fetched.",
     )
 
 

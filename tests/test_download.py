@@ -35,9 +35,11 @@ from pipeline.download import (
     download_retry_verdict,
     part_path,
     sidecar_text,
+    validator_path,
     write_atomic_text,
     write_sidecar,
 )
+from pipeline.download_guard import DownloadPolicy
 from pipeline.errors import DownloadError, VerificationError
 from pipeline.http import make_download_client
 from pipeline.models import Output, OutputRef
@@ -48,6 +50,8 @@ BODY = os.urandom(300_000) + b"\x89PNG-ish tail"
 SHA = hashlib.sha256(BODY).hexdigest()
 CUT = 200_000  # where truncated answers stop
 CHUNK = 32 * 1024  # small coalescing chunks, so a cut body leaves a resumable prefix
+
+LOOSE = DownloadPolicy(allow_private=True)  # the test servers are on loopback
 
 
 @pytest.fixture
@@ -197,6 +201,13 @@ def dest(tmp_path: Path) -> Path:
     return tmp_path / "out" / "deep" / "img.png"
 
 
+def seed_part(dest: Path, data: bytes, total: int = len(BODY)) -> None:
+    """A .part left by an earlier attempt at a file of ``total`` bytes (no ETag)."""
+    part_path(dest).write_bytes(data)
+    validator = {"etag": None, "last_modified": None, "total": total}
+    validator_path(part_path(dest)).write_text(json.dumps(validator))
+
+
 async def fetch(client: httpx.AsyncClient, url: str, dest: Path, **ref: Any) -> Output:
     return await download(
         client,
@@ -205,6 +216,7 @@ async def fetch(client: httpx.AsyncClient, url: str, dest: Path, **ref: Any) -> 
         job_id="j1",
         index=0,
         rel_path="p/img.png",
+        policy=LOOSE,
         chunk_size=CHUNK,
     )
 
@@ -247,7 +259,7 @@ async def test_small_body_and_its_sidecar_cost_one_thread_hop(
         return {"sha256": output.sha256, "api_key": "sk-never"}
 
     output = await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
-                            rel_path="img.png", sidecar=provenance)  # fmt: skip
+                            rel_path="img.png", policy=LOOSE, sidecar=provenance)  # fmt: skip
     assert output.sha256 == SHA and output.size == len(BODY) and seen == [output]
     assert dest.read_bytes() == BODY and not part_path(dest).exists()
     assert hops == ["commit"]
@@ -273,7 +285,7 @@ async def test_failed_sidecar_write_leaves_no_output_in_place(
     url = server.url("/file/a.png")
     with pytest.raises(OSError, match="No space"):
         await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
-                       rel_path="img.png", sidecar=provenance)  # fmt: skip
+                       rel_path="img.png", policy=LOOSE, sidecar=provenance)  # fmt: skip
     assert not dest.exists()
     assert sorted(p.name for p in dest.parent.iterdir()) == [part_path(dest).name]
 
@@ -309,7 +321,7 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
         try:
             results[index] = await download(
                 client, OutputRef(server.url("/file/a.png"), sha256=SHA), target,
-                job_id=f"j{index}", index=0, rel_path=target.name,
+                job_id=f"j{index}", index=0, rel_path=target.name, policy=LOOSE,
                 sidecar=lambda o: {"job": o.job_id}, committer=committer,
             )  # fmt: skip
         except (OSError, DownloadError) as exc:
@@ -345,7 +357,7 @@ async def test_a_stopped_committer_refuses_instead_of_hanging(
         group.cancel_scope.cancel()
     with anyio.fail_after(5), pytest.raises(DownloadError, match="not committed"):
         await download(client, OutputRef(server.url("/file/a.png")), dest, job_id="j",
-                       index=0, rel_path="img.png", committer=committer)  # fmt: skip
+                       index=0, rel_path="img.png", policy=LOOSE, committer=committer)  # fmt: skip
     assert not dest.exists()
 
 
@@ -575,7 +587,7 @@ async def test_cut_body_resumes_with_range(
 @pytest.mark.anyio
 async def test_resumes_existing_part(client: httpx.AsyncClient, server: Server, dest: Path) -> None:
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(BODY[:12345])
+    seed_part(dest, BODY[:12345])
     output = await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
     assert output.sha256 == SHA and output.size == len(BODY)
     assert dest.read_bytes() == BODY and not part_path(dest).exists()
@@ -587,7 +599,7 @@ async def test_server_without_range_restarts_from_zero(
     client: httpx.AsyncClient, server: Server, dest: Path
 ) -> None:
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(b"stale bytes that are not a prefix")
+    seed_part(dest, b"stale bytes that are not a prefix")
     output = await fetch(client, server.url("/norange/a.png"), dest, size=len(BODY))
     assert output.sha256 == SHA and dest.read_bytes() == BODY
     assert server.headers_for("/norange/a.png")[0]["Range"].startswith("bytes=")
@@ -598,7 +610,7 @@ async def test_part_longer_than_file_restarts(
     client: httpx.AsyncClient, server: Server, dest: Path
 ) -> None:
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(BODY + b"junk")
+    seed_part(dest, BODY + b"junk")
     output = await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
     assert output.sha256 == SHA and dest.read_bytes() == BODY
     assert [h.get("Range") for h in server.headers_for("/file/a.png")] == [
@@ -612,7 +624,7 @@ async def test_bad_resumed_prefix_fails_checksum_and_is_discarded(
     client: httpx.AsyncClient, server: Server, dest: Path
 ) -> None:
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(b"x" * 1000)  # not the file's first 1000 bytes
+    seed_part(dest, b"x" * 1000)  # not the file's first 1000 bytes
     with pytest.raises(VerificationError, match="sha256"):
         await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
     assert not dest.exists() and not part_path(dest).exists()
@@ -624,7 +636,7 @@ async def test_wrong_content_range_start_is_refused(
     client: httpx.AsyncClient, server: Server, dest: Path
 ) -> None:
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(BODY[:100])
+    seed_part(dest, BODY[:100])
     with pytest.raises(VerificationError, match="resumed at byte 5"):
         await fetch(client, server.url("/wrong-start"), dest)
     assert not dest.exists() and not part_path(dest).exists()
@@ -694,10 +706,10 @@ async def test_stale_part_is_truncated_before_a_restarted_body_breaks(
     """A server that ignores Range restarts the body from byte 0: the stale .part must
     not survive under the new bytes, or the next attempt would resume from junk."""
     dest.parent.mkdir(parents=True)
-    part_path(dest).write_bytes(b"j" * 1000)
+    seed_part(dest, b"j" * 1000)
     ref = OutputRef(server.url("/norange-cut/a.png"))
     with pytest.raises(DownloadError) as caught:  # default chunk_size: the cut is held
-        await download(client, ref, dest, job_id="j", index=0, rel_path="img.png")
+        await download(client, ref, dest, job_id="j", index=0, rel_path="img.png", policy=LOOSE)
     assert caught.value.transient
     kept = part_path(dest).read_bytes()
     assert BODY.startswith(kept)

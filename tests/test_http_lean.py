@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.download import download
+from pipeline.download_guard import DownloadPolicy
 from pipeline.errors import SubmitUnknown, TransientError
 from pipeline.http import (
     READ_AT_ONCE,
@@ -39,6 +40,8 @@ from .conftest import serve_app
 BIG = os.urandom(3 * READ_AT_ONCE) + b"tail"  # streamed, never read at once
 SMALL = os.urandom(50_000)  # read at once
 KEY = "Bearer sk-test-secret"
+
+LOOSE = DownloadPolicy(allow_private=True)  # the test servers are on loopback
 
 
 @pytest.fixture
@@ -320,8 +323,8 @@ async def test_download_of_a_small_body_read_at_once(
     async with make_download_client(timeout=10, max_connections=2) as client:
         for path, body in (("/small", SMALL), ("/big", BIG)):
             dest = tmp_path / path.strip("/")
-            output = await download(client, OutputRef(server.url(path)), dest,
-                                    job_id="j", index=0, rel_path=dest.name)  # fmt: skip
+            output = await download(client, OutputRef(server.url(path)), dest, job_id="j",
+                                    index=0, rel_path=dest.name, policy=LOOSE)  # fmt: skip
             assert dest.read_bytes() == body and output.size == len(body)
 
 
@@ -339,7 +342,7 @@ async def test_download_client_follows_redirects(
         assert [hop.status_code for hop in response.history] == [302]
         dest = tmp_path / "out.png"
         await download(client, OutputRef(server.url("/redirect")), dest,
-                       job_id="j", index=0, rel_path="out.png")  # fmt: skip
+                       job_id="j", index=0, rel_path="out.png", policy=LOOSE)  # fmt: skip
         assert dest.read_bytes() == SMALL
         with pytest.raises(httpx.TooManyRedirects):
             await client.get(server.url("/loop"))
@@ -449,7 +452,7 @@ async def test_download_requests_carry_no_credentials(
         await api.get("/v1/tasks/t3")  # answers with Set-Cookie
         await dl.get(server.url("/v1/tasks/t4"))  # so does this one
         await download(dl, OutputRef(server.url("/redirect")), tmp_path / "a.png",
-                       job_id="j", index=0, rel_path="a.png")  # fmt: skip
+                       job_id="j", index=0, rel_path="a.png", policy=LOOSE)  # fmt: skip
         await dl.get(server.url("/small"))
         assert not dl.cookies and not api.cookies  # no cookies kept from any answer
     api_seen, *download_seen = server.seen
@@ -471,7 +474,7 @@ async def test_credentials_on_a_misused_lean_client_are_stripped(
     async with make_download_client(timeout=10, max_connections=2) as misused:
         misused.headers.update({"Authorization": KEY, "X-API-Key": "k"})
         await download(misused, OutputRef(server.url("/redirect")), tmp_path / "a.png",
-                       job_id="j", index=0, rel_path="a.png")  # fmt: skip
+                       job_id="j", index=0, rel_path="a.png", policy=LOOSE)  # fmt: skip
     assert [seen.path for seen in server.seen] == ["/redirect", "/small"]
     for seen in server.seen:
         assert not {name.lower() for name in seen.headers} & {"authorization", "x-api-key"}

@@ -20,6 +20,7 @@ from benchmarks.peers import curl
 NAME = "downloads"
 TARGET_RATIO = 0.9
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 class FileServer:
@@ -43,14 +44,16 @@ class FileServer:
 
 
 def make_file(path: Path, size: int) -> Path:
-    """A file of ``size`` random-ish bytes that starts like a PNG (never like an error page)."""
+    """A file of ``size`` random-ish bytes that starts and ends like a PNG (never like an
+    error page; a download checks that a PNG ends with its IEND chunk)."""
     block = os.urandom(1 << 20)
     with path.open("wb") as file:
         file.write(PNG_SIGNATURE)
-        left = size - len(PNG_SIGNATURE)
+        left = size - len(PNG_SIGNATURE) - len(PNG_IEND)
         while left > 0:
             file.write(block[: min(left, len(block))])
             left -= len(block)
+        file.write(PNG_IEND)
     return path
 
 

@@ -56,7 +56,7 @@ def build_app(
         state.stats.count(f"{request.method} (unknown path)")
         return await not_found(request)
 
-    middlewares = [] if echo is None else [_echo_middleware(state, echo)]
+    middlewares = [_pad_status] if echo is None else [_pad_status, _echo_middleware(state, echo)]
     app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares)
     app[STATE_KEY] = state
     app.router.add_routes(admin_routes())
@@ -91,6 +91,30 @@ def echo_text(request: web.Request) -> str:
     auth = request.headers.get("Authorization", "")
     key = bearer_token(request) or ""
     return f"(token {key} sent as 'Authorization: {auth}', url-encoded {quote(key, safe='')})"
+
+
+@web.middleware
+async def _pad_status(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``status_pad_bytes``: a JSON answer to a GET behind that many spaces, chunked."""
+    response = await handler(request)
+    pad = request.app[STATE_KEY].knobs.status_pad_bytes
+    if not pad or request.method != "GET" or not isinstance(response, web.Response):
+        return response
+    if response.content_type != "application/json" or request.path.startswith("/_emulator"):
+        return response
+    body = response.body if isinstance(response.body, bytes) else b""
+    padded = web.StreamResponse(
+        status=response.status, headers={"Content-Type": "application/json"}
+    )
+    await padded.prepare(request)
+    spaces = b" " * min(pad, 1 << 20)
+    left = pad
+    while left > 0:
+        await padded.write(spaces[:left])
+        left -= len(spaces)
+    await padded.write(body)
+    await padded.write_eof()
+    return padded
 
 
 def bearer_token(request: web.Request) -> str | None:

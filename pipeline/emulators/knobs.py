@@ -48,6 +48,13 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "fault_routes": ("text_list", True),
     "task_limit_code": ("text", True),
     "task_limit_message": ("text", False),
+    # hostile file hosts and huge answers (downloads.py, app.py)
+    "unframed_rate": ("rate", False),
+    "short_length_rate": ("rate", False),
+    "change_after_truncate": ("bool", False),
+    "endless_downloads": ("bool", False),
+    "redirect_downloads_to": ("text", True),
+    "status_pad_bytes": ("count", True),
 }
 
 
@@ -118,6 +125,23 @@ class Knobs:
         "Too many tasks in progress: at most 10 tasks may be waiting or running"
     )
     """PixAI: the message of that refusal."""
+    unframed_rate: float = 0.0
+    """Probability that a download is sent with neither Content-Length nor chunking, ended
+    by closing the connection (with ``truncate_rate``, cut at about half: a client cannot
+    tell it from a whole body)."""
+    short_length_rate: float = 0.0
+    """Probability that a download's Content-Length is about half its body (a lying
+    length; the rest follows it on the wire)."""
+    change_after_truncate: bool = False
+    """A file whose download was cut short is replaced by another version (other bytes,
+    another ETag) for every later request, as an object overwritten between attempts."""
+    endless_downloads: bool = False
+    """Downloads never end: a 200 without a length that streams until the client leaves."""
+    redirect_downloads_to: str | None = None
+    """Answer every download with a 302 to this URL prefix (plus the file's name)."""
+    status_pad_bytes: int | None = None
+    """Pad every JSON answer to a GET (status queries) with this many leading spaces
+    (still valid JSON), streamed chunked without a length; None: no padding."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> Knobs:
