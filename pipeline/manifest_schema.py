@@ -17,7 +17,7 @@ from .errors import ManifestError
 __all__ = ["BUSY_TIMEOUT", "DB_NAME", "SCHEMA_VERSION", "connect", "prepare", "translated"]
 
 DB_NAME = "manifest.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
 
 _DDL = """
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
     submitted_at REAL,
-    finished_at  REAL
+    finished_at  REAL,
+    failure      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -69,7 +70,23 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 
 Migration = Callable[[sqlite3.Connection], None]
 
-MIGRATIONS: Mapping[int, Migration] = {}
+
+def _add_failure(conn: sqlite3.Connection) -> None:
+    """v1 → v2: ``jobs.failure`` (models.FAILURES), told from the state and the error
+    prefixes the scheduler has always written (``submit:``, ``download:``)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN failure TEXT")
+    conn.execute(
+        "UPDATE jobs SET failure = CASE "
+        "WHEN error LIKE 'submit:%' THEN 'submit' "
+        "WHEN error LIKE 'download:%' THEN 'download' "
+        "WHEN state = 'timed_out' AND error LIKE '%remote task cancelled%' THEN 'remote' "
+        "WHEN state = 'timed_out' THEN 'deadline' "
+        "ELSE 'remote' END "
+        "WHERE state IN ('failed', 'cancelled', 'timed_out')"
+    )
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_failure}
 """``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
 write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
 

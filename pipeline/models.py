@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ACTIVE_STATES",
+    "FAILURES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Job",
@@ -75,6 +76,12 @@ ACTIVE_STATES = frozenset(
 )
 """States a run still has work to do for."""
 
+FAILURES = frozenset({"submit", "remote", "download", "deadline"})
+"""``JobRecord.failure``: the submit was refused for good; the remote task failed, was
+cancelled or does not exist; the task succeeded but its outputs could not be fetched;
+the deadline passed while the task may still run. --retry-failed submits anew only for
+the first two; the others are asked about (and fetched from) the recorded task."""
+
 _S = JobState
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _S.PENDING: frozenset({_S.SUBMITTING, _S.CANCELLED}),
@@ -84,8 +91,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _S.SUCCEEDED: frozenset({_S.DOWNLOADING, _S.FAILED}),
     _S.DOWNLOADING: frozenset({_S.DONE, _S.FAILED, _S.SUCCEEDED}),
     _S.DONE: frozenset(),
-    _S.FAILED: frozenset({_S.PENDING}),  # --retry-failed
-    _S.CANCELLED: frozenset({_S.PENDING}),  # --retry-failed
+    _S.FAILED: frozenset({_S.PENDING, _S.SUBMITTED, _S.SUCCEEDED}),  # --retry-failed
+    _S.CANCELLED: frozenset({_S.PENDING, _S.SUBMITTED}),  # --retry-failed
     _S.TIMED_OUT: frozenset({_S.PENDING, _S.SUBMITTED}),  # --retry-failed; resume polling
     _S.UNKNOWN: frozenset({_S.PENDING, _S.SUBMITTED}),  # --resubmit-unknown; reconciled
 }
@@ -362,3 +369,5 @@ class JobRecord:
     submitted_at: float | None = None
     finished_at: float | None = None
     outputs: tuple[Output, ...] = ()
+    failure: str | None = None
+    """Where a failed/cancelled/timed-out job stopped (``FAILURES``); None otherwise."""

@@ -6,6 +6,8 @@ key is noticed (a download that carries an Authorization header is counted).
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from pipeline.emulators.media import Rendered
@@ -44,6 +46,8 @@ async def send_file(
     if signed and not _signature_valid(request, state, token):
         return _refuse(EXPIRED_STATUS, "AccessDenied", "Request has expired")
     knobs = state.knobs
+    if knobs.download_delay:
+        await asyncio.sleep(knobs.download_delay)
     file = await state.media.rendered(token, draw=knobs.render, pad_to=knobs.output_bytes)
     headers = {
         "Content-Type": file.content_type,

@@ -1,0 +1,111 @@
+"""The deadline bounds waiting; it never replaces asking the provider (issue 10, #1 and
+the download half of #10). Charges are counted on the emulator's ledger."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from pipeline.commands import load_checked_spec, run_spec
+from pipeline.manifest import Manifest
+from pipeline.models import JobState
+
+from .conftest import FAKE_KEY, run_cli, write_spec
+from .test_crash import counts, start_runner
+
+ENV = {"PIXELLABS_API_KEY": FAKE_KEY}
+
+
+def two_jobs(tmp_path: Path, url: str, *, deadline: str, poll: str) -> Path:
+    return write_spec(
+        tmp_path,
+        f"""
+        name: deadline
+        output:
+          root: {tmp_path / "out"}
+        providers:
+          pixellabs: {{base_url: "{url}", api_key: "${{PIXELLABS_API_KEY}}", concurrency: 2}}
+        prompts: [a lighthouse at dusk, a paper boat]
+        seeds: [1]
+        run:
+          poll: {poll}
+          deadline: {deadline}
+    """,
+    )
+
+
+def states(root: Path) -> dict[str, JobState]:
+    with Manifest.open(root, readonly=True) as manifest:
+        return {r.job.id: r.state for r in manifest.iter_records()}
+
+
+def test_resume_after_the_deadline_asks_first_and_downloads_what_finished(
+    tmp_path, emulator_factory
+):
+    """Killed with both tasks in flight; rerun long after the deadline: they finished
+    remotely meanwhile, so they are downloaded, and --retry-failed pays for nothing."""
+    emulator = emulator_factory(task_seconds=0.5)
+    spec = two_jobs(
+        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 30s, max: 30s}"
+    )
+    root = tmp_path / "out"
+    env = {**os.environ, **ENV}
+    runner = start_runner(spec, tmp_path, env, capture=False)
+    give_up = time.monotonic() + 60
+    while counts(root).get("submitted", 0) + counts(root).get("running", 0) < 2:
+        assert time.monotonic() < give_up and runner.poll() is None, counts(root)
+        time.sleep(0.02)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    time.sleep(2.5)  # past the 2 s deadline; the 0.5 s tasks are long finished
+
+    rerun = run_cli("run", str(spec), "--quiet", cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert counts(root) == {"done": 2}
+    retried = run_cli("run", str(spec), "--quiet", "--retry-failed", cwd=tmp_path, env=env)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert len(emulator.ledger("pixellabs")) == 2
+
+
+def test_retry_failed_asks_a_timed_out_task_before_paying_for_it_again(tmp_path, emulator_factory):
+    """Timed out while still running (PixelLabs cannot cancel), finished later:
+    --retry-failed downloads it from the recorded task instead of submitting anew."""
+    emulator = emulator_factory(task_seconds=3.0)
+    path = two_jobs(
+        tmp_path, emulator.urls["pixellabs"], deadline="1.5s", poll="{initial: 0.05s, max: 0.1s}"
+    )
+    spec = load_checked_spec(path, env=ENV)
+    first = run_spec(spec, quiet=True, handle_signals=False)
+    assert first.count(JobState.TIMED_OUT) == 2, first.states
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        timed_out = manifest.failures()
+    assert all(r.remote_id and "still running" in (r.error or "") for r in timed_out)
+
+    time.sleep(2.0)  # the remote tasks finish (3 s after their submit)
+    retried = run_spec(spec, quiet=True, handle_signals=False, retry_failed=True)
+    assert retried.complete, retried.states
+    assert retried.submitted == 0
+    assert len(emulator.ledger("pixellabs")) == 2
+
+
+def test_a_deadline_during_a_download_leaves_the_job_to_the_next_run(tmp_path, emulator_factory):
+    """The file host stalls past the deadline: the job goes back to `succeeded` with
+    the reason, never stays `downloading`, and the rerun fetches it without a submit."""
+    emulator = emulator_factory(task_seconds=0.05, download_delay=6.0)
+    path = two_jobs(
+        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 0.05s, max: 0.1s}"
+    )
+    spec = load_checked_spec(path, env=ENV)
+    first = run_spec(spec, quiet=True, handle_signals=False)
+    assert set(states(spec.output.root).values()) == {JobState.SUCCEEDED}, first.states
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        for record in manifest.iter_records():
+            last = manifest.events(record.job.id)[-1]
+            assert last.to_state is JobState.SUCCEEDED and "deadline" in (last.detail or "")
+
+    emulator.configure("pixellabs", download_delay=0.0)
+    again = run_spec(spec, quiet=True, handle_signals=False)
+    assert again.complete and again.submitted == 0, again.states
+    assert len(emulator.ledger("pixellabs")) == 2
