@@ -155,7 +155,7 @@ class RunSettings:
     where the API gives one, and the values here where it does not.
     """
 
-    deadline: float = 1800.0  # per job, submit → outputs on disk
+    deadline: float = 1800.0  # per job: waiting for the task from its submit; each download
     poll_initial: float = 1.0
     poll_max: float = 30.0
     poll_factor: float = 1.5

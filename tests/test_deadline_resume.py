@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import anyio
+
 from pipeline.commands import load_checked_spec, run_spec
 from pipeline.manifest import Manifest
 from pipeline.models import JobState
@@ -109,3 +111,57 @@ def test_a_deadline_during_a_download_leaves_the_job_to_the_next_run(tmp_path, e
     again = run_spec(spec, quiet=True, handle_signals=False)
     assert again.complete and again.submitted == 0, again.states
     assert len(emulator.ledger("pixellabs")) == 2
+
+
+async def run_for(spec, seconds: float, clock=time.time) -> None:  # type: ignore[no-untyped-def]
+    """One run of ``spec`` interrupted after ``seconds`` (as Ctrl-C would), its
+    scheduler reading ``clock``."""
+    from pipeline.commands import iter_jobs
+    from pipeline.scheduler import RunOptions, Scheduler
+    from pipeline.session import open_session
+
+    with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
+        manifest.add_jobs(iter_jobs(spec))
+        async with open_session(spec) as session:
+            scheduler = Scheduler(
+                spec, manifest, session, options=RunOptions(handle_signals=False), clock=clock
+            )
+            with anyio.move_on_after(seconds):
+                await scheduler.run()
+
+
+def test_a_task_still_running_after_the_deadline_is_asked_then_cancelled(
+    tmp_path, emulator_factory
+):
+    """Resumed two hours later (an injected clock) while the PixAI tasks still run: each
+    is asked first, then timed out and cancelled, which --retry-failed may resubmit."""
+    emulator = emulator_factory(["pixai"], task_seconds=60)
+    path = write_spec(
+        tmp_path,
+        f"""
+        name: cancel
+        output:
+          root: {tmp_path / "out"}
+        providers:
+          pixai: {{base_url: "{emulator.urls["pixai"]}", api_key: k, options: {{completion: poll}}}}
+        prompts: [a moth, a lamp]
+        run:
+          poll: {{initial: 30s, max: 30s}}
+          deadline: 10m
+    """,
+    )
+    spec = load_checked_spec(path)
+    root = spec.output.root
+    anyio.run(run_for, spec, 3.0)
+    assert set(states(root).values()) <= {JobState.SUBMITTED, JobState.RUNNING}
+    before = emulator.admin("pixai", "stats")["requests"].get("graphql getTaskById", 0)
+
+    anyio.run(run_for, spec, 30.0, lambda: time.time() + 7200)
+    after = emulator.admin("pixai", "stats")["requests"].get("graphql getTaskById", 0)
+    assert after - before >= 2  # each task was asked about before it was timed out
+    with Manifest.open(root, readonly=True) as manifest:
+        ended = manifest.failures()
+    assert [r.state for r in ended] == [JobState.TIMED_OUT] * 2
+    assert all("still running when asked; remote task cancelled" in (r.error or "") for r in ended)
+    assert {r.failure for r in ended} == {"remote"}
+    assert len(emulator.ledger("pixai")) == 2
