@@ -391,10 +391,10 @@ class Manifest:
         return self._reset(from_states, to, provider=provider)
 
     def retry_failed(self) -> int:
-        """--retry-failed: a job that never got a task, or whose task itself failed, is
-        submitted anew (``pending``); one whose task succeeded but whose download failed
-        is fetched again from it (``succeeded``); any other with a remote id (timed out,
-        or of unknown cause) is asked about first (``submitted``). Returns the count."""
+        """--retry-failed: a job that never got a task is submitted anew (``pending``);
+        one whose task succeeded but whose download failed is fetched again from it
+        (``succeeded``); any other is asked about first (``submitted``): the scheduler
+        submits anew only when the provider confirms that task failed or is gone."""
         moved = self._reset(RETRYABLE, JobState.PENDING, only=RETRY_SUBMIT)
         moved += self._reset([JobState.FAILED], JobState.SUCCEEDED, only=RETRY_FETCH,
                              note="retry: fetch again from the recorded task")  # fmt: skip

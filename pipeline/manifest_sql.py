@@ -46,12 +46,9 @@ UPSERT_OUTPUT = (
 
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 """The states --retry-failed takes up; which way each job goes is one of these:"""
-RETRY_SUBMIT = "(remote_id IS NULL OR failure IN ('submit', 'remote'))"
+RETRY_SUBMIT = "remote_id IS NULL"
 RETRY_FETCH = "(remote_id IS NOT NULL AND failure = 'download')"
-RETRY_ASK = (
-    "(remote_id IS NOT NULL AND (failure IS NULL OR failure NOT IN ('submit', 'remote', "
-    "'download')))"
-)
+RETRY_ASK = "(remote_id IS NOT NULL AND (failure IS NULL OR failure != 'download'))"
 
 
 def state_set(states: JobState | Collection[JobState]) -> frozenset[JobState]:

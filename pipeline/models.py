@@ -79,8 +79,9 @@ ACTIVE_STATES = frozenset(
 FAILURES = frozenset({"submit", "remote", "download", "deadline"})
 """``JobRecord.failure``: the submit was refused for good; the remote task failed, was
 cancelled or does not exist; the task succeeded but its outputs could not be fetched;
-the deadline passed while the task may still run. --retry-failed submits anew only for
-the first two; the others are asked about (and fetched from) the recorded task."""
+the deadline passed while the task may still run. --retry-failed fetches a `download`
+failure again from its task, and asks about any other recorded task before it submits
+anew (only once the provider confirms that the task failed or is gone)."""
 
 _S = JobState
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {

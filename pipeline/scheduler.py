@@ -233,7 +233,8 @@ class Scheduler:
         if state in (S.SUBMITTED, S.RUNNING):
             ended = await self._await_task(lane, record, remote_id, resumed)
             if not isinstance(ended, RemoteTask):
-                return ended
+                again = self._retry_anew(job.id) if resumed else None
+                return ended if again is None else await self._process(lane, again)
             task = ended
             # Straight on to the download: succeeded and downloading in one transaction.
             if not self.manifest.transition(
@@ -342,6 +343,21 @@ class Scheduler:
             job_id, S.TIMED_OUT, expect=(S.SUBMITTED, S.RUNNING), error=reason, failure=failure
         )
         return self._state_if_final(job_id)
+
+    def _retry_anew(self, job_id: str) -> JobRecord | None:
+        """With --retry-failed, a job whose recorded task the provider has just confirmed
+        failed, cancelled or gone goes back to ``pending`` (returned) to be submitted anew."""
+        if not self.options.retry_failed:
+            return None
+        record = self.manifest.get(job_id)
+        if record is None or record.failure != "remote":
+            return None
+        if not self.manifest.transition(
+            job_id, S.PENDING, expect=(S.FAILED, S.CANCELLED),
+            detail="retry: the recorded task failed or is gone; submitting anew",
+        ):  # fmt: skip
+            return None
+        return self.manifest.get(job_id)
 
     def _state_if_final(self, job_id: str) -> str | None:
         record = self.manifest.get(job_id)

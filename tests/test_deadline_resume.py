@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx
 
 from pipeline.commands import load_checked_spec, run_spec
 from pipeline.manifest import Manifest
@@ -165,3 +166,27 @@ def test_a_task_still_running_after_the_deadline_is_asked_then_cancelled(
     assert all("still running when asked; remote task cancelled" in (r.error or "") for r in ended)
     assert {r.failure for r in ended} == {"remote"}
     assert len(emulator.ledger("pixai")) == 2
+
+
+def test_retry_failed_submits_anew_once_the_provider_no_longer_knows_the_task(
+    tmp_path, emulator_factory
+):
+    """Timed out, then the provider forgot the task (404 on status): asked first, then
+    submitted anew in the same run."""
+    emulator = emulator_factory(task_seconds=30)
+    path = two_jobs(
+        tmp_path, emulator.urls["pixellabs"], deadline="0.5s", poll="{initial: 0.05s, max: 0.1s}"
+    )
+    spec = load_checked_spec(path, env=ENV)
+    first = run_spec(spec, quiet=True, handle_signals=False)
+    assert first.count(JobState.TIMED_OUT) == 2, first.states
+    httpx.post(f"{emulator.urls['pixellabs']}/_emulator/reset", timeout=10).raise_for_status()
+    emulator.configure("pixellabs", task_seconds=0.05)
+
+    retried = run_spec(spec, quiet=True, handle_signals=False, retry_failed=True)
+    assert retried.complete and retried.submitted == 2, retried.states
+    assert len(emulator.ledger("pixellabs")) == 2  # the new submits (the reset forgot the old)
+    with Manifest.open(spec.output.root, readonly=True) as manifest:
+        for record in manifest.iter_records():
+            details = [e.detail or "" for e in manifest.events(record.job.id)]
+            assert any("status: 404" in d for d in details), details

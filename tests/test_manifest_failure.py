@@ -19,7 +19,9 @@ def submitted(manifest: Manifest, job_id: str, remote_id: str) -> None:
     manifest.transition(job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id)
 
 
-def test_retry_failed_submits_anew_only_what_failed_remotely(tmp_path: Path) -> None:
+def test_retry_failed_asks_every_recorded_task_and_refetches_download_failures(
+    tmp_path: Path,
+) -> None:
     with Manifest.open(tmp_path) as manifest:
         manifest.add_jobs(make_jobs(5))
         ids = [r.job.id for r in manifest.iter_records()]
@@ -36,9 +38,9 @@ def test_retry_failed_submits_anew_only_what_failed_remotely(tmp_path: Path) -> 
         assert manifest.get(ids[1]).failure == "download"  # type: ignore[union-attr]
         assert manifest.retry_failed() == 5
         after = {r.job.id: r for r in manifest.iter_records()}
-    assert [after[i].state for i in ids] == [S.PENDING, S.SUCCEEDED, S.SUBMITTED, S.SUBMITTED,
-                                             S.PENDING]  # fmt: skip
-    assert [after[i].remote_id for i in ids] == [None, "r1", "r2", "r3", None]
+    assert [after[i].state for i in ids] == [S.SUBMITTED, S.SUCCEEDED, S.SUBMITTED,
+                                             S.SUBMITTED, S.PENDING]  # fmt: skip
+    assert [after[i].remote_id for i in ids] == ["r0", "r1", "r2", "r3", None]
     assert all(r.failure is None for r in after.values())
 
 
