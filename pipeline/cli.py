@@ -183,8 +183,10 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
     if failures:
         print(f"{len(failures)} not done:", file=out)
         for failure in failures:
+            kind = f" ({failure['failure']})" if failure.get("failure") else ""
             print(
-                f"  {failure['id']} [{failure['provider']}] {failure['state']}: {failure['error']}",
+                f"  {failure['id']} [{failure['provider']}] {failure['state']}{kind}: "
+                f"{failure['error']}",
                 file=out,
             )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.commands import load_checked_spec, run_spec
+from pipeline.commands import load_checked_spec, run_spec, status_report
 from pipeline.manifest import Manifest
 from pipeline.models import JobState
 
@@ -57,7 +57,9 @@ def test_retry_failed_fetches_a_download_failure_again_without_a_new_submit(
     assert status_queries(emulator) <= JOBS * 12
     with Manifest.open(spec.output.root, readonly=True) as manifest:
         failed = manifest.failures()
+        report = status_report(manifest)
     assert all(r.remote_id and r.failure == "download" for r in failed), failed
+    assert {f["failure"] for f in report["failures"]} == {"download"}
 
     emulator.configure("pixellabs", stale_urls=0)
     retried = run_spec(spec, quiet=True, handle_signals=False, retry_failed=True)
