@@ -385,10 +385,12 @@ class Manifest:
         to: JobState,
         *,
         provider: str | None = None,
+        note: str = "reset",
     ) -> int:
         """Move every job in ``from_states`` (of ``provider``, if given) to ``to``, as
-        ``transition`` would, in one transaction; one event per job. Returns the count."""
-        return self._reset(from_states, to, provider=provider)
+        ``transition`` would, in one transaction; one event per job (``note`` its
+        detail). Returns the count."""
+        return self._reset(from_states, to, provider=provider, note=note)
 
     def retry_failed(self) -> int:
         """--retry-failed: a job that never got a task is submitted anew (``pending``);

@@ -28,6 +28,7 @@ from pipeline.errors import (
     AccountError,
     DownloadError,
     FinalError,
+    ManifestError,
     ProviderError,
     SubmitUnknown,
     TransientError,
@@ -119,6 +120,7 @@ class Scheduler:
                 outer.cancel_scope.cancel()
         finally:
             self.progress.close()
+            self._settle()
             self.summary.states = self.manifest.counts()
             self.summary.stopped = {
                 name: lane.stopped for name, lane in self.session.lanes.items() if lane.stopped
@@ -126,6 +128,13 @@ class Scheduler:
             self.summary.elapsed = self.clock() - started
             self.manifest.write_snapshot()
         return self.summary
+
+    def _settle(self) -> None:
+        """However the run ends (Ctrl-C, a crash), no job stays mid-step: a download goes
+        back to ``succeeded``, a submit that may have left becomes ``unknown``."""
+        with contextlib.suppress(ManifestError):  # a manifest that failed writes nothing
+            self.manifest.reset([S.DOWNLOADING], S.SUCCEEDED, note="run ended mid-download")
+            self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

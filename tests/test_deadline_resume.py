@@ -190,3 +190,17 @@ def test_retry_failed_submits_anew_once_the_provider_no_longer_knows_the_task(
         for record in manifest.iter_records():
             details = [e.detail or "" for e in manifest.events(record.job.id)]
             assert any("status: 404" in d for d in details), details
+
+
+def test_a_run_interrupted_mid_download_leaves_no_job_downloading(tmp_path, emulator_factory):
+    emulator = emulator_factory(task_seconds=0.05, download_delay=30.0)
+    path = two_jobs(
+        tmp_path, emulator.urls["pixellabs"], deadline="5m", poll="{initial: 0.05s, max: 0.1s}"
+    )
+    spec = load_checked_spec(path, env=ENV)
+    anyio.run(run_for, spec, 3.0)  # Ctrl-C while both downloads wait on the file host
+    assert set(states(spec.output.root).values()) == {JobState.SUCCEEDED}
+
+    emulator.configure("pixellabs", download_delay=0.0)
+    again = run_spec(spec, quiet=True, handle_signals=False)
+    assert again.complete and again.submitted == 0, again.states
