@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.commands import load_checked_spec, run_spec, status_report
 from pipeline.manifest import Manifest
 from pipeline.models import JobState
@@ -78,3 +80,33 @@ def test_retry_failed_still_resubmits_a_task_that_failed_remotely(tmp_path, emul
     retried = run_spec(spec, quiet=True, handle_signals=False, retry_failed=True)
     assert retried.complete and retried.submitted == JOBS
     assert len(emulator.ledger("pixellabs")) == 2 * JOBS
+
+
+PROVIDER_ENTRIES = {
+    "pixai": "pixai: {{base_url: '{url}', api_key: k, options: {{completion: poll}}}}",
+    "apixo": "apixo: {{base_url: '{url}', api_key: k, params: {{model: nano-banana}}}}",
+}
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_ENTRIES))
+def test_other_apis_refresh_an_expired_url_too(tmp_path, emulator_factory, provider):
+    """PixAI through its media query, APIXO through statusTask."""
+    emulator = emulator_factory([provider], task_seconds=0.05, stale_urls=2)
+    entry = PROVIDER_ENTRIES[provider].format(url=emulator.urls[provider])
+    path = write_spec(
+        tmp_path,
+        f"""
+        name: refetch-{provider}
+        output:
+          root: {tmp_path / "out"}
+        providers:
+          {entry}
+        prompts: [a tin robot, a glass owl]
+        run:
+          poll: {{initial: 0.05s, max: 0.1s}}
+          retries: 3
+    """,
+    )
+    summary = run_spec(load_checked_spec(path), quiet=True, handle_signals=False)
+    assert summary.complete, summary.states
+    assert len(emulator.ledger(provider)) == 2
