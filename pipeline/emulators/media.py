@@ -71,7 +71,7 @@ class MediaStore:
         path = f"/files/{token}{media.suffix}"
         handed = self._handed[token] = self._handed.get(token, 0) + 1
         if handed <= stale:
-            expires = int(now) - handed  # in the past, and a new URL each time
+            expires = handed  # long past, and a new URL each time
         elif ttl is None:
             return path
         else:
