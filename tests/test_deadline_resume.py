@@ -51,7 +51,7 @@ def test_resume_after_the_deadline_asks_first_and_downloads_what_finished(
     remotely meanwhile, so they are downloaded, and --retry-failed pays for nothing."""
     emulator = emulator_factory(task_seconds=0.5)
     spec = two_jobs(
-        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 30s, max: 30s}"
+        tmp_path, emulator.urls["pixellabs"], deadline="3s", poll="{initial: 30s, max: 30s}"
     )
     root = tmp_path / "out"
     env = {**os.environ, **ENV}
@@ -62,7 +62,7 @@ def test_resume_after_the_deadline_asks_first_and_downloads_what_finished(
         time.sleep(0.02)
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
-    time.sleep(2.5)  # past the 2 s deadline; the 0.5 s tasks are long finished
+    time.sleep(3.5)  # past the 3 s deadline; the 0.5 s tasks are long finished
 
     rerun = run_cli("run", str(spec), "--quiet", cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -75,9 +75,9 @@ def test_resume_after_the_deadline_asks_first_and_downloads_what_finished(
 def test_retry_failed_asks_a_timed_out_task_before_paying_for_it_again(tmp_path, emulator_factory):
     """Timed out while still running (PixelLabs cannot cancel), finished later:
     --retry-failed downloads it from the recorded task instead of submitting anew."""
-    emulator = emulator_factory(task_seconds=3.0)
+    emulator = emulator_factory(task_seconds=4.0)
     path = two_jobs(
-        tmp_path, emulator.urls["pixellabs"], deadline="1.5s", poll="{initial: 0.05s, max: 0.1s}"
+        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 0.05s, max: 0.1s}"
     )
     spec = load_checked_spec(path, env=ENV)
     first = run_spec(spec, quiet=True, handle_signals=False)
@@ -86,7 +86,7 @@ def test_retry_failed_asks_a_timed_out_task_before_paying_for_it_again(tmp_path,
         timed_out = manifest.failures()
     assert all(r.remote_id and "still running" in (r.error or "") for r in timed_out)
 
-    time.sleep(2.0)  # the remote tasks finish (3 s after their submit)
+    time.sleep(2.5)  # the remote tasks finish (4 s after their submit)
     retried = run_spec(spec, quiet=True, handle_signals=False, retry_failed=True)
     assert retried.complete, retried.states
     assert retried.submitted == 0
@@ -96,9 +96,9 @@ def test_retry_failed_asks_a_timed_out_task_before_paying_for_it_again(tmp_path,
 def test_a_deadline_during_a_download_leaves_the_job_to_the_next_run(tmp_path, emulator_factory):
     """The file host stalls past the deadline: the job goes back to `succeeded` with
     the reason, never stays `downloading`, and the rerun fetches it without a submit."""
-    emulator = emulator_factory(task_seconds=0.05, download_delay=6.0)
+    emulator = emulator_factory(task_seconds=0.05, download_delay=10.0)
     path = two_jobs(
-        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 0.05s, max: 0.1s}"
+        tmp_path, emulator.urls["pixellabs"], deadline="3s", poll="{initial: 0.05s, max: 0.1s}"
     )
     spec = load_checked_spec(path, env=ENV)
     first = run_spec(spec, quiet=True, handle_signals=False)
@@ -175,7 +175,7 @@ def test_retry_failed_submits_anew_once_the_provider_no_longer_knows_the_task(
     submitted anew in the same run."""
     emulator = emulator_factory(task_seconds=30)
     path = two_jobs(
-        tmp_path, emulator.urls["pixellabs"], deadline="0.5s", poll="{initial: 0.05s, max: 0.1s}"
+        tmp_path, emulator.urls["pixellabs"], deadline="2s", poll="{initial: 0.05s, max: 0.1s}"
     )
     spec = load_checked_spec(path, env=ENV)
     first = run_spec(spec, quiet=True, handle_signals=False)
