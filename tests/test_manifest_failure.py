@@ -1,5 +1,5 @@
 """``jobs.failure`` tells a download failure from a remote one; --retry-failed reads it
-(issue 10, #1 and #7), and a version-1 manifest gains it from its recorded errors."""
+(issue 10, #1 and #7), and an older manifest gains it from its recorded errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from pipeline.manifest import DB_NAME, Manifest
+from pipeline.manifest_schema import SCHEMA_VERSION
 from pipeline.models import JobState
 
 from .test_manifest import make_jobs
@@ -44,7 +45,9 @@ def test_retry_failed_asks_every_recorded_task_and_refetches_download_failures(
     assert all(r.failure is None for r in after.values())
 
 
-def test_a_version_1_manifest_is_migrated_with_failures_told_apart(tmp_path: Path) -> None:
+def test_a_manifest_from_before_failure_is_migrated_with_failures_told_apart(
+    tmp_path: Path,
+) -> None:
     with Manifest.open(tmp_path) as manifest:
         manifest.add_jobs(make_jobs(4))
     rows = [("failed", "download: 403 expired"), ("failed", "no NSFW"),
@@ -52,7 +55,9 @@ def test_a_version_1_manifest_is_migrated_with_failures_told_apart(tmp_path: Pat
     conn = sqlite3.connect(tmp_path / DB_NAME)
     with conn:
         conn.execute("ALTER TABLE jobs DROP COLUMN failure")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute(  # the version before ``failure`` (its migration is the latest)
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),)
+        )
         for rowid, (state, error) in enumerate(rows, start=1):
             conn.execute(
                 "UPDATE jobs SET state = ?, error = ?, remote_id = 'r' WHERE rowid = ?",
