@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output root (overrides output.root)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.add_argument(
-        "--retry-failed", action="store_true", help="run failed, cancelled and timed-out jobs again"
+        "--retry-failed",
+        action="store_true",
+        help="take up failed, cancelled and timed-out jobs again: a recorded task is asked "
+        "about first (downloaded if it succeeded, followed if it runs) and a job is submitted "
+        "anew only when its task failed or is gone",
     )
     run.add_argument(
         "--resubmit-unknown",
@@ -268,8 +272,10 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
     if failures:
         print(f"{len(failures)} not done:", file=out)
         for failure in failures:
+            kind = f" ({failure['failure']})" if failure.get("failure") else ""
             print(
-                f"  {failure['id']} [{failure['provider']}] {failure['state']}: {failure['error']}",
+                f"  {failure['id']} [{failure['provider']}] {failure['state']}{kind}: "
+                f"{failure['error']}",
                 file=out,
             )
 

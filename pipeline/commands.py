@@ -570,6 +570,7 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
                 "id": r.job.id,
                 "provider": r.job.provider,
                 "state": r.state.value,
+                "failure": r.failure,
                 "error": None if r.error is None else scrub(r.error),
                 "remote_id": r.remote_id,
             }

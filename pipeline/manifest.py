@@ -54,11 +54,18 @@ from .manifest_scope import GENERATION_KEY, PAID_OPEN_STATES, Pruned, prune_rows
 from .manifest_sql import (
     INSERT_EVENT,
     INSERT_JOB,
+    RETRY_ASK,
+    RETRY_FETCH,
+    RETRY_SUBMIT,
+    RETRYABLE,
     UPSERT_OUTPUT,
     guarded_event_sql,
     join_notes,
     legal_sources,
+    opt_state,
+    reset_sql,
     state_set,
+    transition_steps,
     update_sql,
 )
 from .manifest_unrecorded import WriteFailures, provider_lookup
@@ -305,6 +312,7 @@ class Manifest:
         client_ref: str | None = None,
         error: str | None = None,
         detail: str | None = None,
+        failure: str | None = None,
     ) -> bool:
         """Move ``job_id`` to ``to`` if it is in one of the ``expect`` states.
 
@@ -320,7 +328,7 @@ class Manifest:
         """
         return self.transition_at(
             job_id, to, expect=expect, via=via, remote_id=remote_id, client_ref=client_ref,
-            error=error, detail=detail,
+            error=error, detail=detail, failure=failure,
         ) is not None  # fmt: skip
 
     def transition_at(
@@ -334,10 +342,11 @@ class Manifest:
         client_ref: str | None = None,
         error: str | None = None,
         detail: str | None = None,
+        failure: str | None = None,
     ) -> float | None:
         """``transition``, returning the time recorded for it (None when not made), so a
         caller can keep its copy of the job current without reading it back."""
-        steps = _steps(expect, via, JobState(to))
+        steps = transition_steps(expect, via, JobState(to))
         now = self._clock()
         try:
             with self._write("transition") as conn:
@@ -347,7 +356,7 @@ class Manifest:
                         return None
                 if not self._step(
                     conn, job_id, last, sources, now, remote_id=remote_id,
-                    client_ref=client_ref, error=error, detail=detail,
+                    client_ref=client_ref, error=error, detail=detail, failure=failure,
                 ):  # fmt: skip
                     return None  # only the first step can miss, before anything was written
                 if remote_id is not None and self._on_pending is not None:
@@ -391,6 +400,7 @@ class Manifest:
         client_ref: str | None = None,
         error: str | None = None,
         detail: str | None = None,
+        failure: str | None = None,
     ) -> bool:
         """One guarded transition inside the caller's write transaction."""
         error = None if error is None else scrub(error)  # contract 5: no key is stored
@@ -419,7 +429,7 @@ class Manifest:
         conn.execute(
             update_sql(to, "id = :id"),
             {"id": job_id, "to": to.value, "now": now, "remote_id": remote_id,
-             "client_ref": client_ref, "error": error},
+             "client_ref": client_ref, "error": error, "failure": failure},
         )  # fmt: skip
         return True
 
@@ -428,6 +438,15 @@ class Manifest:
         detail = scrub(detail)  # contract 5: no key is stored
         with self._write("log event") as conn:
             conn.execute(INSERT_EVENT, (job_id, self._clock(), kind, None, None, detail))
+
+    def record_error(self, job_id: str, error: str) -> None:
+        """Keep ``error`` as the job's reason and log it, without a state change."""
+        now = self._clock()
+        with self._write("record error") as conn:
+            conn.execute(
+                "UPDATE jobs SET error = ?, updated_at = ? WHERE id = ?", (error, now, job_id)
+            )
+            conn.execute(INSERT_EVENT, (job_id, now, "error", None, None, error))
 
     def record_outputs(self, outputs: Sequence[Output]) -> None:
         """Insert or replace outputs by (job_id, index), in one transaction."""
@@ -442,26 +461,40 @@ class Manifest:
         to: JobState,
         *,
         provider: str | None = None,
+        note: str = "reset",
     ) -> int:
         """Move every job in ``from_states`` (of ``provider``, if given) to ``to``, as
-        ``transition`` would, in one transaction; one event per job. Returns the count."""
-        sources = legal_sources(state_set(from_states), JobState(to))
-        params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(sorted(sources))}
-        where = f"state IN ({', '.join(':' + name for name in params)}){self._scope}"
-        if provider is not None:
-            where += " AND provider = :provider"
-            params["provider"] = provider
-        params |= {"to": to.value, "now": self._clock(), "remote_id": None,
-                   "client_ref": None, "error": None}  # fmt: skip
-        was = "'; was remote_id ' || remote_id" if to is JobState.PENDING else "NULL"
+        ``transition`` would, in one transaction; one event per job (``note`` its
+        detail). Returns the count."""
+        return self._reset(from_states, to, provider=provider, note=note)
+
+    def retry_failed(self) -> int:
+        """--retry-failed: a job that never got a task is submitted anew (``pending``);
+        one whose task succeeded but whose download failed is fetched again from it
+        (``succeeded``); any other is asked about first (``submitted``): the scheduler
+        submits anew only when the provider confirms that task failed or is gone."""
+        moved = self._reset(RETRYABLE, JobState.PENDING, only=RETRY_SUBMIT)
+        moved += self._reset([JobState.FAILED], JobState.SUCCEEDED, only=RETRY_FETCH,
+                             note="retry: fetch again from the recorded task")  # fmt: skip
+        return moved + self._reset(RETRYABLE, JobState.SUBMITTED, only=RETRY_ASK,
+                                   note="retry: ask the recorded task first")  # fmt: skip
+
+    def _reset(
+        self,
+        from_states: Collection[JobState],
+        to: JobState,
+        *,
+        provider: str | None = None,
+        only: str | None = None,
+        note: str = "reset",
+    ) -> int:
+        events, update, params = reset_sql(
+            from_states, to, provider=provider, only=only, scope=self._scope
+        )
+        params |= {"now": self._clock(), "note": note}
         with self._write("reset") as conn:
-            conn.execute(
-                "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) "
-                f"SELECT id, :now, 'transition', state, :to, 'reset' || COALESCE({was}, '') "
-                f"FROM jobs WHERE {where} ORDER BY rowid",
-                params,
-            )
-            return conn.execute(update_sql(to, where), params).rowcount
+            conn.execute(events, params)
+            return conn.execute(update, params).rowcount
 
     def write_snapshot(self) -> Path:
         """Write ``<root>/manifest.jsonl`` atomically (same lines as ``export_jsonl``)."""
@@ -549,9 +582,7 @@ class Manifest:
                 "WHERE job_id = ? ORDER BY id",
                 (job_id,),
             ).fetchall()
-        return [
-            Event(r[0], r[1], r[2], r[3], _opt_state(r[4]), _opt_state(r[5]), r[6]) for r in rows
-        ]
+        return [Event(r[0], r[1], r[2], r[3], opt_state(r[4]), opt_state(r[5]), r[6]) for r in rows]
 
     def export_jsonl(self, out: TextIO) -> int:
         """Write one JSON object per job, in rowid order, to ``out``; return how many.
@@ -679,20 +710,3 @@ class Manifest:
                 yield conn
             finally:
                 conn.close()
-
-
-def _steps(
-    expect: JobState | Collection[JobState], via: JobState | None, to: JobState
-) -> tuple[tuple[frozenset[str], JobState], ...]:
-    """The checked ``(sources, to)`` steps of a transition, with or without ``via``."""
-    if via is None:
-        return ((legal_sources(state_set(expect), to), to),)
-    via = JobState(via)
-    return (
-        (legal_sources(state_set(expect), via), via),
-        (legal_sources(frozenset({via}), to), to),
-    )
-
-
-def _opt_state(value: str | None) -> JobState | None:
-    return None if value is None else JobState(value)

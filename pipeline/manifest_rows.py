@@ -28,9 +28,9 @@ __all__ = [
 
 JOB_COLUMNS = (
     "id, provider, model, params, replicate, prompt_slug, state, remote_id, client_ref, "
-    "attempts, error, created_at, updated_at, submitted_at, finished_at"
+    "attempts, error, created_at, updated_at, submitted_at, finished_at, failure"
 )
-_JOB_WIDTH = 15
+_JOB_WIDTH = 16
 OUTPUT_COLUMNS = "job_id, idx, path, size, sha256, url, content_type"
 
 Row = Sequence[Any]
@@ -86,6 +86,7 @@ def record_from_row(row: Row, outputs: tuple[Output, ...] = ()) -> JobRecord:
         submitted_at=row[13],
         finished_at=row[14],
         outputs=outputs,
+        failure=row[15],
     )
 
 
@@ -115,6 +116,7 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         "remote_id": row[7],
         "attempts": row[9],
         "error": None if row[10] is None else scrub(row[10]),  # rows of older versions
+        "failure": row[15],
         "created_at": row[11],
         "updated_at": row[12],
         "submitted_at": row[13],

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 DB_NAME = "manifest.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
 
 _DDL = """
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at   REAL NOT NULL,
     submitted_at REAL,
     finished_at  REAL,
-    generation   INTEGER NOT NULL DEFAULT 0
+    generation   INTEGER NOT NULL DEFAULT 0,
+    failure      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state, generation);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -91,7 +92,22 @@ def _add_generation(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM meta WHERE key = 'expansion'")
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_generation}
+def _add_failure(conn: sqlite3.Connection) -> None:
+    """2 → 3: ``jobs.failure`` (models.FAILURES), told from the state and the error
+    prefixes the scheduler has always written (``submit:``, ``download:``)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN failure TEXT")
+    conn.execute(
+        "UPDATE jobs SET failure = CASE "
+        "WHEN error LIKE 'submit:%' THEN 'submit' "
+        "WHEN error LIKE 'download:%' THEN 'download' "
+        "WHEN state = 'timed_out' AND error LIKE '%remote task cancelled%' THEN 'remote' "
+        "WHEN state = 'timed_out' THEN 'deadline' "
+        "ELSE 'remote' END "
+        "WHERE state IN ('failed', 'cancelled', 'timed_out')"
+    )
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_generation, 2: _add_failure}
 """``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
 write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
 

@@ -20,6 +20,7 @@ __all__ = [
     "ACTIVE_STATES",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "FAILURES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Job",
@@ -77,6 +78,13 @@ ACTIVE_STATES = frozenset(
 )
 """States a run still has work to do for."""
 
+FAILURES = frozenset({"submit", "remote", "download", "deadline"})
+"""``JobRecord.failure``: the submit was refused for good; the remote task failed, was
+cancelled or does not exist; the task succeeded but its outputs could not be fetched;
+the deadline passed while the task may still run. --retry-failed fetches a `download`
+failure again from its task, and asks about any other recorded task before it submits
+anew (only once the provider confirms that the task failed or is gone)."""
+
 _S = JobState
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _S.PENDING: frozenset({_S.SUBMITTING, _S.CANCELLED}),
@@ -86,8 +94,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     _S.SUCCEEDED: frozenset({_S.DOWNLOADING, _S.FAILED}),
     _S.DOWNLOADING: frozenset({_S.DONE, _S.FAILED, _S.SUCCEEDED}),
     _S.DONE: frozenset(),
-    _S.FAILED: frozenset({_S.PENDING}),  # --retry-failed
-    _S.CANCELLED: frozenset({_S.PENDING}),  # --retry-failed
+    _S.FAILED: frozenset({_S.PENDING, _S.SUBMITTED, _S.SUCCEEDED}),  # --retry-failed
+    _S.CANCELLED: frozenset({_S.PENDING, _S.SUBMITTED}),  # --retry-failed
     _S.TIMED_OUT: frozenset({_S.PENDING, _S.SUBMITTED}),  # --retry-failed; resume polling
     _S.UNKNOWN: frozenset({_S.PENDING, _S.SUBMITTED}),  # --resubmit-unknown; reconciled
 }
@@ -159,7 +167,7 @@ class RunSettings:
     where the API gives one, and the values here where it does not.
     """
 
-    deadline: float = 1800.0  # per job, submit → outputs on disk
+    deadline: float = 1800.0  # per job: waiting for the task from its submit; each download
     poll_initial: float = 1.0
     poll_max: float = 30.0
     poll_factor: float = 1.5
@@ -374,3 +382,5 @@ class JobRecord:
     submitted_at: float | None = None
     finished_at: float | None = None
     outputs: tuple[Output, ...] = ()
+    failure: str | None = None
+    """Where a failed/cancelled/timed-out job stopped (``FAILURES``); None otherwise."""

@@ -3,8 +3,9 @@
 Each output goes to the path the spec's template renders (sanitised, inside the output
 root), through ``download`` (``.part``, verify, fsync, atomic rename), which writes its
 provenance sidecar in the same step. Transient trouble
-is retried with backoff; a result URL that expired is refreshed once by asking the
-provider for the task again.
+is retried with backoff; a result URL that expired (or is refused for good) is refreshed
+by asking the provider for the task again, up to ``run.retries`` times, for as long as
+each answer gives a new URL.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline.models import JobRecord, Output, OutputRef, RemoteTask, Spec
 from pipeline.notify import transient_delay
 from pipeline.providers.base import Provider
 
-__all__ = ["fetch_outputs", "guess_ext"]
+__all__ = ["ask_status", "fetch_outputs", "guess_ext"]
 
 RetryLog = Callable[[int, BaseException, float], None]
 
@@ -48,7 +49,7 @@ async def fetch_outputs(
 
     ``committer`` (the session's) makes the files durable in batches with other jobs'."""
     if task is None:  # resumed after a restart: ask again (also refreshes expiring URLs)
-        task = await _status(adapter, remote_id, spec, backoff)
+        task = await ask_status(adapter, remote_id, spec, backoff)
     if not task.outputs:
         raise DownloadError("the provider reported success but gave no output", transient=False)
     outputs = []
@@ -105,19 +106,23 @@ async def _fetch_one(
             on_retry=on_retry,
         )
 
-    try:
-        output = await attempt(ref)
-    except DownloadError as exc:
-        if exc.transient:
-            raise
-        task = await _status(adapter, task.remote_id, spec, backoff)  # URL may have expired
-        if len(task.outputs) <= index or task.outputs[index].url == ref.url:
-            raise
-        output = await attempt(task.outputs[index])
-    return output, task
+    current, refreshes = ref, 0
+    while True:
+        try:
+            return await attempt(current), task
+        except DownloadError as exc:
+            if exc.transient or refreshes >= spec.run.retries:
+                raise
+            refreshes += 1
+            task = await ask_status(adapter, task.remote_id, spec, backoff)  # URL expired?
+            if len(task.outputs) <= index or task.outputs[index].url == current.url:
+                raise
+            current = task.outputs[index]
 
 
-async def _status(adapter: Provider, remote_id: str, spec: Spec, backoff: Backoff) -> RemoteTask:
+async def ask_status(adapter: Provider, remote_id: str, spec: Spec, backoff: Backoff) -> RemoteTask:
+    """The task as the provider tells it now (transient errors retried)."""
+
     async def once() -> RemoteTask:
         return await adapter.status(remote_id)
 

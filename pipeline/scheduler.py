@@ -29,6 +29,7 @@ from pipeline.errors import (
     AccountError,
     DownloadError,
     FinalError,
+    ManifestError,
     ProviderError,
     RateLimited,
     SubmitRefused,
@@ -37,7 +38,7 @@ from pipeline.errors import (
 from pipeline.limits import Backoff
 from pipeline.manifest import Manifest
 from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
-from pipeline.outputs import fetch_outputs
+from pipeline.outputs import ask_status, fetch_outputs
 from pipeline.progress import NullProgress, Progress
 from pipeline.providers.base import submit_outcome
 from pipeline.session import Lane, Session, prepaid_requests
@@ -129,6 +130,7 @@ class Scheduler:
                 outer.cancel_scope.cancel()
         finally:
             self.progress.close()
+            self._settle()
             self.summary.states = self.manifest.counts()
             self.summary.stopped = {
                 name: lane.stopped for name, lane in self.session.lanes.items() if lane.stopped
@@ -136,6 +138,13 @@ class Scheduler:
             self.summary.elapsed = self.clock() - started
             self.manifest.write_snapshot()
         return self.summary
+
+    def _settle(self) -> None:
+        """However the run ends (Ctrl-C, a crash), no job stays mid-step: a download goes
+        back to ``succeeded``, a submit that may have left becomes ``unknown``."""
+        with contextlib.suppress(ManifestError):  # a manifest that failed writes nothing
+            self.manifest.reset([S.DOWNLOADING], S.SUCCEEDED, note="run ended mid-download")
+            self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -150,8 +159,8 @@ class Scheduler:
         # provider. None of the supported APIs can look a task up by our reference, so
         # it becomes `unknown` and is only resubmitted on request (contract 2).
         self.manifest.reset([S.SUBMITTING], S.UNKNOWN)
-        if self.options.retry_failed:
-            self.manifest.reset([S.FAILED, S.CANCELLED, S.TIMED_OUT], S.PENDING)
+        if self.options.retry_failed:  # a recorded task is asked about before any new submit
+            self.manifest.retry_failed()
         if self.options.resubmit_unknown:
             self.manifest.reset([S.UNKNOWN], S.PENDING)
 
@@ -213,13 +222,30 @@ class Scheduler:
                     self.progress.advance(lane.name, end)
 
     def _unexpected(self, lane: Lane, record: JobRecord, exc: Exception) -> None:
-        """A local problem (disk full, permissions) or a bug: the job keeps its state, so
-        the next run continues it; the run goes on and the summary says what happened."""
+        """A local problem (disk full, permissions) or a bug: the run goes on, the summary
+        says what happened, and the job is left where the next run takes it further."""
         text = f"{type(exc).__name__}: {exc}"
         self.summary.errors.append(f"{lane.name} job {record.job.id}: {text}")
         self.progress.note(lane.name, f"job {record.job.id}: {text}")
-        with contextlib.suppress(Exception):
-            self.manifest.log_event(record.job.id, "error", text)
+        with contextlib.suppress(Exception):  # the manifest itself may be what failed
+            self._leave_movable(record.job.id, f"unexpected error: {text}")
+
+    def _leave_movable(self, job_id: str, reason: str) -> None:
+        """Record ``reason``; a submit that may have left becomes ``unknown`` (never
+        resubmitted blindly), a download goes back to ``succeeded``; any other state is
+        one a rerun continues from as it is."""
+        current = self.manifest.get(job_id)
+        if current is None:
+            return
+        if current.state is S.SUBMITTING:
+            reason += "; the submit may have created a task"
+            if self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=reason):
+                return
+        elif current.state is S.DOWNLOADING and self.manifest.transition(
+            job_id, S.SUCCEEDED, expect=S.DOWNLOADING, error=reason
+        ):
+            return
+        self.manifest.record_error(job_id, reason)
 
     def _stop_if_unwritable(self) -> None:
         """A failed manifest write ends the run: no lane may submit (and pay) for a job
@@ -237,40 +263,55 @@ class Scheduler:
     async def _process(self, lane: Lane, record: JobRecord) -> str | None:
         """Take one job as far as it can go. Returns its end state, or None if it stays."""
         job = record.job
-        submitted_at = record.submitted_at
         resumed = record.state is not S.PENDING  # in flight since an earlier run
         if record.state is S.PENDING:
             submitted = await self._submit(lane, record)
             if submitted is None:
                 return self._state_if_final(job.id)
-            record, submitted_at = submitted, None  # the deadline runs from now
+            record = submitted
         state, remote_id = record.state, record.remote_id
         assert remote_id is not None, f"job {job.id} in {state} has no remote id"
-        remaining = (submitted_at or self.clock()) + self.spec.run.deadline - self.clock()
-        with anyio.move_on_after(max(remaining, 0.0)) as deadline:
-            return await self._follow_and_fetch(lane, record, state, remote_id, resumed)
-        if deadline.cancelled_caught:
-            return await self._time_out(lane, job.id, remote_id)
-        return None
-
-    async def _follow_and_fetch(
-        self, lane: Lane, record: JobRecord, state: JobState, remote_id: str, resumed: bool
-    ) -> str | None:
-        job_id = record.job.id
         task: RemoteTask | None = None
         if state in (S.SUBMITTED, S.RUNNING):
-            task = await self._follow(lane, job_id, remote_id, state, resumed)
-            if task is None:
-                return None
-            if task.status is not RemoteStatus.SUCCEEDED:
-                return self._remote_end(job_id, task)
+            ended = await self._await_task(lane, record, remote_id, resumed)
+            if not isinstance(ended, RemoteTask):
+                again = self._retry_anew(job.id) if resumed else None
+                return ended if again is None else await self._process(lane, again)
+            task = ended
             # Straight on to the download: succeeded and downloading in one transaction.
             if not self.manifest.transition(
-                job_id, S.DOWNLOADING, via=S.SUCCEEDED, expect=(S.SUBMITTED, S.RUNNING)
+                job.id, S.DOWNLOADING, via=S.SUCCEEDED, expect=(S.SUBMITTED, S.RUNNING)
             ):
                 return None
             state = S.DOWNLOADING
-        return await self._fetch(lane, record, state, remote_id, task)
+        return await self._fetch_in_time(lane, record, state, remote_id, task)
+
+    async def _await_task(
+        self, lane: Lane, record: JobRecord, remote_id: str, resumed: bool
+    ) -> RemoteTask | str | None:
+        """The succeeded task, or the job's end state (None: it stays in flight).
+
+        The deadline (from the submit) bounds the waiting, never the asking: once it has
+        passed, the provider is asked once more before anything is decided, so a task
+        that finished while nobody watched is downloaded, not timed out."""
+        job_id = record.job.id
+        since = (record.submitted_at or self.clock()) if resumed else self.clock()
+        remaining = since + self.spec.run.deadline - self.clock()
+        task: RemoteTask | None = None
+        if remaining > 0:
+            with anyio.move_on_after(remaining):
+                task = await self._follow(lane, job_id, remote_id, record.state, resumed)
+                if task is None:
+                    return self._state_if_final(job_id)
+        if task is None:  # the deadline passed
+            task = await self._last_look(lane, job_id, remote_id)
+            if task is None:
+                return self._state_if_final(job_id)
+            if not task.status.terminal:
+                return await self._time_out(lane, job_id, remote_id)
+        if task.status is not RemoteStatus.SUCCEEDED:
+            return self._remote_end(job_id, task)
+        return task
 
     async def _follow(
         self, lane: Lane, job_id: str, remote_id: str, state: JobState, resumed: bool
@@ -289,33 +330,76 @@ class Scheduler:
             first = 0.0 if resumed else None
             return await lane.follower.follow(remote_id, on_update=on_update, first_delay=first)
         except FinalError as exc:
-            self.manifest.transition(
-                job_id, S.FAILED, expect=(S.SUBMITTED, S.RUNNING), error=f"status: {exc.reason()}"
-            )
+            self._status_refused(job_id, exc)
             return None
         except TransientError as exc:
             # Still in flight remotely; the next run picks it up from the remote id.
             self.manifest.log_event(job_id, "error", f"status unreachable: {exc.reason()}")
             return None
 
+    async def _last_look(self, lane: Lane, job_id: str, remote_id: str) -> RemoteTask | None:
+        """The task as the provider tells it now, asked within ``http_timeout``; None when
+        there is no answer (the job stays in flight for the next run) or no task."""
+        problem = f"no answer within {self.spec.run.http_timeout:g}s"
+        with anyio.move_on_after(self.spec.run.http_timeout):
+            try:
+                return await ask_status(lane.adapter, remote_id, self.spec, self._backoff)
+            except FinalError as exc:
+                self._status_refused(job_id, exc)
+                return None
+            except TransientError as exc:
+                problem = exc.reason()
+        self.manifest.log_event(
+            job_id, "error", f"deadline passed, status unreachable ({problem}); left in flight"
+        )
+        return None
+
+    def _status_refused(self, job_id: str, exc: FinalError) -> None:
+        self.manifest.transition(
+            job_id, S.FAILED, expect=(S.SUBMITTED, S.RUNNING), error=f"status: {exc.reason()}",
+            failure=_gone(exc),
+        )  # fmt: skip
+
     def _remote_end(self, job_id: str, task: RemoteTask) -> str:
         if task.status is RemoteStatus.CANCELLED:
             end, error = S.CANCELLED, task.error or "cancelled by the provider"
         else:
             end, error = S.FAILED, task.error or "the provider reported failure"
-        self.manifest.transition(job_id, end, expect=(S.SUBMITTED, S.RUNNING), error=error)
+        self.manifest.transition(
+            job_id, end, expect=(S.SUBMITTED, S.RUNNING), error=error, failure="remote"
+        )
         return end.value
 
-    async def _time_out(self, lane: Lane, job_id: str, remote_id: str) -> str:
-        reason = f"deadline of {self.spec.run.deadline:g}s passed"
+    async def _time_out(self, lane: Lane, job_id: str, remote_id: str) -> str | None:
+        """The deadline passed and the provider, just asked, says the task still runs:
+        cancel it where the API can, and record whether it may still finish."""
+        reason = f"deadline of {self.spec.run.deadline:g}s passed; still running when asked"
+        failure = "deadline"  # --retry-failed asks about it again
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.spec.run.http_timeout):
             try:
                 if await lane.adapter.cancel(remote_id):
-                    reason += "; remote task cancelled"
+                    reason, failure = reason + "; remote task cancelled", "remote"
             except ProviderError as exc:
                 reason += f"; cancel failed: {exc.reason()}"
-        self.manifest.transition(job_id, S.TIMED_OUT, expect=(S.SUBMITTED, S.RUNNING), error=reason)
-        return S.TIMED_OUT.value
+        self.manifest.transition(
+            job_id, S.TIMED_OUT, expect=(S.SUBMITTED, S.RUNNING), error=reason, failure=failure
+        )
+        return self._state_if_final(job_id)
+
+    def _retry_anew(self, job_id: str) -> JobRecord | None:
+        """With --retry-failed, a job whose recorded task the provider has just confirmed
+        failed, cancelled or gone goes back to ``pending`` (returned) to be submitted anew."""
+        if not self.options.retry_failed:
+            return None
+        record = self.manifest.get(job_id)
+        if record is None or record.failure != "remote":
+            return None
+        if not self.manifest.transition(
+            job_id, S.PENDING, expect=(S.FAILED, S.CANCELLED),
+            detail="retry: the recorded task failed or is gone; submitting anew",
+        ):  # fmt: skip
+            return None
+        return self.manifest.get(job_id)
 
     def _state_if_final(self, job_id: str) -> str | None:
         record = self.manifest.get(job_id)
@@ -440,6 +524,25 @@ class Scheduler:
 
     # -- outputs --------------------------------------------------------------------
 
+    async def _fetch_in_time(
+        self,
+        lane: Lane,
+        record: JobRecord,
+        state: JobState,
+        remote_id: str,
+        task: RemoteTask | None,
+    ) -> str | None:
+        """``_fetch`` within a deadline of its own: the task is finished and paid for, so
+        its download gets ``run.deadline`` afresh in every run. If that passes too, the
+        job goes back to ``succeeded`` with the reason, for the next run to fetch."""
+        with anyio.move_on_after(self.spec.run.deadline):
+            return await self._fetch(lane, record, state, remote_id, task)
+        self.manifest.transition(
+            record.job.id, S.SUCCEEDED, expect=S.DOWNLOADING,
+            error=f"download paused: deadline of {self.spec.run.deadline:g}s passed during it",
+        )  # fmt: skip
+        return None
+
     async def _fetch(
         self,
         lane: Lane,
@@ -479,9 +582,13 @@ class Scheduler:
                     job_id, S.SUCCEEDED, expect=S.DOWNLOADING, detail=f"download paused: {reason}"
                 )
                 return None
+            # The task succeeded: --retry-failed fetches again from it, unless the
+            # provider says it is gone.
+            failure = _gone(exc) or "download"
             self.manifest.transition(
-                job_id, S.FAILED, expect=S.DOWNLOADING, error=f"download: {reason}"
-            )
+                job_id, S.FAILED, expect=S.DOWNLOADING, error=f"download: {reason}",
+                failure=failure,
+            )  # fmt: skip
             return S.FAILED.value
         self.manifest.finish(job_id, outputs)  # outputs and `done` in one transaction
         return S.DONE.value
@@ -493,3 +600,11 @@ class Scheduler:
             )
 
         return log
+
+
+def _gone(exc: Exception) -> str | None:
+    """``"remote"`` when a status query's final refusal means the task is gone (not found);
+    None when it says nothing about the task (a refused key), so it is asked again."""
+    if isinstance(exc, FinalError) and not isinstance(exc, AccountError):
+        return "remote"
+    return None

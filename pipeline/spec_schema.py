@@ -303,7 +303,12 @@ class PollModel(_Section):
 
 
 class RunModel(_Section):
-    deadline: Duration = Field(1800.0, description="Per job, from submit to files on disk.")
+    deadline: Duration = Field(
+        1800.0,
+        description="Per job: how long to wait for its remote task, from the submit (the "
+        "provider is always asked once more before a job is timed out); its download then "
+        "gets as long again, in every run.",
+    )
     poll: PollModel = Field(
         default_factory=lambda: PollModel.model_validate({}), description="Status polling back-off."
     )

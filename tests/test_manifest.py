@@ -548,6 +548,7 @@ def test_export_jsonl(manifest: Manifest, clock: FakeClock) -> None:
         "remote_id": "r1",
         "attempts": 1,
         "error": None,
+        "failure": None,
         "created_at": 1000.0,
         "updated_at": 1000.0,
         "submitted_at": 1000.0,

@@ -196,7 +196,7 @@ def test_a_local_error_does_not_end_the_run_and_the_rerun_continues(tmp_path, em
     summary = run_spec(spec, quiet=True, handle_signals=False)
     assert not summary.complete
     assert len(summary.errors) == 6 and "pixellabs job" in summary.errors[0]
-    assert summary.count(JobState.DOWNLOADING) == 6  # paid for, kept for the next run
+    assert summary.count(JobState.SUCCEEDED) == 6  # paid for, back for the next run to fetch
 
     blocker.unlink()
     again = run_spec(spec, quiet=True, handle_signals=False)

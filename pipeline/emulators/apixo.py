@@ -217,7 +217,9 @@ def _view(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
         "createTime": _ms(line.created_at),
     }
     if phase is Phase.SUCCEEDED:
-        path = state.media.path(task.media, now=now, ttl=state.knobs.url_ttl)
+        path = state.media.path(
+            task.media, now=now, ttl=state.knobs.url_ttl, stale=state.knobs.stale_urls
+        )
         view["resultJson"] = json.dumps({"resultUrls": [base + path]})
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         view["costTime"] = _ms(line.finished_at) - _ms(line.created_at)

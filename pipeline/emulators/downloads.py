@@ -59,6 +59,8 @@ async def send_file(
     if knobs.redirect_downloads_to is not None:
         target = knobs.redirect_downloads_to.rstrip("/") + "/" + request.path.rsplit("/", 1)[1]
         return web.Response(status=302, headers={"Location": target})
+    if knobs.download_delay:
+        await asyncio.sleep(knobs.download_delay)
     file = await state.media.rendered(token, draw=knobs.render, pad_to=knobs.output_bytes)
     if knobs.endless_downloads and request.method != "HEAD":
         return await _endless(request, file.content_type)

@@ -30,6 +30,8 @@ _KINDS: dict[str, tuple[str, bool]] = {
     "error_after_create_status": ("status_5xx", False),
     "truncate_rate": ("rate", False),
     "url_ttl": ("seconds", True),
+    "stale_urls": ("count", False),
+    "download_delay": ("seconds", False),
     "output_bytes": ("count", True),
     "render": ("bool", False),
     "seed": ("int", False),
@@ -86,6 +88,10 @@ class Knobs:
     """Probability that a download sends fewer bytes than its Content-Length, then closes."""
     url_ttl: float | None = None
     """Seconds a result URL stays valid after it was handed out; None: forever."""
+    stale_urls: int = 0
+    """The first this many result URLs handed out for each file are already expired (403)."""
+    download_delay: float = 0.0
+    """Seconds the file host waits before answering each download (a slow CDN)."""
     output_bytes: int | None = None
     """Pad every output to about this many bytes (benchmarks); None: natural size."""
     render: bool = True

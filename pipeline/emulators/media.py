@@ -41,6 +41,7 @@ class MediaStore:
         self._cache: OrderedDict[tuple[str, bool, int | None], Rendered] = OrderedDict()
         self._cached = 0
         self._secret = secrets.token_bytes(16)
+        self._handed: dict[str, int] = {}  # token → result URLs handed out so far
 
     def __len__(self) -> int:
         return len(self._media)
@@ -62,13 +63,19 @@ class MediaStore:
     def media(self, token: str) -> Media | None:
         return self._media.get(token)
 
-    def path(self, token: str, *, now: float, ttl: float | None) -> str:
-        """The URL path (with query) for a token, signed with an expiry when ``ttl`` is set."""
+    def path(self, token: str, *, now: float, ttl: float | None, stale: int = 0) -> str:
+        """The URL path (with query) for a token, signed with an expiry when ``ttl`` is set.
+
+        The first ``stale`` URLs of each token are handed out already expired."""
         media = self._media[token]
         path = f"/files/{token}{media.suffix}"
-        if ttl is None:
+        handed = self._handed[token] = self._handed.get(token, 0) + 1
+        if handed <= stale:
+            expires = handed  # long past, and a new URL each time
+        elif ttl is None:
             return path
-        expires = int(now + ttl)
+        else:
+            expires = int(now + ttl)
         return f"{path}?expires={expires}&sig={self._sign(token, expires)}"
 
     def signature_ok(self, token: str, expires: str, sig: str) -> bool:

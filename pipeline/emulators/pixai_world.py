@@ -286,7 +286,10 @@ class PixaiWorld:
         urls = [
             {
                 "variant": "PUBLIC",
-                "url": base + self.state.media.path(entry.token, now=now, ttl=ttl),
+                "url": base
+                + self.state.media.path(
+                    entry.token, now=now, ttl=ttl, stale=self.state.knobs.stale_urls
+                ),
             },
             {
                 "variant": "THUMBNAIL",

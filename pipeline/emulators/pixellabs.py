@@ -189,7 +189,9 @@ def _view(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
         "progress": math.floor(task.progress(now) * 100),
     }
     if phase is Phase.SUCCEEDED:
-        path = state.media.path(task.media, now=now, ttl=state.knobs.url_ttl)
+        path = state.media.path(
+            task.media, now=now, ttl=state.knobs.url_ttl, stale=state.knobs.stale_urls
+        )
         view["imageUrl"] = base + path
         view["arweaveUrl"] = f"{base}/arweave/{record.arweave_id}"
     view["metadata"] = record.metadata

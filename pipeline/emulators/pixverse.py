@@ -283,7 +283,9 @@ def _response(state: EmulatorState, task: Task, base: str) -> dict[str, Any]:
         error = {"code": code, "message": message}
         return {"success": False, "task_id": task.id, "trace_id": record.trace_id, "error": error}
     now = state.clock()
-    url = base + state.media.path(task.media, now=now, ttl=state.knobs.url_ttl)
+    url = base + state.media.path(
+        task.media, now=now, ttl=state.knobs.url_ttl, stale=state.knobs.stale_urls
+    )
     item = {**record.item, "video_url": url}
     return {"success": True, "task_id": task.id, "trace_id": record.trace_id, "data": [item]}
 
