@@ -224,11 +224,16 @@ class Scheduler:
     def _unexpected(self, lane: Lane, record: JobRecord, exc: Exception) -> None:
         """A local problem (disk full, permissions) or a bug: the run goes on, the summary
         says what happened, and the job is left where the next run takes it further."""
-        text = f"{type(exc).__name__}: {exc}"
-        self.summary.errors.append(f"{lane.name} job {record.job.id}: {text}")
-        self.progress.note(lane.name, f"job {record.job.id}: {text}")
+        text = self._report_unexpected(lane, record.job.id, exc)
         with contextlib.suppress(Exception):  # the manifest itself may be what failed
             self._leave_movable(record.job.id, f"unexpected error: {text}")
+
+    def _report_unexpected(self, lane: Lane, job_id: str, exc: Exception) -> str:
+        """Put an unexpected error in the summary and the progress notes; its text."""
+        text = f"{type(exc).__name__}: {exc}"
+        self.summary.errors.append(f"{lane.name} job {job_id}: {text}")
+        self.progress.note(lane.name, f"job {job_id}: {text}")
+        return text
 
     def _leave_movable(self, job_id: str, reason: str) -> None:
         """Record ``reason``; a submit that may have left becomes ``unknown`` (never
@@ -497,6 +502,8 @@ class Scheduler:
             remote_id = await lane.adapter.submit(job)
         except Exception as exc:  # everything not on the allowlist is ambiguous
             error = submit_outcome(exc)
+            if not isinstance(exc, ProviderError):  # a bug or local trouble: say so too
+                self._report_unexpected(lane, job_id, exc)
         else:
             at = self.manifest.transition_at(
                 job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
