@@ -57,6 +57,7 @@ import httpx
 
 from pipeline.download_commit import Committer
 from pipeline.errors import DownloadError, VerificationError
+from pipeline.failpoints import failpoint
 from pipeline.fsio import fsync_dir, write_atomic_text
 from pipeline.limits import parse_retry_after
 from pipeline.models import Output, OutputRef
@@ -319,6 +320,7 @@ class _PartBody:
         for piece in batch:
             update(piece)
         file.writelines(batch)
+        failpoint("download.part_written")
         self._in_file += sum(map(len, batch))
         if _FADVISE is not None and self._in_file - self._written_back >= _WRITEBACK_STEP:
             _FADVISE(file.fileno(), self._written_back, 0, os.POSIX_FADV_DONTNEED)

@@ -32,6 +32,7 @@ from pipeline.errors import (
     SubmitUnknown,
     TransientError,
 )
+from pipeline.failpoints import failpoint
 from pipeline.limits import Backoff
 from pipeline.manifest import Manifest
 from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
@@ -341,6 +342,7 @@ class Scheduler:
         with anyio.CancelScope(shield=True), prepaid_requests():
             if self._commits is not None:  # the intent is on disk before the request
                 await self._commits.durable()
+            failpoint("submit.before_send")
             outcome = await self._submit_once(lane, job)
         return outcome
 
@@ -368,6 +370,7 @@ class Scheduler:
                 job_id, S.PENDING, expect=S.SUBMITTING, detail=f"refused: {exc.reason()}"
             )
             return exc
+        failpoint("submit.after_answer")
         at = self.manifest.transition_at(
             job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
         )
@@ -419,6 +422,7 @@ class Scheduler:
                 job_id, S.FAILED, expect=S.DOWNLOADING, error=f"download: {reason}"
             )
             return S.FAILED.value
+        failpoint("download.before_finish")
         self.manifest.finish(job_id, outputs)  # outputs and `done` in one transaction
         return S.DONE.value
 
