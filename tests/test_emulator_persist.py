@@ -213,3 +213,13 @@ async def test_pixai_subscription_hears_a_task_made_before_the_restart(tmp_path:
                 if update["id"] == task_id and update["status"] == "completed":
                     break
         assert await pixai_result(client, task_id) is not None
+
+
+async def test_a_damaged_state_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(PipelineError, match="remove that directory to start the emulator afresh"):
+        async with started("pixellabs", tmp_path):
+            pass
+    (tmp_path / "state.sqlite").unlink()  # as the message says; the lock was let go
+    async with started("pixellabs", tmp_path) as (emulator, _):
+        assert len(emulator.state.tasks) == 0

@@ -55,9 +55,15 @@ class StateFile:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock = _take_lock(self.directory / LOCK_NAME)
             self._conn = _connect(self.directory / DB_NAME)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             self._release()
             raise PipelineError(f"emulator state in {self.directory}: {exc}") from exc
+        except sqlite3.Error as exc:
+            self._release()
+            raise PipelineError(
+                f"emulator state in {self.directory}: {exc} (remove that directory to start "
+                "the emulator afresh: it forgets its tasks and charges)"
+            ) from exc
 
     def close(self) -> None:
         self._conn.close()
