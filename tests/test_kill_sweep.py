@@ -278,9 +278,7 @@ def emulators(tmp_path: Path) -> Iterator[dict[str, Emulator]]:
         for entry in ENTRIES
     }
     try:
-        for emulator in started.values():
-            emulator.start()
-        yield started
+        yield started  # the test starts them, with its seed
     finally:
         for emulator in started.values():
             emulator.stop(signal.SIGTERM)
@@ -292,7 +290,8 @@ def test_kill_sweep(tmp_path: Path, emulators: dict[str, Emulator], capsys: Any)
         print(f"\nkill sweep: seed {seed} (KILL_SWEEP_SEED={seed} repeats it)", flush=True)
     rng = random.Random(seed)
     for emulator in emulators.values():  # the emulators' own dice follow the sweep's seed
-        httpx.post(f"{emulator.url}/_emulator/config", json={"seed": rng.randrange(2**31)})
+        emulator.knobs = {**emulator.knobs, "seed": rng.randrange(2**31)}
+        emulator.start()
     spec, root = sweep_spec(tmp_path, emulators), tmp_path / "out"
     logs = tmp_path / "logs"
     logs.mkdir()
