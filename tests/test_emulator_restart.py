@@ -210,8 +210,10 @@ def test_emulate_state_survives_sigkill_during_submits(tmp_path: Path) -> None:
     workers = [threading.Thread(target=submit_forever, args=(i,)) for i in range(4)]
     for worker in workers:
         worker.start()
-    while len(answered) < 40:
+    deadline = time.monotonic() + 60
+    while len(answered) < 40 and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert len(answered) >= 40, "the emulator stopped answering submits"
     stop(process, signal.SIGKILL)  # while submits are in flight
     stop_flag.set()
     for worker in workers:
