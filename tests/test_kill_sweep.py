@@ -49,7 +49,7 @@ import pytest
 from pipeline.errors import ManifestError
 from pipeline.failpoints import ENV as FAILPOINTS_ENV
 from pipeline.manifest import Manifest
-from pipeline.models import JobRecord, ProviderSettings
+from pipeline.models import JobRecord, JobState, ProviderSettings
 from pipeline.providers import registry
 
 from .conftest import write_spec
@@ -129,7 +129,7 @@ class Tally:
     forced_missed: Counter[str] = field(default_factory=Counter)
     finished_early: int = 0
     window_kills: int = 0  # kills that left a submit between intent and recorded answer
-    caught_submitting: int = 0
+    caught: set[str] = field(default_factory=set)  # jobs such a kill left `submitting`
 
 
 def sweep_spec(tmp_path: Path, emulators: dict[str, Emulator]) -> Path:
@@ -190,16 +190,13 @@ def plan_rounds(rng: random.Random) -> list[tuple[str, str | None]]:
     return rounds
 
 
-def manifest_states(root: Path) -> Counter[str]:
+def submitting(root: Path) -> set[str]:
+    """Jobs whose submit intent is recorded and whose answer is not."""
     try:
         with Manifest.open(root, readonly=True) as manifest:
-            counts = manifest.counts()
-    except ManifestError:
-        return Counter()
-    total: Counter[str] = Counter()
-    for by_state in counts.values():
-        total.update(by_state)
-    return total
+            return {r.job.id for r in manifest.iter_records(states=[JobState.SUBMITTING])}
+    except ManifestError:  # not created yet
+        return set()
 
 
 def integrity(path: Path) -> str:
@@ -328,9 +325,9 @@ def test_kill_sweep(tmp_path: Path, emulators: dict[str, Emulator], capsys: Any)
             tally.kills += 1
         else:
             tally.finished_early += 1
-        now = manifest_states(root)
-        tally.caught_submitting += now["submitting"]
-        tally.window_kills += now["submitting"] > 0
+        caught = submitting(root) - tally.caught  # a kill during start-up catches none
+        tally.caught |= caught
+        tally.window_kills += bool(caught)
         message = f"seed {seed}, round {number} ({kind} {detail})"
         assert integrity(root / "manifest.sqlite") == "ok", message
 
@@ -354,7 +351,7 @@ def test_kill_sweep(tmp_path: Path, emulators: dict[str, Emulator], capsys: Any)
         print(
             f"kill sweep: {len(jobs)} jobs, {tally.kills} kills ({RANDOM_KILLS} random, "
             f"{sum(tally.forced_hit.values())} forced, {tally.reboots} with the emulators), "
-            f"{tally.window_kills} in the submit window ({tally.caught_submitting} submits "
+            f"{tally.window_kills} in the submit window ({len(tally.caught)} submits "
             f"caught), {len(unknown)} unknown jobs ({unknown_paid} paid), {elapsed:.0f} s "
             f"(final run {final_took:.0f} s); "
             f"forced points hit {dict(tally.forced_hit)}, missed "
