@@ -223,3 +223,11 @@ async def test_a_damaged_state_file_is_refused_with_a_clear_error(tmp_path: Path
     (tmp_path / "state.sqlite").unlink()  # as the message says; the lock was let go
     async with started("pixellabs", tmp_path) as (emulator, _):
         assert len(emulator.state.tasks) == 0
+
+
+async def test_another_apis_state_is_refused(tmp_path: Path) -> None:
+    async with started("pixellabs", tmp_path) as (_, client):
+        await pixellabs_submit(client)
+    with pytest.raises(PipelineError, match="holds the pixellabs emulator's world, not apixo's"):
+        async with started("apixo", tmp_path):
+            pass

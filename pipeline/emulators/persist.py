@@ -60,10 +60,14 @@ class StateFile:
             raise PipelineError(f"emulator state in {self.directory}: {exc}") from exc
         except sqlite3.Error as exc:
             self._release()
-            raise PipelineError(
-                f"emulator state in {self.directory}: {exc} (remove that directory to start "
-                "the emulator afresh: it forgets its tasks and charges)"
-            ) from exc
+            raise self.unusable(str(exc)) from exc
+
+    def unusable(self, why: str) -> PipelineError:
+        """The error for a state file this emulator cannot take over, with the way out."""
+        return PipelineError(
+            f"emulator state in {self.directory}: {why} (remove that directory to start "
+            "the emulator afresh: it forgets its tasks and charges)"
+        )
 
     def close(self) -> None:
         self._conn.close()

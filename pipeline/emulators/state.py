@@ -97,19 +97,27 @@ class EmulatorState:
 
     def persist_to(self, store: StateFile) -> None:
         """Restore what ``store`` keeps, then write every change there (a restart forgets
-        nothing a client was told). Call before serving, after replacing the clock."""
-        secret = dict(store.rows("meta")).get("media_secret")
-        if secret is None:
-            store.write([("meta", "media_secret", self.media.secret)])
-            secret = self.media.secret
-        self.media.restore(str(secret), store.rows("media"), store.rows("alias"))
-        for _, doc in store.rows("task"):
-            self.tasks.add(task_from_doc(doc, self.record_type))
-        self.ledger.charges.extend(store.charges())
+        nothing a client was told). Call before serving, after replacing the clock.
+
+        Raises ``PipelineError`` when the file is another API's or cannot be read."""
+        meta = dict(store.rows("meta"))
+        owner = meta.setdefault("provider", self.provider)
+        if owner != self.provider:
+            raise store.unusable(f"it holds the {owner} emulator's world, not {self.provider}'s")
+        if "media_secret" not in meta:
+            meta["media_secret"] = self.media.secret
+            store.write([("meta", key, value) for key, value in meta.items()])
+        try:
+            self.media.restore(str(meta["media_secret"]), store.rows("media"), store.rows("alias"))
+            for _, doc in store.rows("task"):
+                self.tasks.add(task_from_doc(doc, self.record_type))
+            self.ledger.charges.extend(store.charges())
+            for hook in self.restore_hooks:
+                hook(store)
+        except (KeyError, TypeError, ValueError) as exc:  # not what this version writes
+            raise store.unusable(f"unreadable entry ({type(exc).__name__}: {exc})") from exc
         self.store = store
         self.media.journal = self.note
-        for hook in self.restore_hooks:
-            hook(store)
 
     def note(self, kind: str, object_id: str, doc: Any) -> None:
         """Remember a new object for the state file; the next ``charge``/``save`` writes it."""
