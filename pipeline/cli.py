@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="emulator knob for every emulator, e.g. task_seconds=5, failure_rate=0.1 (repeatable)",
     )
+    emulate.add_argument(
+        "--state",
+        type=Path,
+        metavar="DIR",
+        help="keep each emulator's tasks, media and charge ledger in DIR/<name>/ across "
+        "restarts (default: in memory, forgotten when stopped)",
+    )
     emulate.set_defaults(handler=cmd_emulate)
 
     providers = commands.add_parser(
@@ -327,6 +334,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         port=args.port,
         knobs={name: knobs for name in names},
         announce=announce,
+        state=args.state,
     )
     return EXIT_OK
 

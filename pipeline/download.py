@@ -67,6 +67,7 @@ from pipeline.download_resume import (
     validator_path,
 )
 from pipeline.errors import DownloadError, DownloadTooLarge, VerificationError
+from pipeline.failpoints import failpoint
 from pipeline.fsio import fsync_dir, write_atomic_text
 from pipeline.http import request_was_unsent
 from pipeline.limits import parse_retry_after
@@ -402,6 +403,7 @@ class _PartBody:
         for piece in batch:
             update(piece)
         file.writelines(batch)
+        failpoint("download.part_written")
         self._in_file += sum(map(len, batch))
         if _FADVISE is not None and self._in_file - self._written_back >= _WRITEBACK_STEP:
             _FADVISE(file.fileno(), self._written_back, 0, os.POSIX_FADV_DONTNEED)

@@ -35,6 +35,7 @@ from pipeline.errors import (
     SubmitRefused,
     TransientError,
 )
+from pipeline.failpoints import failpoint
 from pipeline.limits import Backoff
 from pipeline.manifest import Manifest
 from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
@@ -491,6 +492,7 @@ class Scheduler:
         with anyio.CancelScope(shield=True), prepaid_requests():
             if self._commits is not None:  # the intent is on disk before the request
                 await self._commits.durable()
+            failpoint("submit.before_send")
             outcome = await self._submit_once(lane, job)
         return outcome
 
@@ -505,6 +507,7 @@ class Scheduler:
             if not isinstance(exc, ProviderError):  # a bug or local trouble: say so too
                 self._report_unexpected(lane, job_id, exc)
         else:
+            failpoint("submit.after_answer")
             at = self.manifest.transition_at(
                 job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
             )
@@ -597,6 +600,7 @@ class Scheduler:
                 failure=failure,
             )  # fmt: skip
             return S.FAILED.value
+        failpoint("download.before_finish")
         self.manifest.finish(job_id, outputs)  # outputs and `done` in one transaction
         return S.DONE.value
 

@@ -10,6 +10,7 @@ import importlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import ModuleType
 
 import anyio
@@ -26,10 +27,19 @@ from pipeline.providers import registry
 from pipeline.providers.base import Provider
 from pipeline.redact import register_secrets
 
-__all__ = ["EMULATOR_KEY", "Lane", "Session", "open_session", "prepaid_requests"]
+__all__ = [
+    "EMULATOR_KEY",
+    "EMULATOR_STATE_DIR",
+    "Lane",
+    "Session",
+    "open_session",
+    "prepaid_requests",
+]
 
 EMULATOR_KEY = "emulator-key-not-secret"
 """The API key sent to built-in emulators: they accept any key."""
+EMULATOR_STATE_DIR = ".emulators"
+"""Under the output root: the in-process emulators' worlds, one directory per entry."""
 
 _prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
 
@@ -108,15 +118,23 @@ def emulators() -> ModuleType:
 async def _start_emulators(
     stack: AsyncExitStack, spec: Spec
 ) -> tuple[dict[str, ProviderSettings], dict[str, str]]:
-    """Start an in-process emulator for each provider entry with ``emulate`` set."""
+    """Start an in-process emulator for each provider entry with ``emulate`` set.
+
+    Each keeps its tasks, media and charges in ``<output root>/.emulators/<entry>/``, so
+    a rerun finds the tasks the last run left in flight, as it would at the real API."""
     settings = dict(spec.providers)
     urls: dict[str, str] = {}
     for name, entry in spec.providers.items():
         if entry.emulate is None:
             continue
         serve = emulators().serve
+        state_dir = Path(spec.output.root) / EMULATOR_STATE_DIR / name
         running = await stack.enter_async_context(
-            serve([entry.type], knobs={entry.type: dict(entry.emulate)})
+            serve(
+                [entry.type],
+                knobs={entry.type: dict(entry.emulate)},
+                state_dirs={entry.type: state_dir},
+            )
         )
         url = running[entry.type].base_url
         settings[name] = replace(entry, base_url=url, api_key=entry.api_key or EMULATOR_KEY)

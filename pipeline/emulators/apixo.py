@@ -110,6 +110,7 @@ class Invalid(ValueError):
 def create_app(knobs: Knobs) -> web.Application:
     """The APIXO emulator, behaving as ``knobs`` say."""
     state = EmulatorState("apixo", knobs)
+    state.record_type = _Record
     routes = [
         web.post("/api/v1/generateTask/{model}", submit),
         web.get("/api/v1/statusTask/{model}", status),

@@ -13,11 +13,17 @@ import hmac
 import secrets
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from pipeline.emulators.codec import media_doc, media_from_doc
 from pipeline.emulators.render import Media
 
-__all__ = ["MediaStore", "Rendered"]
+__all__ = ["Journal", "MediaStore", "Rendered"]
+
+Journal = Callable[[str, str, Any], None]
+"""Takes (kind, id, document) of every object added, for the state file."""
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -42,6 +48,7 @@ class MediaStore:
         self._cached = 0
         self._secret = secrets.token_bytes(16)
         self._handed: dict[str, int] = {}  # token → result URLs handed out so far
+        self.journal: Journal | None = None
 
     def __len__(self) -> int:
         return len(self._media)
@@ -50,11 +57,28 @@ class MediaStore:
         """Register an output (nothing is rendered yet); returns its token."""
         token = secrets.token_hex(10)
         self._media[token] = media
+        if self.journal is not None:
+            self.journal("media", token, media_doc(media))
         return token
 
     def alias(self, name: str, token: str) -> None:
         """Another name for a token's file (e.g. a permanent mirror's id)."""
         self._aliases[name] = token
+        if self.journal is not None:
+            self.journal("alias", name, token)
+
+    @property
+    def secret(self) -> str:
+        """The URL-signing key (hex), kept with the state so signed URLs outlive a restart."""
+        return self._secret.hex()
+
+    def restore(
+        self, secret: str, media: Iterable[tuple[str, Any]], aliases: Iterable[tuple[str, Any]]
+    ) -> None:
+        """Take back the signing key, media specs and aliases a state file kept."""
+        self._secret = bytes.fromhex(secret)
+        self._media.update((token, media_from_doc(doc)) for token, doc in media)
+        self._aliases.update((name, str(token)) for name, token in aliases)
 
     def resolve(self, name: str) -> str | None:
         """The token an alias names, or None."""

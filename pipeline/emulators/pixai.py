@@ -38,7 +38,7 @@ from pipeline.emulators.app import (
 )
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.pixai_schema import GqlContext, prepare, run_operation
-from pipeline.emulators.pixai_world import PixaiWorld
+from pipeline.emulators.pixai_world import PixaiWorld, Record
 from pipeline.emulators.pixai_ws import WORLD_KEY, admin_routes, websocket
 from pipeline.emulators.state import Admission, EmulatorState, Refusal
 
@@ -60,6 +60,7 @@ REFUSALS: dict[Refusal, tuple[int, str]] = {
 def create_app(knobs: Knobs) -> web.Application:
     """The PixAI emulator, behaving as ``knobs`` say."""
     state = EmulatorState("pixai", knobs)
+    state.record_type = Record
     world = PixaiWorld(state)
     routes = [
         web.post("/graphql", graphql_http),

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
-import io
 import itertools
 import secrets
 import time
@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.emulators.ledger import key_fingerprint
-from pipeline.emulators.render import ImageSpec, PngFile
+from pipeline.emulators.persist import StateFile
+from pipeline.emulators.render import GridImage, ImageSpec
 from pipeline.emulators.state import EmulatorState
 from pipeline.emulators.tasks import Phase, Task, Timeline, extra_of, unique_id
 
@@ -43,6 +44,7 @@ __all__ = [
     "GridImage",
     "Invalid",
     "PixaiWorld",
+    "Record",
     "TooManyTasks",
     "WsSettings",
 ]
@@ -56,6 +58,8 @@ DEFAULT_SIZE = 512
 SIZE_RANGE = (64, 2048)
 """Allowed width/height, multiples of 8 (GUESS)."""
 TICK_SECONDS = 0.05
+MEDIA_KIND = "pixai_media"
+"""Kind of PixAI's media ids in the state file."""
 QUEUE_SIZE = 1000
 """Events buffered per subscription before new ones are dropped."""
 STATUS_WORDS = {
@@ -109,6 +113,9 @@ class Record:
     cancelled_at: float | None = None
     cancel_reason: str | None = None
 
+    def __post_init__(self) -> None:  # from a state file, the pairs come back as lists
+        self.batch = [(int(seed), str(media_id)) for seed, media_id in self.batch]
+
 
 @dataclass(frozen=True, slots=True)
 class MediaEntry:
@@ -117,30 +124,6 @@ class MediaEntry:
     thumbnail: str
     width: int
     height: int
-
-
-@dataclass(frozen=True, slots=True)
-class GridImage(PngFile):
-    """The 2x2 composite PixAI puts at ``outputs.mediaId`` for a batch."""
-
-    cells: tuple[ImageSpec, ...]
-    width: int
-    height: int
-
-    def render(self, *, draw: bool) -> bytes:
-        from PIL import Image
-
-        canvas = Image.new("RGB", (self.width, self.height), (30, 30, 30))
-        half_w, half_h = self.width // 2, self.height // 2
-        for index, cell in enumerate(self.cells[:4]):
-            small = ImageSpec(cell.provider, cell.prompt, cell.seed, half_w - 4, half_h - 4)
-            with Image.open(io.BytesIO(small.render(draw=draw))) as tile:
-                canvas.paste(
-                    tile.convert("RGB"), ((index % 2) * half_w + 2, (index // 2) * half_h + 2)
-                )
-        out = io.BytesIO()
-        canvas.save(out, "PNG", compress_level=1)
-        return out.getvalue()
 
 
 class EventStream:
@@ -209,6 +192,23 @@ class PixaiWorld:
     _due: list[tuple[float, int, str]] = field(default_factory=list)
     _seq: Iterator[int] = field(default_factory=itertools.count)
 
+    def __post_init__(self) -> None:
+        self.state.restore_hooks.append(self.restore)
+
+    def restore(self, store: StateFile) -> None:
+        """Rebuild media ids, the accounts' active tasks and the phase changes still to
+        come from a state file; changes that fell in the downtime are not announced."""
+        for media_id, doc in store.rows(MEDIA_KIND):
+            self.media[media_id] = MediaEntry(**doc)
+        now = self.state.clock()
+        for task in self.state.tasks:
+            if status_word(task, now) in TERMINAL_WORDS:
+                continue
+            self._active[task.owner].add(task.id)
+            for at in (task.timeline.started_at, task.timeline.finished_at):
+                if at > now:
+                    self._schedule(at, task.id)
+
     # -- tasks ------------------------------------------------------------------------
 
     def create_task(self, owner: str, parameters: dict[str, Any]) -> Task:
@@ -246,6 +246,7 @@ class PixaiWorld:
         if status_word(task, now) in TERMINAL_WORDS:
             return
         record.cancelled_at, record.cancel_reason = now, reason
+        self.state.save(task)
         self._publish(task, now)
 
     def active_count(self, owner: str) -> int:
@@ -412,7 +413,9 @@ class PixaiWorld:
         prompt = image.prompt if isinstance(image, ImageSpec) else image.cells[0].prompt
         thumbnail = store.add(ImageSpec(PROVIDER, prompt, seed, thumb_w, thumb_h))
         media_id = unique_id(_numeric_id, self.media)
-        self.media[media_id] = MediaEntry(media_id, token, thumbnail, image.width, image.height)
+        entry = MediaEntry(media_id, token, thumbnail, image.width, image.height)
+        self.media[media_id] = entry
+        self.state.note(MEDIA_KIND, media_id, dataclasses.asdict(entry))
         return media_id
 
 

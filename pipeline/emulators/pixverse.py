@@ -107,6 +107,7 @@ class Invalid(ValueError):
 def create_app(knobs: Knobs) -> web.Application:
     """The Pixverse emulator, behaving as ``knobs`` say."""
     state = EmulatorState("acedata", knobs)
+    state.record_type = _Record
     routes = [
         web.post("/pixverse/videos", submit),
         web.post("/pixverse/tasks", tasks),

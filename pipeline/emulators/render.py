@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from PIL import ImageFont
 
 __all__ = [
+    "GridImage",
     "ImageSpec",
     "Media",
     "PngFile",
@@ -121,6 +122,30 @@ class ImageSpec(PngFile):
 
     def background(self) -> tuple[int, int, int]:
         return background_for(self.seed)
+
+
+@dataclass(frozen=True, slots=True)
+class GridImage(PngFile):
+    """A 2x2 composite of up to four images (PixAI's ``outputs.mediaId`` for a batch)."""
+
+    cells: tuple[ImageSpec, ...]
+    width: int
+    height: int
+
+    def render(self, *, draw: bool) -> bytes:
+        from PIL import Image
+
+        canvas = Image.new("RGB", (self.width, self.height), (30, 30, 30))
+        half_w, half_h = self.width // 2, self.height // 2
+        for index, cell in enumerate(self.cells[:4]):
+            small = ImageSpec(cell.provider, cell.prompt, cell.seed, half_w - 4, half_h - 4)
+            with Image.open(io.BytesIO(small.render(draw=draw))) as tile:
+                canvas.paste(
+                    tile.convert("RGB"), ((index % 2) * half_w + 2, (index // 2) * half_h + 2)
+                )
+        out = io.BytesIO()
+        canvas.save(out, "PNG", compress_level=1)
+        return out.getvalue()
 
 
 def with_padding(png: bytes, size: int | None) -> bytes:

@@ -7,12 +7,14 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from pipeline.emulators.clock import Clock
 from pipeline.emulators.knobs import Knobs
+from pipeline.emulators.persist import StateFile
 from pipeline.emulators.registry import EMULATORS
 from pipeline.emulators.state import STATE_KEY, EmulatorState
 
@@ -49,25 +51,36 @@ async def serve(
     port: int = 0,
     knobs: Mapping[str, Mapping[str, Any]] | None = None,
     clock: Clock | None = None,
+    state_dirs: Mapping[str, Path] | None = None,
 ) -> AsyncIterator[dict[str, RunningEmulator]]:
     """Serve the named emulators, each on its own port, until the block exits.
 
     ``port=0`` gives each an ephemeral port; a fixed ``port`` gives ``port``, ``port+1``…
     ``knobs`` maps an emulator name (or ``"*"`` for all) to knob values. ``clock``
-    replaces every emulator's clock (tests pass a ManualClock). Needs an asyncio loop.
+    replaces every emulator's clock (tests pass a ManualClock). ``state_dirs`` maps an
+    emulator name to the directory where its world is kept across restarts (see
+    ``persist``); the others remember nothing once stopped. Needs an asyncio loop.
     """
     settings = _knobs_for(names, knobs or {})
     running: dict[str, RunningEmulator] = {}
+    stores: list[StateFile] = []
     try:
         for index, name in enumerate(names):
             app = EMULATORS[name](settings[name])
+            state = app[STATE_KEY]
             if clock is not None:
-                app[STATE_KEY].clock = clock
+                state.clock = clock
+            directory = (state_dirs or {}).get(name)
+            if directory is not None:
+                stores.append(StateFile(directory))
+                state.persist_to(stores[-1])
             running[name] = await _start(name, app, host, port + index if port else 0)
         yield running
     finally:
         for emulator in running.values():
             await emulator.runner.cleanup()
+        for store in stores:
+            store.close()
 
 
 def run_forever(
@@ -77,15 +90,21 @@ def run_forever(
     port: int = 0,
     knobs: Mapping[str, Mapping[str, Any]] | None = None,
     announce: Callable[[str, str], None],
+    state: Path | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, calling ``announce(name, base_url)`` once each listens."""
+    """Serve until SIGINT or SIGTERM, calling ``announce(name, base_url)`` once each listens.
+
+    ``state``: keep each emulator's world in ``state/<name>/`` across restarts."""
+    state_dirs = None if state is None else {name: Path(state) / name for name in names}
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with serve(names, host=host, port=port, knobs=knobs) as running:
+        async with serve(
+            names, host=host, port=port, knobs=knobs, state_dirs=state_dirs
+        ) as running:
             for name, emulator in running.items():
                 announce(name, emulator.base_url)
             await stop.wait()

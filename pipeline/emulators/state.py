@@ -1,25 +1,29 @@
 """One emulator's world: knobs, clock, dice, tasks, media, ledger, counters, limiter.
 
 ``admit`` is the gate every API request passes first (key, limiter, injected
-faults); each emulator renders a refusal in its own API's words.
+faults); each emulator renders a refusal in its own API's words. With a state file
+(``persist_to``), tasks, media, charges and the signing secret outlive the process:
+``charge`` and ``save`` write them before the answer that reveals them leaves.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from pipeline.emulators.clock import Clock, system_clock
+from pipeline.emulators.codec import task_doc, task_from_doc
 from pipeline.emulators.faults import Dice, Fault, injected_fault
 from pipeline.emulators.knobs import Knobs
-from pipeline.emulators.ledger import Ledger, Stats, key_fingerprint
+from pipeline.emulators.ledger import Charge, Ledger, Stats, key_fingerprint
 from pipeline.emulators.limiter import Quota, RateLimiter
 from pipeline.emulators.media import DEFAULT_CACHE_BYTES, MediaStore
+from pipeline.emulators.persist import Row, StateFile
 from pipeline.emulators.tasks import Task, TaskStore
 
 __all__ = ["STATE_KEY", "Admission", "EmulatorState", "Refusal"]
@@ -84,6 +88,52 @@ class EmulatorState:
         self.tasks = TaskStore()
         self.media = MediaStore(cache_bytes=media_cache_bytes)
         self.limiter = RateLimiter()
+        self.store: StateFile | None = None
+        self.record_type: type[Any] | None = None
+        """The emulator's ``task.extra`` dataclass, to restore tasks from a state file."""
+        self.restore_hooks: list[Callable[[StateFile], None]] = []
+        """Called after ``persist_to`` restored the common world (PixAI rebuilds its own)."""
+        self._unsaved: list[Row] = []
+
+    def persist_to(self, store: StateFile) -> None:
+        """Restore what ``store`` keeps, then write every change there (a restart forgets
+        nothing a client was told). Call before serving, after replacing the clock.
+
+        Raises ``PipelineError`` when the file is another API's or cannot be read."""
+        meta = dict(store.rows("meta"))
+        owner = meta.setdefault("provider", self.provider)
+        if owner != self.provider:
+            raise store.unusable(f"it holds the {owner} emulator's world, not {self.provider}'s")
+        if "media_secret" not in meta:
+            meta["media_secret"] = self.media.secret
+            store.write([("meta", key, value) for key, value in meta.items()])
+        try:
+            self.media.restore(str(meta["media_secret"]), store.rows("media"), store.rows("alias"))
+            for _, doc in store.rows("task"):
+                self.tasks.add(task_from_doc(doc, self.record_type))
+            self.ledger.charges.extend(store.charges())
+            for hook in self.restore_hooks:
+                hook(store)
+        except (KeyError, TypeError, ValueError) as exc:  # not what this version writes
+            raise store.unusable(f"unreadable entry ({type(exc).__name__}: {exc})") from exc
+        self.store = store
+        self.media.journal = self.note
+
+    def note(self, kind: str, object_id: str, doc: Any) -> None:
+        """Remember a new object for the state file; the next ``charge``/``save`` writes it."""
+        if self.store is not None:
+            self._unsaved.append((kind, object_id, doc))
+
+    def save(self, task: Task | None = None, charges: tuple[Charge, ...] = ()) -> None:
+        """Write ``task`` (as it is now), the objects noted since and ``charges``, in one
+        durable transaction. Nothing to do without a state file."""
+        if self.store is None:
+            return
+        rows = [*self._unsaved]
+        if task is not None:
+            rows.append(("task", task.id, task_doc(task)))
+        self.store.write(rows, charges)
+        self._unsaved.clear()
 
     def configure(self, changes: Mapping[str, Any]) -> Knobs:
         """Apply knob changes (validated; ValueError leaves the knobs as they were)."""
@@ -95,6 +145,9 @@ class EmulatorState:
 
     def reset(self) -> None:
         """Forget tasks, media, charges, counters and quotas; keep the knobs; reseed."""
+        if self.store is not None:
+            self.store.clear()
+        self._unsaved.clear()
         self.ledger.clear()
         self.stats.clear()
         self.tasks.clear()
@@ -131,10 +184,17 @@ class EmulatorState:
         return Admission(key, quota, _FAULT_REFUSALS[fault], after)
 
     def charge(self, task: Task, route: str, body: Any) -> None:
-        """Record the accepted submit that created ``task`` in the ledger."""
-        self.ledger.charge(
+        """Record the accepted submit that created ``task`` in the ledger, and make the
+        task durable with it; if that write fails, the task is forgotten (a 500)."""
+        charge = Charge(
             at=task.timeline.created_at, task_id=task.id, route=route, key=task.owner, body=body
         )
+        try:
+            self.save(task, (charge,))
+        except BaseException:
+            self.tasks.discard(task.id)
+            raise
+        self.ledger.charges.append(charge)
 
     def drop_after_create(self) -> bool:
         """Roll ``drop_after_create_rate``; on a hit count a ``dropped`` fault and say so.

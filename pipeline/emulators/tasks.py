@@ -7,7 +7,7 @@ running, when it ends, whether it fails), and its phase is read off that timelin
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -121,6 +121,12 @@ class TaskStore:
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
+
+    def discard(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(list(self._tasks.values()))
 
     def clear(self) -> None:
         self._tasks.clear()
