@@ -71,6 +71,7 @@ def test_a_schema_1_manifest_is_migrated_and_listed_again(tmp_path):
     with sqlite3.connect(tmp_path / DB_NAME) as conn:  # back to schema 1
         conn.execute("DROP INDEX jobs_provider_state")
         conn.execute("ALTER TABLE jobs DROP COLUMN generation")
+        conn.execute("ALTER TABLE jobs DROP COLUMN failure")  # added by 2 -> 3
         conn.execute("CREATE INDEX jobs_provider_state ON jobs (provider, state)")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
