@@ -7,10 +7,11 @@ each commit appending the touched pages to the WAL), ≈ 12 µs inside a shared
 transaction; a job makes four.
 
 Durability is unchanged where it matters: ``durable()`` waits for the commit that holds
-everything written so far, and the scheduler awaits it before a submit leaves (contract
-2). Other moves are committed within the same turn; a crash before that loses only moves
-whose outcome the next run reconciles anyway (a remote id not yet recorded is the same
-as a crash just before the answer arrived).
+everything written so far, fsynced to the disk, and the scheduler awaits it before a
+submit leaves (contract 2: a power cut cannot undo a submit's intent). Other moves are
+committed within the same turn; a crash before that loses only moves whose outcome the
+next run reconciles anyway (a remote id not yet recorded is the same as a crash just
+before the answer arrived).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class _Round:
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.error: ManifestError | None = None
+        self.synced = False  # a submit waits for it: fsync, not only commit
 
 
 class GroupCommit:
@@ -47,13 +49,15 @@ class GroupCommit:
         self._wanted.set()
 
     async def durable(self) -> None:
-        """Return once everything written so far is committed; raise ``ManifestError``
+        """Return once everything written so far is committed and synced to the disk
+        (``Manifest.commit(synced=True)``); raise ``ManifestError``
         if that commit failed. Once the background task has stopped (the run is being
         cancelled), it commits at once itself."""
         if self._stopped:
-            self.manifest.commit()
+            self.manifest.commit(synced=True)
             return
         round_ = self._round
+        round_.synced = True
         self._wanted.set()
         await round_.done.wait()
         if round_.error is not None:
@@ -75,7 +79,7 @@ class GroupCommit:
     def _commit_round(self) -> None:
         round_, self._round = self._round, _Round()
         try:
-            self.manifest.commit()
+            self.manifest.commit(synced=round_.synced)
         except ManifestError as exc:
             round_.error = exc
         finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
+import os
 import sqlite3
 import threading
 import time
@@ -220,8 +221,12 @@ class Manifest:
         if on_pending is None:
             self.commit()
 
-    def commit(self) -> None:
+    def commit(self, *, synced: bool = False) -> None:
         """Commit the deferred writes (a no-op when nothing is pending).
+
+        With ``synced`` everything committed so far is on the disk itself, not only in
+        the OS's cache (the WAL is fsynced): a submit's intent must survive a power cut,
+        or the job would be submitted again. Other commits survive a process crash.
 
         If the commit fails, they are rolled back and every later write raises
         ``ManifestError``: what this process believes the jobs' states are is no longer
@@ -230,6 +235,12 @@ class Manifest:
             conn = self._connection()
             if conn.in_transaction:
                 self._commit_or_lose(conn)
+            if synced:  # SQLite cannot switch to synchronous=FULL inside a transaction
+                try:
+                    _fsync_file(self.path.with_name(self.path.name + "-wal"))
+                except OSError as exc:  # what was committed may not be on the disk
+                    self.write_failures.failed(exc)
+                    raise ManifestError(f"{self.path}: fsync failed: {exc}") from exc
 
     def _commit_or_lose(self, conn: sqlite3.Connection) -> None:
         """COMMIT; if it fails, roll back, stop all writes and report the remote ids
@@ -710,3 +721,15 @@ class Manifest:
                 yield conn
             finally:
                 conn.close()
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk (nothing to do when it does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -4,7 +4,10 @@ the event loop; a submit's intent is still on disk before the request leaves."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +209,50 @@ def test_every_submit_leaves_only_after_its_intent_is_committed(
     summary = run_spec(spec, quiet=True, handle_signals=False)
     assert summary.complete and summary.submitted == 12
     assert seen == ["submitting"] * 12
+
+
+_SYNC_PROBE = """
+import os, sys
+from pathlib import Path
+from pipeline.manifest import Manifest
+from pipeline.models import Job, JobState
+
+root = Path(sys.argv[1])
+with Manifest.open(root, spec_name="sync") as manifest:
+    manifest.add_jobs([Job(id=f"{i:016x}", provider="p", model=None, params={"prompt": "x"},
+                           replicate=0) for i in range(2)])
+    manifest.defer_commits(lambda: None)
+    for i, synced in enumerate((False, True, True)):
+        if i < 2:  # the third commit has nothing pending: an earlier one holds the write
+            manifest.transition(f"{i:016x}", JobState.SUBMITTING, expect=JobState.PENDING)
+        os.write(2, f"--- begin {synced}\\n".encode())
+        manifest.commit(synced=synced)
+        os.write(2, b"--- end\\n")
+    manifest.defer_commits(None)
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to see fsync calls")
+def test_a_submits_commit_reaches_the_disk_not_only_the_os(tmp_path):
+    """Contract 2 under a power cut: the commit a submit waits for fsyncs the WAL, even
+    when an earlier commit already holds the intent; other commits do not pay for it."""
+    result = subprocess.run(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", sys.executable, "-c",
+         _SYNC_PROBE, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    syncs = []
+    inside = False
+    for line in result.stderr.splitlines():
+        if "--- begin" in line:
+            inside, count = True, 0
+        elif "--- end" in line and inside:
+            inside = False
+            syncs.append(count)
+        elif inside and ("fsync(" in line or "fdatasync(" in line):
+            count += 1
+    assert len(syncs) == 3, result.stderr[-2000:]
+    unsynced, synced, nothing_pending = syncs
+    assert unsynced == 0
+    assert synced >= 1
+    assert nothing_pending >= 1
