@@ -75,6 +75,7 @@ KNOBS: dict[str, Any] = {
     "task_jitter": 0.3,
     "render": False,
     "drop_after_create_rate": 0.01,
+    "error_after_create_rate": 0.01,  # a 5xx after the task was created and charged
     "truncate_rate": 0.02,
     "rate_limit_rate": 0.02,
 }
