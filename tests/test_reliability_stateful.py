@@ -34,12 +34,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -109,6 +111,8 @@ DEADLINE = 60.0
 """run.deadline in seconds; the gated ``past_deadline`` rule shortens it."""
 SHORT_DEADLINE = 2.0
 RUN_TIMEOUT = 90.0
+COVERAGE: Counter[str] = Counter()
+"""Steps after which a job was in each state, runs killed… over the whole test."""
 
 
 def spec_text(root: Path, urls: dict[str, str], deadline: float) -> str:
@@ -205,30 +209,26 @@ class ReliabilityMachine(RuleBasedStateMachine):
     def crash(self, delay: float, retry_failed: bool, resubmit: bool) -> None:
         """SIGKILL a run after ``delay`` seconds (before it starts, mid-submit, mid-poll,
         mid-download or after it ended: wherever the delay lands)."""
-        window = RunWindow(retry_failed=retry_failed, resubmit_unknown=resubmit)
-        process = subprocess.Popen(
-            self._argv(window), cwd=self.example, env=self.env, text=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            window.killed = True
-        _out, err = process.communicate(timeout=RUN_TIMEOUT)
-        window.close(process.returncode, err)
-        self.world.record(window)
+        started = time.monotonic()
+        self._crash(
+            RunWindow(retry_failed=retry_failed, resubmit_unknown=resubmit),
+            lambda: time.monotonic() - started >= delay,
+        )
 
     @rule(state=st.sampled_from(["submitting", "submitted", "running", "downloading"]))
     def crash_in_flight(self, state: str) -> None:
         """SIGKILL a run the moment the manifest shows a job in ``state`` (a forced kill
         point: random delays mostly land before the first submit or after the last file)."""
-        window = RunWindow()
+        self._crash(RunWindow(), lambda: jobs_in(self.world.root, state) > 0)
+
+    def _crash(self, window: RunWindow, now: Callable[[], bool]) -> None:
+        """Start a run and SIGKILL it once ``now()`` says so, unless it ended before."""
         process = subprocess.Popen(
             self._argv(window), cwd=self.example, env=self.env, text=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
-        while process.poll() is None and not jobs_in(self.world.root, state):
+        give_up = time.monotonic() + RUN_TIMEOUT
+        while process.poll() is None and not now() and time.monotonic() < give_up:
             time.sleep(0.005)
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
@@ -236,6 +236,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
         _out, err = process.communicate(timeout=RUN_TIMEOUT)
         window.close(process.returncode, err)
         self.world.record(window)
+        COVERAGE["runs killed" if window.killed else "crash rules that found the run over"] += 1
 
     @rule(seconds=st.floats(0.1, 3.0))
     def advance_time(self, seconds: float) -> None:
@@ -257,13 +258,12 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.check()
 
     @invariant()
-    def note_statistics(self) -> None:
-        """What the examples reached (``--hypothesis-show-statistics``)."""
+    def note_coverage(self) -> None:
+        """What the examples reached, printed at the end (``pytest -s``)."""
         jobs = jobs_of(self.world.root)
-        for job in jobs:
-            event(f"a job was {job['state']}")
+        COVERAGE.update(f"job {job['state']}" for job in jobs)
         if sum(len(self.emulator.ledger(name)) for name in PROVIDERS) > len(jobs):
-            event("more charges than jobs")
+            COVERAGE["more charges than jobs"] += 1
 
     def check(self) -> None:
         """Raise ``Violation`` listing every broken promise."""
@@ -308,8 +308,8 @@ def hypothesis_settings() -> settings:
             suppress_health_check=list(HealthCheck),
         )
     return settings(
-        max_examples=4,
-        stateful_step_count=8,
+        max_examples=6,
+        stateful_step_count=10,
         deadline=None,
         derandomize=True,  # the same rule sequences on every CI run
         database=None,
@@ -342,7 +342,9 @@ def machine_for(emulator: EmulatorProcess, workdir: Path) -> type[ReliabilityMac
 
 
 def test_reliability_promises_hold_under_faults_and_crashes(emulator, tmp_path):
+    COVERAGE.clear()
     run_state_machine_as_test(machine_for(emulator, tmp_path), settings=hypothesis_settings())
+    print("\ncoverage:", ", ".join(f"{k} {n}" for k, n in sorted(COVERAGE.items())))
 
 
 def fixed_machine(emulator: EmulatorProcess, workdir: Path) -> ReliabilityMachine:
@@ -353,6 +355,47 @@ def fixed_machine(emulator: EmulatorProcess, workdir: Path) -> ReliabilityMachin
     return machine
 
 
+def run_steps(machine: ReliabilityMachine, *steps: Callable[[], None]) -> None:
+    for step in steps:
+        step()
+        machine.check()
+
+
+def test_kills_mid_download_and_late_duplicate_callbacks(emulator, tmp_path):
+    """Fixed kill points the random examples may miss, each followed by the checks."""
+    machine = fixed_machine(emulator, tmp_path)
+    for name in PROVIDERS:
+        machine.set_fault(name, ("output_bytes", 4_000_000))
+    machine.set_fault("pixellabs", ("truncate_rate", 0.5))
+    machine.set_fault("apixo", ("callback_duplicate_rate", 1.0))
+    machine.set_fault("apixo", ("callback_delay", 1.5))
+    run_steps(
+        machine,
+        lambda: machine.crash_in_flight("downloading"),
+        lambda: machine.crash_in_flight("submitting"),
+        lambda: machine.crash_in_flight("running"),
+        machine.run_to_completion,
+        machine.calm_run_finishes_every_job,
+    )
+
+
+def test_dropped_answers_are_paid_again_only_on_request(emulator, tmp_path):
+    """Every submit answer lost after the task was created: the jobs are ``unknown`` and
+    stay so (no new charge) until ``--resubmit-unknown``, which may pay once more."""
+    machine = fixed_machine(emulator, tmp_path)
+    machine.set_fault("pixellabs", ("drop_after_create_rate", 1.0))
+    machine.set_fault("apixo", ("error_rate", 0.3))
+    run_steps(
+        machine,
+        machine.run_to_completion,
+        machine.calm_down,
+        machine.rerun_retry_failed,
+        machine.rerun_resubmit_unknown,
+    )
+    assert {job["state"] for job in jobs_of(machine.world.root)} == {"done"}
+    assert len(emulator.ledger("pixellabs")) == 2 * len(PROMPTS)
+
+
 @pytest.mark.xfail(strict=False, reason=GATED_RULES["past_deadline"])
 def test_resume_past_the_deadline_never_pays_twice(emulator, tmp_path):
     """Crash with paid tasks in flight, wait past run.deadline, rerun, then
@@ -361,14 +404,13 @@ def test_resume_past_the_deadline_never_pays_twice(emulator, tmp_path):
     machine.shorten_deadline()
     machine.set_fault("pixellabs", ("task_seconds", 1.0))
     machine.set_fault("apixo", ("task_seconds", 1.0))
-    for step in (
+    run_steps(
+        machine,
         lambda: machine.crash_in_flight("submitted"),
         lambda: machine.advance_time(SHORT_DEADLINE + 1.0),
         machine.run_to_completion,
         machine.rerun_retry_failed,
-    ):
-        step()
-        machine.check()
+    )
 
 
 @pytest.mark.xfail(strict=False, reason=GATED_RULES["expiring_urls"])
@@ -378,6 +420,4 @@ def test_a_download_failure_is_never_paid_for_again(emulator, tmp_path):
     machine = fixed_machine(emulator, tmp_path)
     machine.set_fault("apixo", ("truncate_rate", 1.0))
     machine.set_fault("apixo", ("url_ttl", 0.3))
-    for step in (machine.run_to_completion, machine.calm_down, machine.rerun_retry_failed):
-        step()
-        machine.check()
+    run_steps(machine, machine.run_to_completion, machine.calm_down, machine.rerun_retry_failed)
