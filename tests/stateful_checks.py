@@ -215,6 +215,11 @@ def check_charges(
                 problems.append(f"{provider} charged {charge['task_id']} for no job")
                 continue
             paid[job_id] += 1
+            if not _named(charge["task_id"], snapshot.jobs[job_id], snapshot.events.get(job_id)):
+                problems.append(
+                    f"{provider} task {charge['task_id']} of job {job_id} is named nowhere "
+                    f"and the job was never unknown: {_path(snapshot.events.get(job_id, []))}"
+                )
     for job_id, count in paid.items():
         allowed = 1 + paid_resets(snapshot.events.get(job_id, []))
         if count > allowed:
@@ -224,6 +229,19 @@ def check_charges(
                 f"allowed {allowed}; transitions: {_path(snapshot.events.get(job_id, []))}"
             )
     return problems
+
+
+def _named(
+    task_id: str, job: Mapping[str, Any], events: Sequence[Mapping[str, Any]] | None
+) -> bool:
+    """A paid task is recorded as the job's remote id (now, or as one a reset forgot),
+    or the job is or was ``unknown`` (killed mid-submit, or the answer was dropped)."""
+    events = events or []
+    if job["state"] == "submitting" or any(e["to_state"] == "unknown" for e in events):
+        return True
+    remote_ids = [job["remote_id"] or ""]
+    remote_ids += [e["detail"] or "" for e in events if e["to_state"] == "pending"]
+    return any(task_id in text for text in remote_ids)
 
 
 def paid_resets(events: Sequence[dict[str, Any]]) -> int:

@@ -113,3 +113,11 @@ def test_a_done_output_must_be_whole(tmp_path):
     assert check_outputs(tmp_path, state) == [
         "job j output 0 (a.png): a PNG cut short (no IEND): a partial body was promoted"
     ]
+
+
+def test_a_paid_task_must_be_named_by_its_job_unless_it_was_unknown(tmp_path):
+    charges = {"p": [{"task_id": "t2", "body": {"prompt": "a"}}]}
+    done = [event(1, ("pending", "submitting"), 0), event(2, ("submitting", "submitted"), 0)]
+    problems = check_charges(world(tmp_path), snapshot("submitted", done, "p/t1"), charges)
+    assert problems and "task t2 of job j is named nowhere" in problems[0]
+    assert check_charges(world(tmp_path), snapshot("submitted", done, "p/t2"), charges) == []
