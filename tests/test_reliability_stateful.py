@@ -62,7 +62,8 @@ PROVIDERS = ("pixellabs", "apixo", "pixai", "acedata") if SOAK else ("pixellabs"
 PROMPTS = ("prop job one", "prop job two", "prop job three")
 
 GATED_RULES = {
-    "past_deadline": "issue 10 defect 1: resume after the deadline pays twice",
+    "past_deadline": "issue 10 defect 1: resume after the deadline pays twice; "
+    "defect 10: a deadline passing during a download leaves the job downloading forever",
     "expiring_urls": "issue 10 defect 7: a download failure is paid for again",
 }
 """Rules and faults that trip an open defect; ``PIPELINE_STATEFUL_RULES=past_deadline,…``
@@ -411,6 +412,17 @@ def test_resume_past_the_deadline_never_pays_twice(emulator, tmp_path):
         machine.run_to_completion,
         machine.rerun_retry_failed,
     )
+
+
+@pytest.mark.xfail(strict=False, reason="issue 10 defect 10: stuck in downloading")
+def test_a_deadline_passing_during_downloads_leaves_no_job_stuck(emulator, tmp_path):
+    """Every download cut short until the deadline has passed: the jobs pause in
+    ``succeeded``; a calm rerun must take them to ``done``, not strand them."""
+    machine = fixed_machine(emulator, tmp_path)
+    machine.shorten_deadline()
+    for name in PROVIDERS:
+        machine.set_fault(name, ("truncate_rate", 1.0))
+    run_steps(machine, machine.run_to_completion, machine.calm_run_finishes_every_job)
 
 
 @pytest.mark.xfail(strict=False, reason=GATED_RULES["expiring_urls"])
