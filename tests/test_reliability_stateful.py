@@ -103,7 +103,7 @@ FAULTS: list[tuple[str, Any]] = [
     ("callback_duplicate_rate", 1.0),  # every callback twice
     ("callback_delay", 1.5),  # late callbacks, out of order with status answers
     ("callback_loss_rate", 0.5),
-    ("output_bytes", 4_000_000),  # big files: crashes land mid-download, on a .part
+    ("output_bytes", 2_000_000),  # big files: crashes land mid-download, on a .part
 ]
 if "expiring_urls" in ENABLED:
     FAULTS.append(("url_ttl", 0.3))  # result URLs that expire fast
@@ -368,7 +368,7 @@ def test_kills_mid_download_and_late_duplicate_callbacks(emulator, tmp_path):
     """Fixed kill points the random examples may miss, each followed by the checks."""
     machine = fixed_machine(emulator, tmp_path)
     for name in PROVIDERS:
-        machine.set_fault(name, ("output_bytes", 4_000_000))
+        machine.set_fault(name, ("output_bytes", 2_000_000))
     machine.set_fault("pixellabs", ("truncate_rate", 0.5))
     machine.set_fault("apixo", ("callback_duplicate_rate", 1.0))
     machine.set_fault("apixo", ("callback_delay", 1.5))
