@@ -24,9 +24,8 @@ disk and the manifest's ``events`` table (see ``tests/stateful_checks.py``):
 In ``make test``: 6 derandomized examples of up to 10 steps, plus fixed sequences of the
 same rules for kill points random delays rarely hit. ``PIPELINE_STATEFUL=soak`` (with
 ``PIPELINE_STATEFUL_EXAMPLES=N``) runs longer examples on all four providers, with
-shrinking: minutes to hours. Rules and faults that trip a defect of issue 10 still open
-are gated (``GATED_RULES``, enabled by ``PIPELINE_STATEFUL_RULES=past_deadline,…``); each
-one's minimal failing example is an ``xfail`` test at the end of this file.
+shrinking: minutes to hours. The minimal examples that found defects 1, 7 and 10 of
+issue 10 (seen failing before their fixes) are plain tests at the end of this file.
 """
 
 from __future__ import annotations
@@ -63,15 +62,6 @@ SOAK = os.environ.get("PIPELINE_STATEFUL") == "soak"
 PROVIDERS = ("pixellabs", "apixo", "pixai", "acedata") if SOAK else ("pixellabs", "apixo")
 PROMPTS = ("prop job one", "prop job two", "prop job three")
 
-GATED_RULES = {
-    "past_deadline": "issue 10 defect 1: resume after the deadline pays twice; "
-    "defect 10: a deadline passing during a download leaves the job downloading forever",
-    "expiring_urls": "issue 10 defect 7: a download failure is paid for again",
-}
-"""Rules and faults that trip an open defect; ``PIPELINE_STATEFUL_RULES=past_deadline,…``
-enables them (the lead drops a gate once its fix is merged)."""
-ENABLED = set(filter(None, os.environ.get("PIPELINE_STATEFUL_RULES", "").split(",")))
-
 BASE_KNOBS: dict[str, Any] = {
     "task_seconds": 0.6,
     "task_jitter": 0.3,
@@ -105,13 +95,12 @@ FAULTS: list[tuple[str, Any]] = [
     ("callback_loss_rate", 0.5),
     ("output_bytes", 2_000_000),  # big files: crashes land mid-download, on a .part
 ]
-if "expiring_urls" in ENABLED:
-    FAULTS.append(("url_ttl", 0.3))  # result URLs that expire fast
+FAULTS.append(("url_ttl", 0.3))  # result URLs that expire fast
 if SOAK:
     FAULTS += [("failure_rate", 0.3), ("event_loss_rate", 0.5), ("retry_after", 1.0)]
 
 DEADLINE = 60.0
-"""run.deadline in seconds; the gated ``past_deadline`` rule shortens it."""
+"""run.deadline in seconds; the ``shorten_deadline`` rule shortens it."""
 SHORT_DEADLINE = 2.0
 RUN_TIMEOUT = 90.0
 COVERAGE: Counter[str] = Counter()
@@ -246,7 +235,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
         """Tasks finish, URLs expire and callbacks fall on a dead receiver meanwhile."""
         time.sleep(seconds)
 
-    @precondition(lambda self: "past_deadline" in ENABLED and self.deadline == DEADLINE)
+    @precondition(lambda self: self.deadline == DEADLINE)
     @rule()
     def shorten_deadline(self) -> None:
         """From now on runs give each job SHORT_DEADLINE seconds; with a crash and
@@ -399,7 +388,6 @@ def test_dropped_answers_are_paid_again_only_on_request(emulator, tmp_path):
     assert len(emulator.ledger("pixellabs")) == 2 * len(PROMPTS)
 
 
-@pytest.mark.xfail(strict=False, reason=GATED_RULES["past_deadline"])
 def test_resume_past_the_deadline_never_pays_twice(emulator, tmp_path):
     """Crash with paid tasks in flight, wait past run.deadline, rerun, then
     ``--retry-failed``: the tasks that finished meanwhile must not be paid again."""
@@ -416,7 +404,6 @@ def test_resume_past_the_deadline_never_pays_twice(emulator, tmp_path):
     )
 
 
-@pytest.mark.xfail(strict=False, reason="issue 10 defect 10: stuck in downloading")
 def test_a_deadline_passing_during_downloads_leaves_no_job_stuck(emulator, tmp_path):
     """Every download cut short until the deadline has passed: the jobs pause in
     ``succeeded``; a calm rerun must take them to ``done``, not strand them."""
@@ -427,7 +414,6 @@ def test_a_deadline_passing_during_downloads_leaves_no_job_stuck(emulator, tmp_p
     run_steps(machine, machine.run_to_completion, machine.calm_run_finishes_every_job)
 
 
-@pytest.mark.xfail(strict=False, reason=GATED_RULES["expiring_urls"])
 def test_a_download_failure_is_never_paid_for_again(emulator, tmp_path):
     """Result URLs that expire while truncated downloads are retried: the job fails on
     the 403; ``--retry-failed`` must fetch again from the recorded task, not pay anew."""
