@@ -33,14 +33,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_gone()
     except PipelineError as exc:
-        from pipeline.redact import scrub
-
-        print(f"error: {scrub(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return _report(exc)
+    except BaseExceptionGroup as group:  # raised inside a task group of the run
+        error = only_pipeline_errors(group)
+        if error is None:
+            raise  # a bug among them: keep the traceback
+        return _report(error)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return code
+
+
+def _report(exc: PipelineError) -> int:
+    from pipeline.redact import scrub
+
+    print(f"error: {scrub(str(exc))}", file=sys.stderr)
+    return exc.exit_code
+
+
+def only_pipeline_errors(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
+    """The first of ``group``'s errors when all of them are ours (a user's or the
+    machine's trouble, with a message), else None."""
+    matched, rest = group.split(PipelineError)
+    if matched is None or rest is not None:
+        return None
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return cast(PipelineError, first)
 
 
 def _stdout_gone() -> int:

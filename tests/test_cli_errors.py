@@ -165,3 +165,15 @@ seeds: {{start: 0, count: 3}}
     assert needle in result.stderr and f"{spec}:" in result.stderr
     assert "Traceback" not in result.stderr
     assert not root.exists()
+
+
+def test_errors_of_ours_raised_inside_a_task_group_are_one_line_not_a_traceback():
+    """A manifest that breaks mid-run surfaces inside an exception group: the message is
+    shown as for any other PipelineError; a bug among the errors keeps its traceback."""
+    from pipeline.cli import only_pipeline_errors
+    from pipeline.errors import ManifestError
+
+    damaged = ManifestError("manifest.sqlite: database disk image is malformed")
+    nested = BaseExceptionGroup("run", [BaseExceptionGroup("lanes", [damaged]), damaged])
+    assert only_pipeline_errors(nested) is damaged
+    assert only_pipeline_errors(BaseExceptionGroup("run", [damaged, KeyError("bug")])) is None
