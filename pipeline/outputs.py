@@ -102,7 +102,7 @@ async def _fetch_one(
             once,
             retries=spec.run.retries,
             backoff=backoff,
-            is_transient=_download_transient,
+            is_transient=lambda exc: _download_transient(exc, spec.run.max_retry_after),
             on_retry=on_retry,
         )
 
@@ -131,9 +131,11 @@ async def ask_status(adapter: Provider, remote_id: str, spec: Spec, backoff: Bac
     )
 
 
-def _download_transient(exc: BaseException) -> float | bool | None:
+def _download_transient(exc: BaseException, max_wait: float) -> float | bool | None:
+    """Retry a transient download failure, waiting what the host asked, up to
+    ``max_wait`` (``run.max_retry_after``)."""
     if isinstance(exc, DownloadError) and exc.transient:
-        return exc.retry_after if exc.retry_after is not None else True
+        return True if exc.retry_after is None else min(exc.retry_after, max_wait)
     return False
 
 

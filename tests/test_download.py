@@ -788,3 +788,15 @@ async def test_credentials_on_a_misused_client_are_stripped(server: Server, dest
         lowered = {name.lower() for name in seen}
         assert not lowered & {name.lower() for name in secret}
         assert "x-trace-id" in lowered  # only what looks like a credential goes
+
+
+def test_a_download_hosts_retry_after_is_cut_to_max_retry_after():
+    """A file host asking for a day-long pause waits at most ``run.max_retry_after``;
+    its shorter asks are honoured as they are."""
+    from pipeline.errors import DownloadError
+    from pipeline.outputs import _download_transient
+
+    assert _download_transient(DownloadError("503", retry_after=86400.0), 300.0) == 300.0
+    assert _download_transient(DownloadError("503", retry_after=2.0), 300.0) == 2.0
+    assert _download_transient(DownloadError("cut short"), 300.0) is True
+    assert _download_transient(DownloadError("404", transient=False), 300.0) is False
