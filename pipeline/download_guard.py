@@ -15,6 +15,7 @@ addresses are never fetched.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -97,20 +98,23 @@ class Hop:
 def policy_for(settings: ProviderSettings, resolver: Resolver | None = None) -> DownloadPolicy:
     """The download policy of one provider entry: its caps, its private-range switch, and
     its own configured API origin as a trusted host."""
-    trusted: frozenset[tuple[str, int]] = frozenset()
-    if settings.base_url:
-        try:
-            base = httpx.URL(settings.base_url)
-        except httpx.InvalidURL:
-            base = None
-        if base is not None and base.host:
-            trusted = frozenset({(base.host.lower(), _port(base))})
     return DownloadPolicy(
         max_bytes=settings.max_download_bytes,
         allow_private=settings.allow_private_downloads,
-        trusted=trusted,
+        trusted=_trusted_origin(settings.base_url) if settings.base_url else frozenset(),
         resolver=resolver or system_resolver,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _trusted_origin(base_url: str) -> frozenset[tuple[str, int]]:
+    """The (host, port) of a provider's API origin; parsed once per base URL, as the
+    policy is asked for on every download."""
+    try:
+        base = httpx.URL(base_url)
+    except httpx.InvalidURL:
+        return frozenset()
+    return frozenset({(base.host.lower(), _port(base))}) if base.host else frozenset()
 
 
 def address_refusal(  # noqa: PLR0911 (one answer per kind of address reads best)

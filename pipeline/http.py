@@ -520,26 +520,29 @@ async def _read_capped(response: httpx.Response, cap: int, what: str) -> httpx.R
     A body the transport already read (small, announced) is taken as it is; any other
     is read piece by piece and handed back in a new response with the decoded body
     (its framing and encoding headers dropped)."""
-    too_large = ResponseTooLarge(
-        f"answer to {what} is larger than the cap of {cap} bytes "
-        "(providers.<name>.limits.max_response_bytes)",
-        status=response.status_code,
-    )
+
+    def too_large() -> ResponseTooLarge:  # made only when raised: errors scrub their text
+        return ResponseTooLarge(
+            f"answer to {what} is larger than the cap of {cap} bytes "
+            "(providers.<name>.limits.max_response_bytes)",
+            status=response.status_code,
+        )
+
     announced = response.headers.get("content-length", "")
     if announced.isdigit() and int(announced) > cap:
-        raise too_large
+        raise too_large()
     framed = announced.isdigit() and "content-encoding" not in response.headers
     if framed or type(response.stream) is PlainBody or response.is_stream_consumed:
         await response.aread()  # at most the announced length, or read by the transport
         if len(response.content) > cap:
-            raise too_large
+            raise too_large()
         return response
     pieces: list[bytes] = []
     size = 0
     async for piece in response.aiter_bytes():
         size += len(piece)
         if size > cap:
-            raise too_large
+            raise too_large()
         pieces.append(piece)
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _REBUILT_DROPS]
     rebuilt = httpx.Response(
