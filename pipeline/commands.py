@@ -70,8 +70,7 @@ def check_params(spec: Spec) -> None:
     and each distinct combination of the other parameters (model included) once.
 
     Walks prompt × matrix cell (``iter_param_sets``), not the jobs: the seeds of a new
-    combination are checked then, and no job id is computed. 10,000 jobs (100 prompts
-    × 100 seeds), spec loading included: 0.19 → 0.09 s."""
+    combination are checked then, and no job id is computed."""
     check_options(spec)
     seeds = job_seeds(spec)
     seen: set[tuple[str, str]] = set()

@@ -7,35 +7,13 @@ Only a body that verifies (length, checksum, content type) is fsynced and rename
 plain one: API keys are never sent to download hosts (contract 5), and credential
 headers are stripped from the request even if a client carries them.
 
-Write strategy, measured on the project machine (2 cores, 200 MB over loopback from an
-aiohttp.web server in another process, 1 MiB coalesced chunks, sha256 in the loop, median
-of 6 runs, MB/s of body+write; max event-loop lag seen by a 5 ms ticker)::
-
-                        aiohttp transport      default httpx transport
-    aiofiles              241 MB/s  18 ms          213 MB/s   6 ms
-    to_thread writes      234 MB/s  20 ms          222 MB/s   9 ms
-    blocking writes       274 MB/s   6 ms          248 MB/s   2 ms
-
-Plain writes land in the page cache in well under a millisecond, so they are both the
-fastest and the gentlest on the loop; the thread hop per chunk costs more than it saves.
-What does wait for the disk (fsync, rename, directory sync, re-hashing an old ``.part``,
-starting writeback) runs in a worker thread, in as few hops as possible (``_PartBody``).
-
-Later measurements (benchmarks scenario 2, interleaved with curl in the same run):
-
-- the pieces the transport hands on are written and hashed as they are, with no
-  coalescing copy (pipeline.http yields what each socket read gave, ≈ 256 KiB): CPU per
-  MB 2.9 → 1.45 ms for one 200 MB file;
-- starting writeback every 16 MiB (``_PartBody._write``) leaves the final fsync
-  ≈ 5 ms instead of ≈ 90 ms per 200 MB: 0.66 → 0.84× curl;
-- hashing alone in a pool thread, one ordered job per batch of pieces, did not pay on 2
-  shared cores (+0.3 ms of CPU per MB in GIL hand-offs, no faster under load), nor did
-  a thread hop per piece (20-40% slower). Hashing *and* writing in the worker, one hop
-  per 1 MiB batch while the loop gathers the next (``_PartBody._pump``), does: the loop
-  was the bottleneck and now only receives. Interleaved pairs onto tmpfs (the disk's
-  own noise here swamps the CPU's): one 200 MB file ≈ 615 → 760 MB/s, 100 × 2 MB at
-  concurrency 8 ≈ 500 → 575 MB/s, for ≈ 10% more CPU per MB. A body that fits in
-  ``hold`` (1 MiB) is still hashed in the loop and written by the final hop.
+Writes: plain blocking writes land in the page cache in well under a millisecond, so
+they are both the fastest and the gentlest on the loop (a thread hop per chunk costs
+more than it saves). What does wait for the disk (fsync, rename, directory sync,
+re-hashing an old ``.part``, starting writeback) runs in a worker thread, in as few
+hops as possible (``_PartBody``): past the 1 MiB held in memory, the worker hashes and
+writes each 1 MiB batch while the loop gathers the next. The measurements behind
+these choices are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

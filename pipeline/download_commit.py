@@ -29,10 +29,9 @@ class Committer:
 
     A hop per download cost far more than its ≈ 50-100 µs: with a worker thread per
     busy download (anyio's pool has 40), every fsync a worker returned from was a GIL
-    hand-over with the event loop, and the loop paid for each. Measured on the project
-    machine (2,000 jobs of 100 KB at concurrency 64, whole process, median of 5):
-    3.2 → 2.3 ms of CPU per job and 5.7 → 4.6 s of wall time, with one thread doing
-    the batches. Within a batch each directory is fsynced once, after all its renames.
+    hand-over with the event loop, and the loop paid for each. One thread doing the
+    batches costs far less CPU and wall time (benchmarks/RESULTS.md). Within a batch
+    each directory is fsynced once, after all its renames.
 
     ``run`` is a background task (the session starts it); ``commit`` waits for the
     batch holding its body, shielded from cancellation as a worker hop is: the body is

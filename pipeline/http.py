@@ -13,23 +13,8 @@ Two kinds of client, never mixed (contract 5):
 
 Both are ``LeanClient``s over ``AiohttpTransport``: the same httpx API and objects, with
 less of the work httpx and httpx-aiohttp add on top of aiohttp for the simple requests
-made here. CPU per request on the project machine (2 shared cores; 32 requests in
-flight to the PixelLabs emulator on loopback; lowest of 7 rounds, in 3 runs)::
-
-                               aiohttp    httpx.AsyncClient +    LeanClient +
-                               alone      httpx-aiohttp          AiohttpTransport
-    GET, 423 B of JSON         68-69 µs   253-256 µs             110-115 µs
-    POST json, 88 B answer     88-90      273-283                133-135
-    GET 100 KB, stream=True    71-74      262-272                167-179
-    as pipeline.download does
-
-With a canned transport (the client layers alone): GET 111 → 18 µs, POST 129 → 24,
-the download's ``_send`` + ``aiter_bytes`` + ``aclose`` 96 → 40. Where it went:
-``build_request`` (35 µs: the URL parsed again, ≈ 10, and the headers copied three
-times; 6 here), the auth flow and redirect layers, the cookie jar (≈ 20 µs per response
-even when it holds nothing), five async-generator layers and a decoder to read a body
-of a few hundred bytes (≈ 15 µs), and in the transport the URL quoted again by yarl,
-every header decoded again into a new multidict, a ``ClientTimeout`` per request.
+made here: no cookie jar, auth or redirect layers, one URL parse and one header copy
+per request, a body read in one piece (benchmarks/RESULTS.md has the measurements).
 """
 
 from __future__ import annotations
