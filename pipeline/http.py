@@ -23,19 +23,12 @@ import datetime
 import json as jsonlib
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
 import httpx
-
-# Private parts of httpx that LeanClient.send shares with AsyncClient.send, so that both
-# paths behave the same: the client's open/closed state and the stream wrapper that
-# sets ``response.elapsed`` (the same in httpx 0.27 and 0.28; tests cover them). Also
-# used: ``URL._uri_reference`` (a NamedTuple of the parsed parts; ``LeanClient._parse``).
-from httpx._client import BoundAsyncStream, ClientState
 
 from pipeline.errors import ResponseTooLarge, SubmitRefused, SubmitUnknown, TransientError
 from pipeline.http_transport import READ_AT_ONCE, AiohttpTransport, PlainBody
@@ -64,10 +57,6 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 _encode_json = jsonlib.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Paths and queries httpx would keep exactly as they are: unreserved characters and
-# percent-escapes (and "/", or "=" and "&"); anything else goes through httpx's parser.
-_PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*")
-_PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9._~=&-]|%[0-9A-Fa-f]{2})*")
 _logger = logging.getLogger("httpx")  # where httpx logs each request
 
 
@@ -134,9 +123,15 @@ class LeanClient(httpx.AsyncClient):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("cookies", CookieJar(DefaultCookiePolicy(allowed_domains=[])))
+        # What the short path needs of the client, kept here rather than read from
+        # httpx's private attributes: the transport given (none: httpx's path always;
+        # with one given, httpx makes no proxy mounts from the environment), the mounts
+        # (any: httpx's path) and the default encoding.
+        self._lean_transport: httpx.AsyncBaseTransport | None = kwargs.get("transport")
+        self._lean_mounts = bool(kwargs.get("mounts"))
+        self._lean_encoding = kwargs.get("default_encoding", "utf-8")
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
-        self._origins: dict[str, Any] = {}  # "scheme://host:port" → its parsed form
         self._urls_with_params: dict[tuple[str, str | None], httpx.URL] = {}
         self._urls_base: httpx.URL | None = None  # the base_url the cached URLs are under
         self._prefix: str | None = None  # str(base_url), when paths may be appended to it
@@ -233,31 +228,9 @@ class LeanClient(httpx.AsyncClient):
         return known
 
     def _parse(self, url: str) -> httpx.URL:
-        """``httpx.URL(url)``, without parsing the scheme and host again when they are
-        ones seen before and the rest needs no quoting or normalising.
-
-        Every status URL (one task each) and every result URL is new, and httpx parses
-        each in ≈ 12 µs; built from the origin's parsed form and the already-plain path
-        and query, ≈ 1 µs. Anything unusual (characters to quote, dot segments, a
-        fragment, userinfo, no path) is parsed by httpx; tests compare both ways.
-        """
-        scheme_end = url.find("://")
-        slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
-        if slash < 0 or "#" in url or "@" in url[:slash]:
-            return httpx.URL(url)
-        path, mark, query = url[slash:].partition("?")
-        if not _PLAIN_PATH.fullmatch(path) or "/." in path:
-            return httpx.URL(url)
-        if mark and not _PLAIN_QUERY.fullmatch(query):
-            return httpx.URL(url)
-        origin = url[:slash]
-        parsed = self._origins.get(origin)
-        if parsed is None:
-            parsed = httpx.URL(origin + "/")._uri_reference
-            _remember(self._origins, _TEMPLATE_CACHE_SIZE, origin, parsed)
-        result = httpx.URL.__new__(httpx.URL)
-        result._uri_reference = parsed._replace(path=path, query=query if mark else None)
-        return result
+        """``httpx.URL(url)`` (≈ 17 µs: a status URL is parsed once per task, then
+        remembered; a result URL once per download)."""
+        return httpx.URL(url)
 
     def _with_params(self, url: httpx.URL, params: Any) -> httpx.URL:
         """``httpx.URL(url, params=params)``, as ``httpx.Request`` makes it (≈ 15 µs),
@@ -291,7 +264,8 @@ class LeanClient(httpx.AsyncClient):
     ) -> httpx.Response:
         if (
             (auth is None or (auth is httpx.USE_CLIENT_DEFAULT and self.auth is None))
-            and not self._mounts
+            and self._lean_transport is not None
+            and not self._lean_mounts
             and not request.url.userinfo  # httpx turns these into basic auth
         ):
             if follow_redirects is httpx.USE_CLIENT_DEFAULT:
@@ -307,9 +281,8 @@ class LeanClient(httpx.AsyncClient):
         """What ``AsyncClient.send`` does for a request without auth, in one loop: the
         request hooks before every request and the response hooks after every response
         (redirects included), as the rate limiter needs them."""
-        if self._state is ClientState.CLOSED:
+        if self.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        self._state = ClientState.OPENED
         if "timeout" not in request.extensions:  # as httpx 0.28 sets it (0.27 did not)
             request.extensions = {**request.extensions, "timeout": self.timeout.as_dict()}
         history: list[httpx.Response] = []
@@ -328,7 +301,7 @@ class LeanClient(httpx.AsyncClient):
                 if not response.has_redirect_location:
                     await _deliver(response, start, stream=stream)
                     return response
-                next_request = self._build_redirect_request(request, response)
+                next_request = self._redirect_request(request, response)
                 if not follow_redirects:
                     response.next_request = next_request
                     await _deliver(response, start, stream=stream)
@@ -341,17 +314,54 @@ class LeanClient(httpx.AsyncClient):
             history = [*history, response]
             request = next_request
 
+    def _redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        """The request that follows a redirect, made as httpx makes it (method, URL,
+        headers, body), from public parts only."""
+        method = request.method
+        status = response.status_code
+        if (status in (303, 302) and method != "HEAD") or (status == 301 and method == "POST"):
+            method = "GET"
+        try:
+            url = httpx.URL(response.headers["Location"])
+        except httpx.InvalidURL as exc:
+            message = f"Invalid URL in location header: {exc}."
+            raise httpx.RemoteProtocolError(message, request=request) from None
+        if url.scheme and not url.host:
+            url = url.copy_with(host=request.url.host)
+        if url.is_relative_url:
+            url = request.url.join(url)
+        if request.url.fragment and not url.fragment:
+            url = url.copy_with(fragment=request.url.fragment)
+        headers = httpx.Headers(request.headers)
+        if _origin(url) != _origin(request.url):
+            was = request.url
+            if not (was.scheme == "http" and _port(was) == 80 and url.scheme == "https"
+                    and _port(url) == 443 and was.host == url.host):  # fmt: skip
+                headers.pop("Authorization", None)
+            headers["Host"] = url.netloc.decode("ascii")
+        stream: Any = request.stream
+        if method != request.method and method == "GET":
+            headers.pop("Content-Length", None)
+            headers.pop("Transfer-Encoding", None)
+            stream = None
+        headers.pop("Cookie", None)
+        return httpx.Request(
+            method, url, headers=headers, cookies=httpx.Cookies(self.cookies), stream=stream,
+            extensions=request.extensions,
+        )  # fmt: skip
+
     async def _send_single(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.AsyncByteStream):  # httpx's own check
             message = "Attempted to send an sync request with an AsyncClient instance."
             raise RuntimeError(message)  # noqa: TRY004 (the error httpx raises)
         try:
-            response = await self._transport.handle_async_request(request)
+            assert self._lean_transport is not None
+            response = await self._lean_transport.handle_async_request(request)
         except httpx.RequestError as exc:
             exc.request = request  # as httpx's request_context does
             raise
         response.request = request
-        response.default_encoding = self._default_encoding
+        response.default_encoding = self._lean_encoding
         if _logger.isEnabledFor(logging.INFO):
             _logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -364,43 +374,47 @@ class LeanClient(httpx.AsyncClient):
         return response
 
 
+def _port(url: httpx.URL) -> int | None:
+    return url.port if url.port is not None else {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, _port(url))
+
+
 async def _deliver(response: httpx.Response, start: float, *, stream: bool) -> None:
     """Leave the response as ``AsyncClient.send`` does: read unless ``stream``, and
-    bound to ``start`` so that closing it sets ``elapsed``."""
-    if _adopt_body(response) and not stream:
-        _finish(response, start)
+    set ``elapsed`` when read (a body the transport already read is read here without
+    awaiting) or, when streamed, when closed."""
+    if not stream and type(response.stream) is PlainBody:
+        response.read()  # the body is in memory: no await, no async generators
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
         return
     _bind(response, start)
     if not stream:
         await response.aread()
 
 
-def _adopt_body(response: httpx.Response) -> bool:
-    """Give the response the body the transport already read as its content, without
-    httpx's decoder and chunker layers (a few generators deep): reading it then costs
-    under 1 µs instead of ≈ 8, and a streamed response's ``aiter_bytes`` + ``aclose``
-    ≈ 6 µs instead of ≈ 16. Only a body that needs no decoding; the raw stream is left
-    as it is, so ``aiter_raw`` still works on a streamed response. False when the body
-    must be read the usual way."""
-    stream = response.stream
-    if type(stream) is not PlainBody or response.is_stream_consumed:
-        return False
-    response._content = stream.body
-    response._num_bytes_downloaded = len(stream.body)
-    return True
+class _Timed(httpx.AsyncByteStream):
+    """A response's stream that sets its ``elapsed`` when closed, as httpx's does."""
 
+    def __init__(self, stream: httpx.AsyncByteStream, response: httpx.Response, start: float):
+        self._stream = stream
+        self._response = response
+        self._start = start
 
-def _finish(response: httpx.Response, start: float) -> None:
-    """Leave an adopted body's response as ``read()`` leaves it: consumed and closed."""
-    response.is_stream_consumed = True
-    response.is_closed = True
-    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
+    def __aiter__(self) -> Any:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        self._response.elapsed = datetime.timedelta(seconds=time.perf_counter() - self._start)
+        await self._stream.aclose()
 
 
 def _bind(response: httpx.Response, start: float) -> None:
-    """Wrap the stream as httpx does, so closing the response sets ``elapsed``."""
+    """Wrap the stream so that closing the response sets ``elapsed``."""
     assert isinstance(response.stream, httpx.AsyncByteStream)
-    response.stream = BoundAsyncStream(response.stream, response=response, start=start)
+    response.stream = _Timed(response.stream, response, start)
 
 
 def make_api_client(
