@@ -2,7 +2,8 @@
 for exactly the step being measured. Each prints one JSON line.
 
     python -m benchmarks.drivers download --concurrency 8 --out DIR URL...
-        pipeline.download.download with the client of pipeline.http.make_download_client
+        pipeline.outputs.download.download with the client of
+        pipeline.http.client.make_download_client
     python -m benchmarks.drivers manifest SPEC
         what `pipeline run` does before its first request: load + check the spec,
         open the manifest, add every job
@@ -22,10 +23,10 @@ import anyio
 
 
 async def _download(urls: list[str], out: Path, concurrency: int, size: int | None) -> dict:
-    from pipeline.download import download
-    from pipeline.download_guard import DownloadPolicy
-    from pipeline.http import make_download_client
+    from pipeline.http.client import make_download_client
     from pipeline.models import OutputRef
+    from pipeline.outputs.download import download
+    from pipeline.outputs.guard import DownloadPolicy
 
     limiter = anyio.CapacityLimiter(concurrency)
     policy = DownloadPolicy(allow_private=True)  # the benchmark's file hosts are on loopback
@@ -58,7 +59,7 @@ async def _download(urls: list[str], out: Path, concurrency: int, size: int | No
 
 def _manifest(spec_path: Path) -> dict:
     from pipeline.commands import EXPANSION_KEY, expansion_fingerprint, load_checked_spec
-    from pipeline.manifest import Manifest
+    from pipeline.manifest.store import Manifest
     from pipeline.matrix import iter_jobs
 
     started = time.perf_counter()

@@ -331,7 +331,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from pipeline.commands import parse_knobs
-    from pipeline.session import emulators
+    from pipeline.runner import emulators
 
     EMULATORS, run_forever = emulators().EMULATORS, emulators().run_forever
 

@@ -15,19 +15,16 @@ from typing import Any
 import anyio
 
 from pipeline import __version__
+from pipeline.completion import wants_callbacks
 from pipeline.errors import ManifestError, SpecError
-from pipeline.manifest import Manifest, Pruned
-from pipeline.manifest_lock import hold_run_lock
-from pipeline.manifest_unrecorded import adopt_unrecorded
+from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
-from pipeline.scheduler import RunOptions, RunSummary, Scheduler
-from pipeline.session import completion_mode
-from pipeline.spec_units import parse_duration
-from pipeline.webhooks import wants_callbacks
+from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode
+from pipeline.units import parse_duration
 
 __all__ = [
     "check_params",
@@ -201,7 +198,7 @@ def spec_error(
     spec: Spec, message: str, path: tuple[str | int, ...], hint: str | None = None
 ) -> SpecError:
     """A SpecError for a problem found after loading, pointing at the spec's line."""
-    from pipeline.spec_yaml import format_path
+    from pipeline.spec import format_path
 
     return SpecError(
         message, file=str(spec.source), line=spec.line_of(path), path=format_path(path), hint=hint
@@ -388,8 +385,7 @@ def _check_owner(spec: Spec, meta: Mapping[str, str], *, adopt: bool) -> None:
 async def _run(
     spec: Spec, options: RunOptions, quiet: bool, params_checked: bool, adopt: bool
 ) -> RunSummary:
-    from pipeline.progress import make_progress
-    from pipeline.session import open_session
+    from pipeline.runner import make_progress, open_session
 
     fingerprint = expansion_fingerprint(spec)
     if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
@@ -583,7 +579,7 @@ def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
     """Rebuild ``root``'s damaged manifest from its snapshot (``pipeline recover``)."""
     from datetime import datetime
 
-    from pipeline.manifest_recover import recover
+    from pipeline.manifest import recover
 
     with hold_run_lock(root, what="pipeline recover"):
         done = recover(root, force=force)

@@ -30,7 +30,7 @@ provider (provider, task and download errors) are scrubbed of keys when made
 
 from __future__ import annotations
 
-from .redact import scrub
+from pipeline.redact import scrub
 
 __all__ = [
     "AccountBusy",

@@ -1,14 +1,10 @@
-"""How fast pipeline may talk to one provider: concurrency, rate, server hints, retries.
+"""How fast pipeline may talk to one provider: concurrency, rate and server hints.
 
 ``ProviderLimiter`` joins the two limits every provider has: how many jobs are in flight
 at once (an ``anyio.CapacityLimiter``) and how many requests go out per second (a
 ``TokenBucket``). The bucket also listens to the server: ``Retry-After`` pauses every
 request to that provider, and ``X-RateLimit-Remaining``/``-Reset`` make it slow down
-*before* the server starts refusing.
-
-``Backoff`` and ``retrying`` are the small retry loop for polls and downloads. Submits are
-never retried with them (contract 2 in DESIGN.md). ``set_testing(True)`` makes every
-backoff delay zero, so tests run fast without patching.
+*before* the server starts refusing. Retrying lives in ``pipeline.retry``.
 
 Every clock here is injectable: ``clock`` is monotonic seconds (for waiting), ``wall`` is
 epoch seconds (only to read dates the server sends).
@@ -16,68 +12,23 @@ epoch seconds (only to read dates the server sends).
 
 from __future__ import annotations
 
-import email.utils
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC
-from typing import TypeVar
 
 import anyio
 
-from pipeline.models import Rate, RunSettings
+from pipeline.models import Rate
+from pipeline.retry import DEFAULT_MAX_WAIT, parse_retry_after
 
-__all__ = [
-    "DEFAULT_MAX_WAIT",
-    "Backoff",
-    "ProviderLimiter",
-    "TokenBucket",
-    "is_testing",
-    "parse_retry_after",
-    "retrying",
-    "set_testing",
-]
+__all__ = ["ProviderLimiter", "TokenBucket"]
 
-T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-DEFAULT_MAX_WAIT = RunSettings().max_retry_after
-"""The longest a server's Retry-After or rate-limit reset is waited (``run.max_retry_after``)."""
 _EPOCH_THRESHOLD = 1e9  # a reset value above this is an epoch timestamp, below it a delta
 _EPOCH_MS_THRESHOLD = 1e12  # ...and above this one, epoch milliseconds
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP-date).
-
-    ``now`` is the current epoch time, used for HTTP-dates. Returns None when the value is
-    missing or unreadable; never a negative number.
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    seconds: float | None
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = _seconds_until_http_date(text, now=now)
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _seconds_until_http_date(text: str, *, now: float) -> float | None:
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp() - now
 
 
 class TokenBucket:
@@ -329,77 +280,3 @@ def _first_number(value: str | None) -> float | None:
 def _first_int(value: str | None) -> int | None:
     number = _first_number(value)
     return None if number is None else int(number)
-
-
-_testing = False
-
-
-def set_testing(testing: bool) -> None:
-    """Make every ``Backoff.delay`` zero (for test suites), or restore real delays."""
-    global _testing  # noqa: PLW0603 -- a process-wide switch, exactly like stamina's
-    _testing = testing
-
-
-def is_testing() -> bool:
-    return _testing
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter, never shorter than the server asked.
-
-    The delay before retry ``attempt`` (1, 2, …) is ``initial * factor**(attempt-1)``,
-    capped at ``maximum``, then reduced by a random fraction of at most ``jitter``
-    (so with ``jitter=0.25`` it lies in ``[0.75 d, d]``), and finally raised to
-    ``retry_after`` when the server gave one.
-    """
-
-    initial: float = 1.0
-    factor: float = 2.0
-    maximum: float = 30.0
-    jitter: float = 0.25
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if _testing:
-            return 0.0
-        exponent = min(max(attempt - 1, 0), 64)  # 2**64 is far past any maximum
-        base = min(self.maximum, self.initial * self.factor**exponent)
-        jittered = base * (1.0 - self.jitter * self.rng.random())
-        return max(jittered, retry_after or 0.0)
-
-
-async def retrying(
-    fn: Callable[[], Awaitable[T]],
-    *,
-    retries: int,
-    backoff: Backoff,
-    is_transient: Callable[[BaseException], float | bool | None],
-    on_retry: Callable[[int, BaseException, float], None] | None = None,
-    sleep: Sleep = anyio.sleep,
-) -> T:
-    """Call ``fn`` until it succeeds, at most ``retries`` extra times, for polls and downloads.
-
-    NEVER use this for submits: a submit whose outcome is unknown must be reconciled, not
-    sent again (contract 2 in DESIGN.md).
-
-    ``is_transient(exc)`` decides: ``False`` → the error is final and propagates at once;
-    ``True`` or ``None`` → transient, retry after the backoff delay; a number → transient,
-    and the server asked to wait that many seconds (a floor for the delay). The last
-    error propagates once the retries are spent. ``on_retry(attempt, exc, delay)`` is
-    called before each wait. Cancellation is never caught.
-    """
-    attempt = 0
-    while True:
-        try:
-            return await fn()
-        except Exception as exc:
-            verdict = is_transient(exc)
-            if verdict is False or attempt >= retries:
-                raise
-            attempt += 1
-            retry_after = None if verdict is True or verdict is None else float(verdict)
-            delay = backoff.delay(attempt, retry_after)
-            if on_retry is not None:
-                on_retry(attempt, exc, delay)
-            await sleep(delay)

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.identity import canonical_json, job_id, slugify
 from pipeline.models import Job, MatrixSpec, PlainPrompt, PromptSource, Spec, TemplatePrompt
-from pipeline.spec_prompts import Prompt, iter_prompts
+from pipeline.prompts import Prompt, iter_prompts
 
 __all__ = [
     "JobCount",

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import limits
+from pipeline import retry
 
 PYTHON = sys.executable
 FAKE_KEY = "pixel_test_fake_key_0000"
@@ -32,9 +32,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _fast_backoff() -> Iterator[None]:
-    limits.set_testing(True)
+    retry.set_testing(True)
     yield
-    limits.set_testing(False)
+    retry.set_testing(False)
 
 
 @dataclass

@@ -13,13 +13,13 @@ import anyio
 import av
 
 from pipeline.commands import load_checked_spec, run_spec
+from pipeline.completion.batch import BatchFollower
 from pipeline.emulators.pixverse import BLOCKING_ROUTE, SUBMIT_ROUTE, tasks_route
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.matrix import iter_jobs
 from pipeline.models import JobState, Spec
-from pipeline.notify_batch import BatchFollower
-from pipeline.scheduler import RunOptions, RunSummary, Scheduler
-from pipeline.session import open_session
+from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
+from pipeline.runner.session import open_session
 
 from .conftest import EmulatorProcess, write_spec
 

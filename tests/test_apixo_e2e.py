@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.commands import load_checked_spec, run_spec
 from pipeline.errors import SpecError
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState, Spec
 
 from .conftest import FAKE_KEY, EmulatorProcess, write_spec

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 
 from .test_manifest import make_jobs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 
 from .conftest import FAKE_KEY, run_cli, write_spec
 

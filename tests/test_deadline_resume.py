@@ -12,7 +12,7 @@ import anyio
 import httpx
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, run_cli, write_spec
@@ -118,8 +118,8 @@ async def run_for(spec, seconds: float, clock=time.time) -> None:  # type: ignor
     """One run of ``spec`` interrupted after ``seconds`` (as Ctrl-C would), its
     scheduler reading ``clock``."""
     from pipeline.commands import iter_jobs
-    from pipeline.scheduler import RunOptions, Scheduler
-    from pipeline.session import open_session
+    from pipeline.runner.scheduler import RunOptions, Scheduler
+    from pipeline.runner.session import open_session
 
     with Manifest.open(spec.output.root, spec_name=spec.name) as manifest:
         manifest.add_jobs(iter_jobs(spec))

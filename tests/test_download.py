@@ -3,7 +3,7 @@
 The server can honour or ignore Range, cut a body short, refuse with 403/404/429/503,
 answer with an HTML page, redirect, and it records every request's headers. Every test
 runs with every transport the project uses (httpx's own, httpx-aiohttp, and the client
-``pipeline.http.make_download_client`` builds, whose aiohttp stream hands on whole pieces).
+``pipeline.http.client.make_download_client`` builds, whose aiohttp stream hands on whole pieces).
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.download
-import pipeline.download_commit
-from pipeline.download import (
+import pipeline.outputs.download
+import pipeline.outputs.durable
+from pipeline.errors import DownloadError, VerificationError
+from pipeline.http.client import make_download_client
+from pipeline.models import Output, OutputRef
+from pipeline.outputs.download import (
     download,
     download_retry_verdict,
     part_path,
@@ -39,10 +42,7 @@ from pipeline.download import (
     write_atomic_text,
     write_sidecar,
 )
-from pipeline.download_guard import DownloadPolicy
-from pipeline.errors import DownloadError, VerificationError
-from pipeline.http import make_download_client
-from pipeline.models import Output, OutputRef
+from pipeline.outputs.guard import DownloadPolicy
 
 from .conftest import serve_app
 
@@ -281,7 +281,7 @@ async def test_failed_sidecar_write_leaves_no_output_in_place(
     def failing_text(data: Any) -> str:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.download, "sidecar_text", failing_text)
+    monkeypatch.setattr(pipeline.outputs.download, "sidecar_text", failing_text)
     url = server.url("/file/a.png")
     with pytest.raises(OSError, match="No space"):
         await download(client, OutputRef(url, sha256=SHA), dest, job_id="j", index=0,
@@ -299,7 +299,7 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
     hops: list[int] = []
     synced: list[Path] = []
     run_sync = anyio.to_thread.run_sync
-    real_fsync_dir = pipeline.download_commit.fsync_dir
+    real_fsync_dir = pipeline.outputs.durable.fsync_dir
 
     async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(len(args[0]) if args and isinstance(args[0], list) else 1)
@@ -310,11 +310,11 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
         real_fsync_dir(directory)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
-    monkeypatch.setattr(pipeline.download_commit, "fsync_dir", recording)
+    monkeypatch.setattr(pipeline.outputs.durable, "fsync_dir", recording)
     (tmp_path / "blocked").write_text("a file where a directory should be")
     targets = [tmp_path / "out" / f"d{i % 2}" / f"{i}.png" for i in range(12)]
     targets.append(tmp_path / "blocked" / "x.png")
-    committer = pipeline.download.Committer()
+    committer = pipeline.outputs.download.Committer()
     results: dict[int, Output | BaseException] = {}
 
     async def one(index: int, target: Path) -> None:
@@ -350,7 +350,7 @@ async def test_a_committer_makes_many_downloads_durable_in_few_hops(
 async def test_a_stopped_committer_refuses_instead_of_hanging(
     client: httpx.AsyncClient, server: Server, dest: Path
 ) -> None:
-    committer = pipeline.download.Committer()
+    committer = pipeline.outputs.download.Committer()
     async with anyio.create_task_group() as group:
         group.start_soon(committer.run)
         await anyio.sleep(0)
@@ -373,9 +373,9 @@ async def test_large_body_streams_and_starts_writeback(
         calls.append((offset, length))
         os.posix_fadvise(fd, offset, length, advice)
 
-    monkeypatch.setattr(pipeline.download, "_WRITEBACK_STEP", 64 * 1024)
+    monkeypatch.setattr(pipeline.outputs.download, "_WRITEBACK_STEP", 64 * 1024)
     if hasattr(os, "posix_fadvise"):
-        monkeypatch.setattr(pipeline.download, "_FADVISE", fadvise)
+        monkeypatch.setattr(pipeline.outputs.download, "_FADVISE", fadvise)
     url = server.url("/file/a.png")
     output = await fetch(client, url, dest, size=len(BODY), sha256=SHA)
     assert output.sha256 == SHA and dest.read_bytes() == BODY
@@ -392,15 +392,15 @@ async def test_a_large_body_is_hashed_and_written_in_order_by_the_worker(
 ) -> None:
     """Past ``chunk_size`` the worker gets the body in batches, one at a time: small
     batches make many hops, and the file and its sha256 are still the body's."""
-    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    monkeypatch.setattr(pipeline.outputs.download, "_BATCH", 4096)
     hops: list[int] = []
-    write = pipeline.download._PartBody._write
+    write = pipeline.outputs.download._PartBody._write
 
     def counting(self: Any, batch: list[bytes]) -> None:
         hops.append(sum(map(len, batch)))
         write(self, batch)
 
-    monkeypatch.setattr(pipeline.download._PartBody, "_write", counting)
+    monkeypatch.setattr(pipeline.outputs.download._PartBody, "_write", counting)
     output = await fetch(client, server.url("/file/a.png"), dest, size=len(BODY), sha256=SHA)
     assert output.sha256 == SHA and output.size == len(BODY)
     assert dest.read_bytes() == BODY and not part_path(dest).exists()
@@ -413,7 +413,7 @@ async def test_a_write_error_in_the_worker_is_raised_as_itself(
 ) -> None:
     """A full disk while streaming: the OSError comes out plain (no exception group),
     the receiving stops, and nothing is renamed into place."""
-    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    monkeypatch.setattr(pipeline.outputs.download, "_BATCH", 4096)
     calls = 0
 
     def full(self: Any, batch: list[bytes]) -> None:
@@ -421,7 +421,7 @@ async def test_a_write_error_in_the_worker_is_raised_as_itself(
         calls += 1
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.download._PartBody, "_write", full)
+    monkeypatch.setattr(pipeline.outputs.download._PartBody, "_write", full)
     with anyio.fail_after(10), pytest.raises(OSError, match="No space left") as caught:
         await fetch(client, server.url("/file/a.png"), dest, sha256=SHA)
     assert type(caught.value) is OSError
@@ -434,7 +434,7 @@ async def test_a_cut_large_body_keeps_what_arrived_and_resumes(
 ) -> None:
     """A transfer that breaks while the worker writes: the bytes that arrived, the last
     partial batch included, are the .part's prefix, and the next attempt resumes."""
-    monkeypatch.setattr(pipeline.download, "_BATCH", 4096)
+    monkeypatch.setattr(pipeline.outputs.download, "_BATCH", 4096)
     url = server.url("/flaky/a.png")
     with pytest.raises(DownloadError) as caught:
         await fetch(client, url, dest, sha256=SHA)
@@ -794,7 +794,7 @@ def test_a_download_hosts_retry_after_is_cut_to_max_retry_after():
     """A file host asking for a day-long pause waits at most ``run.max_retry_after``;
     its shorter asks are honoured as they are."""
     from pipeline.errors import DownloadError
-    from pipeline.outputs import _download_transient
+    from pipeline.outputs.fetch import _download_transient
 
     assert _download_transient(DownloadError("503", retry_after=86400.0), 300.0) == 300.0
     assert _download_transient(DownloadError("503", retry_after=2.0), 300.0) == 2.0

@@ -14,7 +14,7 @@ import httpx
 from PIL import Image
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobRecord, JobState, Spec
 
 from .conftest import FAKE_KEY, write_spec

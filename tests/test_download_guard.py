@@ -22,11 +22,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from pipeline.download import download, part_path
-from pipeline.download_guard import DownloadPolicy, address_refusal, check_hop, policy_for
 from pipeline.errors import DownloadError
-from pipeline.http import make_download_client
+from pipeline.http.client import make_download_client
 from pipeline.models import Output, OutputRef, ProviderSettings
+from pipeline.outputs.download import download, part_path
+from pipeline.outputs.guard import DownloadPolicy, address_refusal, check_hop, policy_for
 
 from .conftest import serve_app
 

@@ -25,7 +25,7 @@ import pytest
 
 from pipeline.emulators.persist import DB_NAME, stored_charges
 from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 
 from .conftest import run_cli, write_spec
 

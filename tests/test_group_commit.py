@@ -15,10 +15,10 @@ import anyio
 import pytest
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.commits import group_commits
 from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest
-from pipeline.manifest_unrecorded import FALLBACK_NAME
+from pipeline.manifest.group_commit import group_commits
+from pipeline.manifest.store import Manifest
+from pipeline.manifest.unrecorded import FALLBACK_NAME
 from pipeline.models import Job, JobState
 from pipeline.providers.pixellabs import PixelLabsProvider
 
@@ -214,7 +214,7 @@ def test_every_submit_leaves_only_after_its_intent_is_committed(
 _SYNC_PROBE = """
 import os, sys
 from pathlib import Path
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import Job, JobState
 
 root = Path(sys.argv[1])

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from pipeline.errors import ResponseTooLarge, SubmitUnknown, TransientError
-from pipeline.http import make_api_client, send
+from pipeline.http.client import make_api_client, send
 
 from .conftest import serve_app
 

@@ -1,4 +1,4 @@
-"""pipeline.http's short path (``LeanClient`` over ``AiohttpTransport``), end to end over
+"""pipeline.http.client's short path (``LeanClient`` over ``AiohttpTransport``), end to end over
 real loopback HTTP against a small aiohttp server that records what it receives.
 
 Most tests run with both backends (``PIPELINE_HTTP_BACKEND`` unset, and ``httpx``): the
@@ -21,10 +21,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from pipeline.download import download
-from pipeline.download_guard import DownloadPolicy
 from pipeline.errors import SubmitUnknown, TransientError
-from pipeline.http import (
+from pipeline.http.client import (
     READ_AT_ONCE,
     AiohttpTransport,
     LeanClient,
@@ -34,6 +32,8 @@ from pipeline.http import (
     send,
 )
 from pipeline.models import OutputRef
+from pipeline.outputs.download import download
+from pipeline.outputs.guard import DownloadPolicy
 
 from .conftest import serve_app
 

@@ -48,7 +48,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.failpoints import ENV as FAILPOINTS_ENV
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobRecord, JobState, ProviderSettings
 from pipeline.providers import registry
 

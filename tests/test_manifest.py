@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import DB_NAME, SNAPSHOT_NAME, Manifest, find_manifest
-from pipeline.manifest_schema import SCHEMA_VERSION
+from pipeline.manifest.schema import SCHEMA_VERSION
+from pipeline.manifest.store import DB_NAME, SNAPSHOT_NAME, Manifest, find_manifest
 from pipeline.models import Job, JobState, Output
 
 S = JobState
@@ -469,7 +469,7 @@ READER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from pipeline.manifest import Manifest
+    from pipeline.manifest.store import Manifest
     with Manifest.open(Path(sys.argv[1]), readonly=True) as m:
         print("ready", m.total(), flush=True)
         deadline = time.monotonic() + 60
@@ -605,7 +605,7 @@ def test_export_is_one_consistent_read_while_writing(manifest: Manifest) -> None
 def test_readers_keep_a_small_page_cache(tmp_path: Path) -> None:
     """The writer's cache is big (1M-job inserts); the snapshot and export readers scan
     once and keep 2 MiB, so the end of a big run does not add 32 MiB of RSS."""
-    from pipeline.manifest_schema import connect
+    from pipeline.manifest.schema import connect
 
     with Manifest.open(tmp_path, spec_name="t"):
         pass

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import DB_NAME, SNAPSHOT_NAME, Manifest
-from pipeline.manifest_lock import hold_run_lock
+from pipeline.manifest.lock import hold_run_lock
+from pipeline.manifest.store import DB_NAME, SNAPSHOT_NAME, Manifest
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, run_cli, write_spec

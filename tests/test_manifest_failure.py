@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pipeline.manifest import DB_NAME, Manifest
-from pipeline.manifest_schema import SCHEMA_VERSION
+from pipeline.manifest.schema import SCHEMA_VERSION
+from pipeline.manifest.store import DB_NAME, Manifest
 from pipeline.models import JobState
 
 from .test_manifest import make_jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from pipeline.manifest import DB_NAME, Manifest
+from pipeline.manifest.store import DB_NAME, Manifest
 from pipeline.models import JobState
 
 from .test_manifest import make_job, make_jobs

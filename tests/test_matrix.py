@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.matrix import count_jobs, count_unique_jobs, expand_matrix, iter_jobs
 from pipeline.models import MatrixSpec, Spec
-from pipeline.spec import load_spec
+from pipeline.spec.load import load_spec
 
 KNOWN = ("pixai", "pixellabs", "apixo")
 

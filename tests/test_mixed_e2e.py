@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import run_cli, write_spec

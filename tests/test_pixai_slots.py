@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from pipeline.commands import run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import EmulatorProcess

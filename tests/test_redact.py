@@ -104,7 +104,7 @@ def test_a_known_key_never_survives(key: str, before: str, after: str) -> None:
 def test_progress_notes_are_scrubbed() -> None:
     import io
 
-    from pipeline.progress import TqdmProgress
+    from pipeline.runner.progress import TqdmProgress
 
     stream = io.StringIO()
     progress = TqdmProgress(stream)
@@ -121,7 +121,7 @@ def test_manifest_writes_and_reads_never_carry_a_key(tmp_path) -> None:
     import sqlite3
 
     from pipeline.commands import status_report
-    from pipeline.manifest import Manifest
+    from pipeline.manifest.store import Manifest
     from pipeline.models import Job, JobState
 
     register_secrets(["mk-test-93fd01aa77"])

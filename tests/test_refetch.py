@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.commands import load_checked_spec, run_spec, status_report
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, write_spec

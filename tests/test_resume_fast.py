@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import commands
 from pipeline.commands import EXPANSION_KEY, load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 
 from .conftest import FAKE_KEY, write_spec
 

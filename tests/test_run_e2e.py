@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, run_cli, write_spec

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import Manifest
-from pipeline.manifest_lock import LOCK_NAME, RunLocked, hold_run_lock
+from pipeline.manifest.lock import LOCK_NAME, RunLocked, hold_run_lock
+from pipeline.manifest.store import Manifest
 
 from .conftest import FAKE_KEY, run_cli, write_spec
 from .test_crash import JOBS, counts, crash_spec, kill_between_submits, start_runner

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pipeline.errors import SpecError
 from pipeline.matrix import iter_jobs
 from pipeline.models import PlainPrompt, PromptFile, Rate, Spec, TemplatePrompt
-from pipeline.spec import load_spec, parse_duration, parse_rate, spec_json_schema
-from pipeline.spec_prompts import iter_prompts
+from pipeline.prompts import iter_prompts
+from pipeline.spec.load import load_spec, parse_duration, parse_rate, spec_json_schema
 
 KNOWN = ("pixai", "pixellabs", "apixo")
 REPO = Path(__file__).resolve().parent.parent
@@ -535,7 +535,7 @@ def test_parse_duration_compound(hours: int, minutes: int, seconds: int) -> None
 
 
 def test_committed_schema_is_current() -> None:
-    """Regenerate with: .venv/bin/python -m pipeline.spec > specs/schema.json"""
+    """Regenerate with: .venv/bin/python -m pipeline.spec.load > specs/schema.json"""
     committed = json.loads((REPO / "specs" / "schema.json").read_text(encoding="utf-8"))
     assert committed == spec_json_schema()
 

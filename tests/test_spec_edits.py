@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline.manifest import Manifest
+from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
 
 from .conftest import FAKE_KEY, PYTHON, run_cli, write_spec

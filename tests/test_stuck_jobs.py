@@ -12,12 +12,12 @@ import httpx
 import pytest
 
 from pipeline.commands import load_checked_spec, run_spec
-from pipeline.manifest import Manifest
+from pipeline.completion.poll import PollFollower
+from pipeline.manifest.store import Manifest
 from pipeline.models import Job, JobState, RemoteTask
-from pipeline.notify import PollFollower
 from pipeline.providers.pixellabs import PixelLabsProvider
-from pipeline.scheduler import Scheduler
-from pipeline.session import open_session
+from pipeline.runner.scheduler import Scheduler
+from pipeline.runner.session import open_session
 
 from .conftest import FAKE_KEY, write_spec
 

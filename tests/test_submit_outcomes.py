@@ -28,15 +28,15 @@ from pipeline.errors import (
     SubmitUnknown,
     TransientError,
 )
-from pipeline.http import make_api_client
-from pipeline.manifest import Manifest
+from pipeline.http.client import make_api_client
+from pipeline.manifest.store import Manifest
 from pipeline.matrix import iter_jobs
 from pipeline.models import Job, JobState, ProviderSettings
 from pipeline.providers import registry
 from pipeline.providers.base import Provider, submit_outcome
 from pipeline.providers.pixellabs import PixelLabsProvider
-from pipeline.scheduler import RunOptions, RunSummary, Scheduler
-from pipeline.session import open_session
+from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
+from pipeline.runner.session import open_session
 
 from .conftest import serve_app, write_spec
 from .test_run_e2e import pixellabs_spec

@@ -11,6 +11,8 @@ import anyio
 import httpx
 import pytest
 
+from pipeline.completion.receiver import WebhookReceiver
+from pipeline.completion.webhook import WebhookFollower, open_receiver
 from pipeline.errors import SpecError
 from pipeline.models import (
     Job,
@@ -21,9 +23,7 @@ from pipeline.models import (
     WebhookSettings,
 )
 from pipeline.providers.base import PreparedRequest, Provider
-from pipeline.spec import load_spec
-from pipeline.webhooks import WebhookFollower, open_receiver
-from pipeline.webhooks_receiver import WebhookReceiver
+from pipeline.spec.load import load_spec
 
 from .conftest import write_spec
 

@@ -22,15 +22,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.completion.receiver_guard import QuietLog
+from pipeline.completion.webhook import open_receiver
 from pipeline.models import WebhookSettings
-from pipeline.webhooks import open_receiver
-from pipeline.webhooks_guard import QuietLog
 
 SERVER = """
 import json, sys
 import anyio
 from pipeline.models import WebhookSettings
-from pipeline.webhooks_receiver import WebhookReceiver
+from pipeline.completion.receiver import WebhookReceiver
 
 async def main() -> None:
     receiver = WebhookReceiver(WebhookSettings(), **json.loads(sys.argv[1]))

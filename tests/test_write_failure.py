@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import Manifest
-from pipeline.manifest_unrecorded import FALLBACK_NAME
+from pipeline.manifest.store import Manifest
+from pipeline.manifest.unrecorded import FALLBACK_NAME
 
 from .conftest import FAKE_KEY, write_spec
 

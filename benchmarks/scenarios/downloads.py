@@ -1,7 +1,7 @@
 """Scenario 2 — downloads: one big file, and many 2 MB files at concurrency 8.
 
-The runner's own download path (``pipeline.download.download`` through the client of
-``pipeline.http.make_download_client``: stream to ``.part``, sha256, verify, fsync,
+The runner's own download path (``pipeline.outputs.download.download`` through the client of
+``pipeline.http.client.make_download_client``: stream to ``.part``, sha256, verify, fsync,
 rename) against ``curl`` fetching the same URLs from the same file server, a separate
 aiohttp process serving from the page cache with sendfile. curl does not fsync, so a
 "curl + fsync" row shows what durability alone costs.

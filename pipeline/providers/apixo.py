@@ -10,7 +10,7 @@
 States pending/processing/success/failed; ``resultJson`` is a JSON *string* holding
 ``resultUrls``. With ``request_type: callback`` APIXO POSTs the status envelope to
 ``callback_url`` when the task ends; that is only a hint, confirmed by a status query
-(see ``pipeline.webhooks``). Errors: ``{"code": <status>, "message", "data": {"error"}}``.
+(see ``pipeline.completion.webhook``). Errors: ``{"code": <status>, "message", "data": {"error"}}``.
 There is no cancel.
 
 The model is part of both paths, so every APIXO job needs ``model`` (in the provider's

@@ -32,8 +32,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.http import send
-from pipeline.limits import DEFAULT_MAX_WAIT
 from pipeline.models import Job, PollAdvice, ProviderSettings, RemoteTask
+from pipeline.retry import DEFAULT_MAX_WAIT
 
 __all__ = [
     "COMMON_OPTIONS",
@@ -269,7 +269,7 @@ def error_for_status(
     status: int, code: str | None, message: str, retry_after: str | None = None
 ) -> ProviderError:
     """429 → RateLimited; 408/5xx → TransientError; 401/402 → AccountError; else Final."""
-    from pipeline.limits import parse_retry_after
+    from pipeline.retry import parse_retry_after
 
     if status == 429:
         import time

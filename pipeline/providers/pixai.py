@@ -17,8 +17,8 @@ status. The concurrency-limit refusal (10 tasks waiting or running per account) 
 documented; it is recognised by the meaning of its code or message, whatever the
 words (see ``_BUSY`` and ``_classify``), and waited out rather than failed.
 
-The WebSocket mechanics live in ``pipeline.notify_ws``; what to subscribe to and how an
-event's payload becomes a ``RemoteTask`` live here.
+The WebSocket mechanics live in ``pipeline.completion.subscription``; what to subscribe
+to and how an event's payload becomes a ``RemoteTask`` live here.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class PixAIProvider(Provider):
         task = _data_field(answer, "cancelGenerationTask")
         return isinstance(task, Mapping) and task.get("status") == "cancelled"
 
-    # -- subscription (used by pipeline.notify_ws) ------------------------------------
+    # -- subscription (used by pipeline.completion.subscription) ---------------------------
 
     @property
     def ws_url(self) -> str:

@@ -1,0 +1,7 @@
+"""Room: from a finished remote task to verified files with provenance sidecars:
+fetching, the download itself, resumes, the SSRF guard and durable placement."""
+
+from pipeline.outputs.durable import Committer
+from pipeline.outputs.fetch import ask_status, fetch_outputs
+
+__all__ = ["Committer", "ask_status", "fetch_outputs"]

@@ -1,0 +1,331 @@
+"""Validated pydantic spec → frozen ``models.Spec``, checking what types cannot say.
+
+Provider names and types, output path template, prompt templates and files, matrix
+references, seeds: each problem is a SpecError at the line of the field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline import identity
+from pipeline.models import (
+    MatrixSpec,
+    OutputSettings,
+    PlainPrompt,
+    PromptFile,
+    PromptSource,
+    ProviderSettings,
+    RunSettings,
+    Spec,
+    TemplatePrompt,
+    WebhookSettings,
+)
+from pipeline.prompts import read_csv_header, template_fields
+from pipeline.spec.schema import (
+    FileItem,
+    MatrixModel,
+    ProviderModel,
+    SeedRange,
+    SpecModel,
+    TemplateItem,
+    WebhooksModel,
+)
+from pipeline.spec.source import FieldPath, ParsedYaml
+from pipeline.units import parse_rate
+
+__all__ = ["build_spec"]
+
+_PROVIDER_NAME = re.compile(r"[a-z0-9_-]+")
+_RESERVED_PARAMS = ("prompt",)  # set from the prompt itself
+PROVIDER_KEY = "provider"
+
+
+def build_spec(
+    model: SpecModel, parsed: ParsedYaml, *, source: Path, known_providers: Collection[str]
+) -> Spec:
+    """The ``Spec`` of a structurally valid spec file, or a SpecError."""
+    name = _spec_name(model.name, source, parsed)
+    providers = _providers(model.providers, parsed, known_providers)
+    base_dir = source.absolute().parent
+    return Spec(
+        source=source.absolute(),
+        name=name,
+        providers=providers,
+        output=_output(model, name, parsed),
+        run=_run(model),
+        raw=parsed.data,
+        base_dir=base_dir,
+        prompts=tuple(_prompt(item, i, base_dir, parsed) for i, item in enumerate(model.prompts)),
+        matrix=_matrix(model.matrix, list(providers), parsed),
+        seeds=_seeds(model.seeds, parsed),
+        repeats=model.repeats,
+        webhooks=_webhooks(model.webhooks, parsed),
+        lines=parsed.lines,
+    )
+
+
+def _spec_name(name: str | None, source: Path, parsed: ParsedYaml) -> str:
+    chosen = name if name is not None else source.stem
+    if chosen.strip() in ("", ".", "..") or re.search(r"[/\\\x00-\x1f]", chosen):
+        raise parsed.error(
+            f"bad name {chosen!r}: it is used in paths, so no slashes or control characters",
+            ("name",),
+        )
+    return chosen
+
+
+# --- providers, output, run -----------------------------------------------------------
+
+
+def _providers(
+    models: Mapping[str, ProviderModel], parsed: ParsedYaml, known: Collection[str]
+) -> dict[str, ProviderSettings]:
+    return {name: _provider(name, item, parsed, known) for name, item in models.items()}
+
+
+def _provider(
+    name: str, item: ProviderModel, parsed: ParsedYaml, known: Collection[str]
+) -> ProviderSettings:
+    at: FieldPath = ("providers", name)
+    if not _PROVIDER_NAME.fullmatch(name):
+        raise parsed.error(
+            f"bad provider name {name!r}: use lowercase letters, digits, '_' and '-'", at
+        )
+    api_type = item.type if item.type is not None else name
+    if api_type not in known:
+        raise parsed.error(
+            f"unknown provider type {api_type!r}",
+            (*at, "type"),
+            f"known provider types: {', '.join(sorted(known)) or '(none installed)'}"
+            + ("" if item.type else f"; set `type:` when the name {name!r} is not one"),
+        )
+    if item.base_url is not None and not re.match(r"https?://", item.base_url):
+        raise parsed.error("base_url must start with http:// or https://", (*at, "base_url"))
+    _check_params(item.params, (*at, "params"), parsed)
+    return ProviderSettings(
+        name=name,
+        type=api_type,
+        api_key=item.api_key,
+        base_url=item.base_url,
+        concurrency=item.concurrency,
+        rate=parse_rate(item.rate) if item.rate is not None else None,
+        params=dict(item.params),
+        options=dict(item.options),
+        emulate=dict(item.emulate) if item.emulate is not None else None,
+        max_response_bytes=item.limits.max_response_bytes,
+        max_download_bytes=item.limits.max_download_bytes,
+        allow_private_downloads=item.allow_private_downloads,
+    )
+
+
+def _output(model: SpecModel, name: str, parsed: ParsedYaml) -> OutputSettings:
+    try:
+        identity.check_path_template(model.output.path)
+    except ValueError as exc:
+        raise parsed.error(str(exc), ("output", "path")) from None
+    root = Path(model.output.root if model.output.root is not None else f"out/{name}")
+    return OutputSettings(root=root.expanduser().absolute(), path=model.output.path)
+
+
+def _run(model: SpecModel) -> RunSettings:
+    run, poll, default = model.run, model.run.poll, RunSettings()
+    initial = default.poll_initial if poll.initial is None else poll.initial
+    unset = {"initial": poll.initial, "max": poll.max, "factor": poll.factor}
+    return RunSettings(
+        deadline=run.deadline,
+        poll_initial=initial,
+        poll_max=max(default.poll_max if poll.max is None else poll.max, initial),
+        poll_factor=default.poll_factor if poll.factor is None else poll.factor,
+        http_timeout=run.http_timeout,
+        retries=run.retries,
+        max_retry_after=run.max_retry_after,
+        poll_defaults=frozenset(name for name, value in unset.items() if value is None),
+    )
+
+
+def _webhooks(model: WebhooksModel, parsed: ParsedYaml) -> WebhookSettings:
+    public_url = model.public_url
+    if public_url is not None and not re.match(r"https?://[^/]", public_url):
+        raise parsed.error(
+            "public_url must start with http:// or https://", ("webhooks", "public_url")
+        )
+    return WebhookSettings(host=model.host, port=model.port, public_url=public_url)
+
+
+# --- prompts --------------------------------------------------------------------------
+
+
+def _prompt(
+    item: str | TemplateItem | FileItem, index: int, base_dir: Path, parsed: ParsedYaml
+) -> PromptSource:
+    if isinstance(item, str):
+        if not item.strip():
+            raise parsed.error("the prompt is empty", ("prompts", index))
+        return PlainPrompt(text=item, index=index)
+    if isinstance(item, TemplateItem):
+        return _template_prompt(item, index, parsed)
+    return _prompt_file(item, index, base_dir, parsed)
+
+
+def _template_prompt(item: TemplateItem, index: int, parsed: ParsedYaml) -> TemplatePrompt:
+    at: FieldPath = ("prompts", index)
+    fields = _checked_template(item.text, (*at, "text"), parsed)
+    _check_variables(fields, list(item.vars), (*at, "text"), parsed)
+    unused = [name for name in item.vars if name not in fields]
+    if unused:
+        raise parsed.error(
+            f"variable {unused[0]!r} is not used in text (it would repeat every prompt)",
+            (*at, "vars", unused[0]),
+        )
+    _check_params(item.params, (*at, "params"), parsed)
+    return TemplatePrompt(
+        text=item.text,
+        vars={name: tuple(values) for name, values in item.vars.items()},
+        params=dict(item.params),
+        index=index,
+    )
+
+
+def _checked_template(text: str, at: FieldPath, parsed: ParsedYaml) -> list[str]:
+    try:
+        return template_fields(text)
+    except ValueError as exc:
+        raise parsed.error(str(exc), at) from None
+
+
+def _check_variables(
+    fields: Sequence[str], available: Sequence[str], at: FieldPath, parsed: ParsedYaml
+) -> None:
+    unknown = [name for name in fields if name not in available]
+    if unknown:
+        raise parsed.error(
+            f"unknown variable {{{unknown[0]}}}; known: {', '.join(available) or '(none)'}",
+            at,
+            f"define it, or write {{{{{unknown[0]}}}}} for literal braces",
+        )
+
+
+def _prompt_file(item: FileItem, index: int, base_dir: Path, parsed: ParsedYaml) -> PromptFile:
+    at: FieldPath = ("prompts", index)
+    path = (base_dir / item.file).absolute()
+    if not path.is_file():
+        raise parsed.error(
+            f"prompt file not found: {path}",
+            (*at, "file"),
+            "prompt files are relative to the spec file's directory",
+        )
+    file_format = item.format or _format_from_suffix(path)
+    for key in ("column", "text"):
+        if file_format != "csv" and getattr(item, key) is not None:
+            raise parsed.error(f"{key} applies to csv files only", (*at, key))
+    _check_params(item.params, (*at, "params"), parsed)
+    source = PromptFile(
+        path=path,
+        format=file_format,
+        column=item.column or "prompt",
+        text=item.text,
+        params=dict(item.params),
+        index=index,
+    )
+    if file_format == "csv":
+        _check_csv_columns(source, item, at, parsed)
+    return source
+
+
+def _format_from_suffix(path: Path) -> Literal["txt", "csv", "jsonl"]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if suffix in (".jsonl", ".ndjson") else "txt"
+
+
+def _check_csv_columns(
+    source: PromptFile, item: FileItem, at: FieldPath, parsed: ParsedYaml
+) -> None:
+    header = read_csv_header(source)
+    if source.text is not None:
+        fields = _checked_template(source.text, (*at, "text"), parsed)
+        _check_variables(fields, header, (*at, "text"), parsed)
+    elif source.column not in header:
+        raise parsed.error(
+            f"{source.path.name} has no column {source.column!r}; columns: {', '.join(header)}",
+            (*at, "column") if item.column is not None else (*at, "file"),
+            "set `column:` to the prompt column",
+        )
+
+
+# --- matrix and seeds -----------------------------------------------------------------
+
+
+def _matrix(model: MatrixModel, providers: list[str], parsed: ParsedYaml) -> MatrixSpec:
+    dimensions = dict((model.model_extra or {}).items())
+    for key, values in dimensions.items():
+        for position, value in enumerate(values):
+            _check_cell({key: value}, ("matrix", key, position), providers, parsed)
+    provider_values = dimensions.pop(PROVIDER_KEY, providers)
+    for position, entry in enumerate(model.include):
+        _check_cell(entry, ("matrix", "include", position), providers, parsed)
+    for position, entry in enumerate(model.exclude):
+        _check_exclude(entry, ("matrix", "exclude", position), [*dimensions, PROVIDER_KEY], parsed)
+    return MatrixSpec(
+        dimensions=(
+            *((key, tuple(values)) for key, values in dimensions.items()),
+            (PROVIDER_KEY, tuple(provider_values)),
+        ),
+        include=tuple(dict(entry) for entry in model.include),
+        exclude=tuple(dict(entry) for entry in model.exclude),
+    )
+
+
+def _check_cell(
+    cell: Mapping[str, Any], at: FieldPath, providers: list[str], parsed: ParsedYaml
+) -> None:
+    _check_params(cell, at, parsed)
+    provider = cell.get(PROVIDER_KEY)
+    if PROVIDER_KEY in cell and provider not in providers:
+        raise parsed.error(
+            f"provider {provider!r} is not defined under providers:",
+            at,
+            f"defined providers: {', '.join(providers)}",
+        )
+
+
+def _check_exclude(
+    entry: Mapping[str, Any], at: FieldPath, dimensions: list[str], parsed: ParsedYaml
+) -> None:
+    if not entry:
+        raise parsed.error("an empty exclude entry would remove every combination", at)
+    for key in entry:
+        if key not in dimensions:
+            raise parsed.error(
+                f"exclude key {key!r} is not a matrix dimension",
+                (*at, key),
+                f"dimensions: {', '.join(dimensions)}",
+            )
+
+
+def _seeds(seeds: list[int] | SeedRange | None, parsed: ParsedYaml) -> Sequence[int] | None:
+    if seeds is None:
+        return None
+    if isinstance(seeds, SeedRange):
+        return range(seeds.start, seeds.start + seeds.count)
+    seen: set[int] = set()
+    for position, seed in enumerate(seeds):
+        if seed in seen:
+            raise parsed.error(f"seed {seed} is listed twice", ("seeds", position))
+        seen.add(seed)
+    return tuple(seeds)
+
+
+def _check_params(params: Mapping[str, Any], at: FieldPath, parsed: ParsedYaml) -> None:
+    for reserved in _RESERVED_PARAMS:
+        if reserved in params:
+            raise parsed.error(f"{reserved!r} is set from prompts:, not as a parameter", at)
+    try:
+        identity.canonical_json(params)
+    except (ValueError, TypeError) as exc:
+        raise parsed.error(f"cannot be sent as JSON: {exc}", at) from None

@@ -1,0 +1,373 @@
+"""The shape of a spec file, as pydantic models: validation and the JSON Schema.
+
+Only ``pipeline.spec.load`` uses these; everything else sees the frozen dataclasses of
+``pipeline.models``. Each field's ``description`` is the user documentation of that field
+(it ends up in ``specs/schema.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from pipeline.models import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_RESPONSE_BYTES
+from pipeline.units import DURATION_PATTERN, RATE_PATTERN, parse_duration, parse_rate
+
+__all__ = [
+    "DEFAULT_OUTPUT_PATH",
+    "UNION_TAGS",
+    "FileItem",
+    "LimitsModel",
+    "MatrixModel",
+    "OutputModel",
+    "ProviderModel",
+    "RunModel",
+    "SeedRange",
+    "SpecModel",
+    "TemplateItem",
+    "WebhooksModel",
+]
+
+DEFAULT_OUTPUT_PATH = "{provider}/{prompt_slug}/{job_id}-{index}.{ext}"
+
+_PLAIN, _TEMPLATE, _FILE = "<plain prompt>", "<template prompt>", "<prompt file>"
+_SEED_LIST, _SEED_RANGE = "<seed list>", "<seed range>"
+UNION_TAGS = frozenset({_PLAIN, _TEMPLATE, _FILE, _SEED_LIST, _SEED_RANGE})
+"""Tags pydantic puts into error locations; they are not keys of the spec."""
+
+
+class _Section(BaseModel):
+    """A mapping in the spec: strict types, and unknown keys rejected by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            unknown = [key for key in data if key not in allowed]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key '{key}'; allowed keys: {allowed}",
+                    {"key": str(unknown[0]), "allowed": ", ".join(allowed)},
+                )
+        return data
+
+
+def _checked_rate(value: Any) -> Any:
+    parse_rate(value)
+    return value
+
+
+def _emulator_knobs(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if isinstance(value, dict):
+        return value
+    raise ValueError("emulate is true, false, or a mapping of emulator knobs")
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ],
+            "description": "seconds, or text like '250ms', '90s', '5m', '1h30m'",
+        }
+    ),
+]
+RateText = Annotated[
+    str | float,
+    BeforeValidator(_checked_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": RATE_PATTERN},
+            ],
+            "description": "requests per time, like '60/min', '5/s', '1000/hour'; "
+            "a number is per second",
+        }
+    ),
+]
+EmulatorKnobs = Annotated[
+    dict[str, Any] | None,
+    BeforeValidator(_emulator_knobs),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "object"}]}),
+]
+Scalar = str | int | float | bool
+VarValues = Annotated[list[Scalar], BeforeValidator(_as_list), Field(min_length=1)]
+
+
+class OutputModel(_Section):
+    root: str | None = Field(
+        None,
+        description="Directory the outputs go into. A relative path is relative to the "
+        "directory `pipeline` runs in. Default: out/<name>.",
+    )
+    path: str = Field(
+        DEFAULT_OUTPUT_PATH,
+        description="Template of each output's path under root. Fields: {provider}, "
+        "{model}, {prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}; "
+        "must contain {job_id} and {index}. Fields take no format specs or widths.",
+    )
+
+
+class LimitsModel(_Section):
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1024,
+        description="Most bytes an API answer may have; a longer one is abandoned as it "
+        "streams (a status query is retried, a submit's outcome becomes unknown).",
+    )
+    max_download_bytes: int = Field(
+        DEFAULT_MAX_DOWNLOAD_BYTES,
+        ge=1024,
+        description="Most bytes one output may have; a longer download is stopped at the "
+        "cap, its partial file deleted, and the job fails with that reason.",
+    )
+
+
+class ProviderModel(_Section):
+    type: str | None = Field(
+        None, description="The API this provider speaks. Default: the provider's key."
+    )
+    api_key: str | None = Field(
+        None, description="API key; write ${ENV_VAR} so that it stays out of the file."
+    )
+    base_url: str | None = Field(None, description="API base URL, to override the default.")
+    concurrency: int = Field(4, ge=1, description="Most jobs in flight at once.")
+    rate: RateText | None = Field(None, description="Most submit requests per time.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Default job parameters for this provider; prompts and the matrix "
+        "override them.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter options (e.g. how completion is learned)."
+    )
+    emulate: EmulatorKnobs = Field(
+        None,
+        description="Use the built-in emulator of this API: true, or emulator knobs such "
+        "as {task_seconds: 2, failure_rate: 0.1}.",
+    )
+    limits: LimitsModel = Field(
+        default_factory=lambda: LimitsModel.model_validate({}),
+        description="Byte caps on API answers and downloads.",
+    )
+    allow_private_downloads: bool = Field(
+        False,
+        description="Fetch result URLs on loopback and private addresses (a self-hosted "
+        "file store). Off: only public addresses, and the API's own configured host and "
+        "port. Link-local and cloud metadata addresses are never fetched.",
+    )
+
+
+class TemplateItem(_Section):
+    text: str = Field(
+        description="Prompt template: {name} is a variable from vars; {{ and }} are literal braces."
+    )
+    vars: dict[str, VarValues] = Field(
+        default_factory=dict,
+        description="Values of each variable; one prompt per combination.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Job parameters for these prompts."
+    )
+
+
+class FileItem(_Section):
+    file: str = Field(description="Prompt file, relative to the spec file's directory.")
+    format: Literal["txt", "csv", "jsonl"] | None = Field(
+        None,
+        description="txt: a prompt per line ('#' lines ignored); csv: a column; jsonl: "
+        'objects {"prompt": ..., other keys are parameters}. Default: from the extension '
+        "(.csv, .jsonl/.ndjson, else txt).",
+    )
+    column: str | None = Field(None, description="csv: the prompt column. Default: prompt.")
+    text: str | None = Field(
+        None, description="csv: a prompt template whose variables are the row's columns."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Job parameters for these prompts."
+    )
+
+
+def _prompt_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _PLAIN
+    if isinstance(value, dict):
+        return _FILE if "file" in value else _TEMPLATE if "text" in value else None
+    return None
+
+
+PromptItem = Annotated[
+    Annotated[str, Tag(_PLAIN), Field(min_length=1)]
+    | Annotated[TemplateItem, Tag(_TEMPLATE)]
+    | Annotated[FileItem, Tag(_FILE)],
+    Discriminator(
+        _prompt_kind,
+        custom_error_type="prompt_item",
+        custom_error_message="a prompt is text, a mapping with `text` (and `vars`), "
+        "or a mapping with `file`",
+    ),
+]
+
+
+class MatrixModel(BaseModel):
+    """Every other key is a dimension: a list of values."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        frozen=True,
+        json_schema_extra={
+            "description": "Parameter matrix (GitHub Actions semantics): each key other "
+            "than include/exclude lists values of one parameter; jobs take every "
+            "combination. `provider` restricts the providers."
+        },
+    )
+    __pydantic_extra__: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(init=False)
+
+    include: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extend the combinations that match an entry, or add it as a new one.",
+    )
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Remove the combinations that match an entry."
+    )
+
+
+class SeedRange(_Section):
+    start: int = Field(0, description="First seed.")
+    count: int = Field(ge=1, description="How many consecutive seeds.")
+
+
+def _seeds_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return _SEED_LIST
+    return _SEED_RANGE if isinstance(value, dict) else None
+
+
+Seeds = Annotated[
+    Annotated[list[int], Tag(_SEED_LIST), Field(min_length=1)]
+    | Annotated[SeedRange, Tag(_SEED_RANGE)],
+    Discriminator(
+        _seeds_kind,
+        custom_error_type="seeds",
+        custom_error_message="seeds is a list of whole numbers or {start: ..., count: ...}",
+    ),
+]
+
+
+class PollModel(_Section):
+    """Each setting left out follows the API's documented advice where it has one (e.g.
+    APIXO: start at 3 s; PixAI: never under 1.5 s), else the default named here."""
+
+    initial: Duration | None = Field(
+        None,
+        description="First wait between status checks. Default: the API's advice, else 1s.",
+    )
+    max: Duration | None = Field(
+        None, description="Longest wait between status checks. Default: the API's advice, else 30s."
+    )
+    factor: float | None = Field(
+        None,
+        ge=1.0,
+        description="Each wait is the last one times this. Default: the API's advice, else 1.5.",
+    )
+
+
+class RunModel(_Section):
+    deadline: Duration = Field(
+        1800.0,
+        description="Per job: how long to wait for its remote task, from the submit (the "
+        "provider is always asked once more before a job is timed out); its download then "
+        "gets as long again, in every run.",
+    )
+    poll: PollModel = Field(
+        default_factory=lambda: PollModel.model_validate({}), description="Status polling back-off."
+    )
+    http_timeout: Duration = Field(60.0, description="Timeout of one HTTP request.")
+    retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of transient errors (polls, downloads) and of submits the "
+        "provider refused (429); never of a submit that may have created its task.",
+    )
+    max_retry_after: Duration = Field(
+        300.0,
+        description="The longest wait a server may ask for (Retry-After, a rate-limit "
+        "reset); a longer one is cut to this, and the run says so.",
+    )
+
+
+class WebhooksModel(_Section):
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address the run's webhook receiver listens on."
+    )
+    port: int = Field(0, ge=0, le=65535, description="Its port; 0 picks a free one.")
+    public_url: str | None = Field(
+        None,
+        description="The receiver as providers reach it (a tunnel or reverse proxy), "
+        "e.g. https://hooks.example.com. Default: http://host:port.",
+    )
+
+
+class SpecModel(_Section):
+    """A pipeline spec: prompts, providers and parameters, expanded into jobs."""
+
+    model_config = ConfigDict(title="pipeline spec")
+
+    version: Literal[1] = Field(1, description="Spec format version; only 1 exists.")
+    name: str | None = Field(
+        None, min_length=1, description="Name of the run. Default: the spec file's stem."
+    )
+    output: OutputModel = Field(
+        default_factory=lambda: OutputModel.model_validate({}), description="Where files go."
+    )
+    providers: dict[str, ProviderModel] = Field(
+        min_length=1,
+        description="The providers to run on; each key ([a-z0-9_-]+) names one, and is "
+        "part of job ids and output paths.",
+    )
+    prompts: list[PromptItem] = Field(
+        min_length=1,
+        description="Prompts: text, templates {text, vars}, or files {file}.",
+    )
+    matrix: MatrixModel = Field(default_factory=MatrixModel)
+    seeds: Seeds | None = Field(
+        None, description="Seeds, a list or {start, count}; each becomes the seed parameter."
+    )
+    repeats: int = Field(1, ge=1, description="Replicates of every job (distinct job ids).")
+    run: RunModel = Field(
+        default_factory=lambda: RunModel.model_validate({}), description="Timing of the run."
+    )
+    webhooks: WebhooksModel = Field(
+        default_factory=lambda: WebhooksModel.model_validate({}),
+        description="The webhook receiver, for providers that call back (completion: webhook).",
+    )
