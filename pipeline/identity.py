@@ -1,7 +1,7 @@
 """Who a job is, and where its files go.
 
-Job identity (contract 1 in DESIGN.md)
---------------------------------------
+Job identity (contract 1 in docs/architecture.md)
+-------------------------------------------------
 A job's id is ``job_id(provider, model, params, replicate)``: the first 16 hex digits of
 the SHA-256 of the canonical JSON (see ``canonical_json``) of::
 

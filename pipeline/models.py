@@ -46,7 +46,7 @@ __all__ = [
 
 
 class JobState(enum.StrEnum):
-    """Where a job is. See the state diagram in DESIGN.md and ``TRANSITIONS``."""
+    """Where a job is. See ``TRANSITIONS`` and docs/architecture.md, "Job states"."""
 
     PENDING = "pending"
     SUBMITTING = "submitting"  # intent recorded, submit request may be in flight
@@ -299,7 +299,7 @@ class Job:
     ``params`` are the final parameters in the common vocabulary (``prompt``, ``seed``,
     ``width``…) plus provider-specific ones, after defaults, matrix cell and prompt
     variables are merged. ``id`` is the hash of (provider, model, params, replicate): see
-    ``identity.job_id`` and contract 1 in DESIGN.md.
+    ``identity.job_id`` and contract 1 in docs/architecture.md.
     """
 
     id: str

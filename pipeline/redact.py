@@ -1,4 +1,5 @@
-"""Scrubbing secrets out of text before it is stored or shown (DESIGN contract 5).
+"""Scrubbing secrets out of text before it is stored or shown (contract 5 in
+docs/architecture.md).
 
 A ``Redactor`` replaces, in any text, the values of known secrets (in the forms an API
 may echo them: as is, URL-encoded, JSON- or repr-escaped) and anything that looks like a

@@ -116,7 +116,7 @@ async def retrying(
     """Call ``fn`` until it succeeds, at most ``retries`` extra times, for polls and downloads.
 
     NEVER use this for submits: a submit whose outcome is unknown must be reconciled, not
-    sent again (contract 2 in DESIGN.md).
+    sent again (contract 2 in docs/architecture.md).
 
     ``is_transient(exc)`` decides: ``False`` → the error is final and propagates at once;
     ``True`` or ``None`` → transient, retry after the backoff delay; a number → transient,

@@ -38,14 +38,14 @@ FORWARD = frozenset(
         ("downloading", "done"),
     }
 )
-"""DESIGN.md's happy path."""
+"""The happy path of docs/architecture.md, "Job states"."""
 ENDINGS = (
     _edges(["submitting"], ["unknown", "failed"])  # ambiguous submit; refused for good
     | {("pending", "cancelled")}
     | _edges(["submitted", "running"], ["failed", "cancelled", "timed_out"])
     | _edges(["succeeded", "downloading"], ["failed"])
 )
-"""Into an end state: DESIGN.md's ``↘ unknown`` and ``↘ failed / cancelled / timed_out``."""
+"""Into an end state: ``unknown`` after a submit, or ``failed / cancelled / timed_out``."""
 RESETS = frozenset(
     {
         ("downloading", "succeeded"),  # a download paused; the outputs are still remote
@@ -62,7 +62,7 @@ REFOLLOWS = _edges(["failed", "timed_out", "cancelled"], REFOLLOW_TARGETS)
 task again instead of paying for a new one."""
 
 ALLOWED_EDGES: frozenset[Edge] = FORWARD | ENDINGS | RESETS | RETRIES | REFOLLOWS
-"""Every transition a job may make, written from DESIGN.md and issue 10, not from
+"""Every transition a job may make, written from the design and issue 10, not from
 ``models.TRANSITIONS`` (which the manifest already enforces on itself)."""
 
 FLAG_EDGES: Mapping[Edge, str] = {

@@ -1,4 +1,5 @@
-"""Keys echoed by a provider never reach a file or a terminal (DESIGN contract 5).
+"""Keys echoed by a provider never reach a file or a terminal (contract 5 in
+docs/architecture.md).
 
 Every emulator runs with knob ``echo_auth``: its error bodies quote the caller's key bare,
 inside ``Authorization: Bearer …`` and URL-encoded. Each provider is given its own fake

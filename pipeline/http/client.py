@@ -1,9 +1,9 @@
 """HTTP clients and the boundary where transport errors become ours.
 
 Code everywhere uses httpx's API and receives real ``httpx.Response`` objects. What runs
-underneath is chosen here, once: by default aiohttp (measured at several times less CPU
-per request than httpx's own transport on this workload; see benchmarks/RESULTS.md),
-with ``PIPELINE_HTTP_BACKEND=httpx`` to fall back to httpx's native transport.
+underneath is chosen here, once: by default aiohttp (several times less CPU per request
+than httpx's own transport on this workload; benchmarks/RESULTS.md, section
+"http/client.py"), with ``PIPELINE_HTTP_BACKEND=httpx`` to fall back to httpx's native transport.
 
 Two kinds of client, never mixed (contract 5):
 - an *API client* per provider, carrying that provider's credentials, with event hooks
@@ -14,7 +14,8 @@ Two kinds of client, never mixed (contract 5):
 Both are ``LeanClient``s over ``AiohttpTransport``: the same httpx API and objects, with
 less of the work httpx and httpx-aiohttp add on top of aiohttp for the simple requests
 made here: no cookie jar, auth or redirect layers, one URL parse and one header copy
-per request, a body read in one piece (benchmarks/RESULTS.md has the measurements).
+per request, a body read in one piece (measurements: benchmarks/RESULTS.md, section
+"http/client.py").
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def _remember(cache: dict[_K, _V], limit: int, key: _K, value: _V) -> _V:
 
 def _merge_headers(merged: httpx.Headers, headers: Any) -> None:
     """``merged.update(headers)``; for a dict of ASCII strings, as it always is here, by
-    setting each: 1.4 µs for one header, where ``update`` takes 5.4."""
+    setting each, several times cheaper than ``update`` (benchmarks/RESULTS.md, section
+    "http/client.py")."""
     if type(headers) is dict and all(
         type(k) is str and type(v) is str and k.isascii() and v.isascii()
         for k, v in headers.items()
@@ -112,9 +114,10 @@ class LeanClient(httpx.AsyncClient):
     layers (when it has no Content-Encoding). Anything else goes to httpx's code.
 
     One deliberate difference: the client keeps no cookies from responses (its jar
-    refuses them). No API we call relies on cookies, the cookie jar costs ≈ 20 µs per
-    response, and a download client must carry nothing a host gave it (contract 5).
-    Cookies set on the client explicitly are still sent (via httpx's path).
+    refuses them). No API we call relies on cookies, the cookie jar costs time on every
+    response even when it is empty, and a download client must carry nothing a host
+    gave it (contract 5). Cookies set on the client explicitly are still sent (via
+    httpx's path).
 
     ``max_response_bytes`` bounds what ``send`` reads of an answer's (decoded) body.
     """
@@ -178,7 +181,7 @@ class LeanClient(httpx.AsyncClient):
         body = b""
         if json is not None:
             body = _encode_json.encode(json).encode("utf-8")
-            if "Content-Length" not in merged:  # 1 µs each; setdefault takes 3
+            if "Content-Length" not in merged:  # cheaper than setdefault
                 merged["Content-Length"] = str(len(body))
             if "Content-Type" not in merged:
                 merged["Content-Type"] = "application/json"
@@ -201,8 +204,8 @@ class LeanClient(httpx.AsyncClient):
 
         A path (``/v1/x``) is appended to ``base_url``; an ``http(s)://`` URL stands
         alone. Anything else (``//host``, fragments, relative paths, a ``base_url``
-        with a query) is left to httpx. Parsing costs ≈ 10 µs, so URLs under
-        ``base_url`` are remembered: a submit URL never changes, a status URL repeats
+        with a query) is left to httpx. Parsing is a good part of building a request,
+        so URLs under ``base_url`` are remembered: a submit URL never changes, a status URL repeats
         at every poll. Absolute URLs (result files, each fetched once) are not.
         """
         if self.base_url is not self._urls_base:
@@ -228,14 +231,14 @@ class LeanClient(httpx.AsyncClient):
         return known
 
     def _parse(self, url: str) -> httpx.URL:
-        """``httpx.URL(url)`` (≈ 17 µs: a status URL is parsed once per task, then
-        remembered; a result URL once per download)."""
+        """``httpx.URL(url)``: a status URL is parsed once per task, then remembered; a
+        result URL once per download."""
         return httpx.URL(url)
 
     def _with_params(self, url: httpx.URL, params: Any) -> httpx.URL:
-        """``httpx.URL(url, params=params)``, as ``httpx.Request`` makes it (≈ 15 µs),
-        remembered: the URL and the encoded query (≈ 3 µs) decide the result, and a
-        status URL with the task in its query repeats at every poll."""
+        """``httpx.URL(url, params=params)``, as ``httpx.Request`` makes it, remembered:
+        the URL and the encoded query (far cheaper to make than the URL) decide the
+        result, and a status URL with the task in its query repeats at every poll."""
         key = (str(url), str(httpx.QueryParams(params)) if params else None)
         known = self._urls_with_params.get(key)
         if known is None:

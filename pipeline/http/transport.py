@@ -1,5 +1,6 @@
 """httpx's transport interface over aiohttp: what ``pipeline.http.client``'s clients send
-through by default (see that module for the measurements that chose it).
+through by default (the measurements that chose it: benchmarks/RESULTS.md, section
+"http/client.py").
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ __all__ = ["READ_AT_ONCE", "AiohttpTransport", "PlainBody", "WholePieceStream"]
 
 READ_AT_ONCE = 256 * 1024
 """Bodies announced at most this long (Content-Length) are read by the transport in one
-``await``; longer ones, or of unknown length, are streamed piece by piece. A 100 KB
-download streamed costs 310-330 µs of CPU, read at once 190-210 (same runs as the
-table above). Past this size a body that breaks off still leaves its prefix for
+``await``; longer ones, or of unknown length, are streamed piece by piece. A small body
+read at once costs less CPU than streamed (benchmarks/RESULTS.md, section
+"http/transport.py"). Past this size a body that breaks off still leaves its prefix for
 ``pipeline.outputs.download`` to resume from (with a small ``chunk_size``)."""
 
 _ErrorMap = Callable[[], AbstractContextManager[object]]  # map_aiohttp_exceptions
@@ -146,7 +147,7 @@ def _mapping_all(upstream: _ErrorMap) -> _ErrorMap:
 
 def _header_strings(headers: httpx.Headers) -> list[tuple[str, str]]:
     """The headers as aiohttp takes them: names as given, values decoded as httpx would
-    (ASCII almost always: 1.2 µs, where ``multi_items`` takes 1.5 to detect the same)."""
+    (ASCII almost always, and decoding it as such is cheaper than ``multi_items``)."""
     try:
         return [(name.decode("ascii"), value.decode("ascii")) for name, value in headers.raw]
     except UnicodeDecodeError:
@@ -169,10 +170,8 @@ class WholePieceStream(httpx.AsyncByteStream):
     makes 12,000 trips through five async-generator layers (aiohttp → transport →
     httpx's bound stream → ``aiter_raw`` → ``aiter_bytes``), and a coalescing
     ``chunk_size`` on top copies every byte once more. ``iter_any()`` yields each piece
-    the socket delivered (asyncio reads up to 256 KiB per ``recv``), without copying.
-    Measured on the project machine (benchmarks scenario 2, one 200 MB file over
-    loopback, with pipeline.outputs.download): 16 KiB pieces 1.9-2.9 ms of CPU per MB, whole
-    pieces 1.45.
+    the socket delivered (asyncio reads up to 256 KiB per ``recv``), without copying,
+    for less CPU per MB (benchmarks/RESULTS.md, section "http/transport.py").
     """
 
     def __init__(self, response: aiohttp.ClientResponse, map_errors: _ErrorMap) -> None:

@@ -1,10 +1,10 @@
 """Group commit for the manifest while a run is on (see ``Manifest.defer_commits``).
 
 Every job that moves during one turn of the event loop shares one SQLite commit: a
-background task commits as soon as the turn that made writes has ended. Measured on the
-project machine: a transition alone costs ≈ 60-70 µs (``BEGIN IMMEDIATE`` … ``COMMIT``,
-each commit appending the touched pages to the WAL), ≈ 12 µs inside a shared
-transaction; a job makes four.
+background task commits as soon as the turn that made writes has ended: a transition
+in a commit of its own (``BEGIN IMMEDIATE`` … ``COMMIT``, each commit appending the
+touched pages to the WAL) costs several times one inside a shared transaction, and a job
+makes four (benchmarks/RESULTS.md, section "manifest/group_commit.py").
 
 Durability is unchanged where it matters: ``durable()`` waits for the commit that holds
 everything written so far, fsynced to the disk, and the scheduler awaits it before a

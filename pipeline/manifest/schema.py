@@ -1,7 +1,7 @@
 """The manifest's SQLite schema: connecting, creating, checking and migrating it.
 
-Private to ``manifest``: sqlite3 lives only in the ``manifest*`` modules, and every
-sqlite3 error leaves them as a ``ManifestError``.
+Private to ``manifest``: sqlite3 lives only in the ``manifest`` package, and every
+sqlite3 error leaves it as a ``ManifestError``.
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     )
     try:
         # 32 MiB for the writer: 1M-job inserts stay fast. Readers scan (snapshot,
-        # export, status) and gain nothing from a big cache; at the end of a 300,000-job
-        # run the snapshot's reader filling 32 MiB was the only growth in RSS (+33 MB).
+        # export, status) and gain nothing from a big cache, which would only grow the
+        # run's memory (benchmarks/RESULTS.md, section "manifest/schema.py").
         conn.execute(f"PRAGMA cache_size = {-2048 if readonly else -32768}")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")

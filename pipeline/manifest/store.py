@@ -1,4 +1,5 @@
-"""The manifest: the one true record of every job of a run (contract 4 in DESIGN.md).
+"""The manifest: the one true record of every job of a run (contract 4 in
+docs/architecture.md).
 
 An SQLite database at ``<output root>/manifest.sqlite`` in WAL mode: one process writes
 (``pipeline run``), any number read at the same time (``pipeline status``). Every write
@@ -221,7 +222,8 @@ class Manifest:
         """Group commit: with ``on_pending`` set, writes join one open transaction and
         ``on_pending()`` is called after each, so the caller can ``commit()`` soon (a
         run commits once per event-loop turn: every job that moved in that turn shares
-        one commit, instead of one ``BEGIN IMMEDIATE``/``COMMIT`` of ≈ 50 µs per move).
+        one commit, instead of a ``BEGIN IMMEDIATE``/``COMMIT`` per move; see
+        ``manifest.group_commit``).
 
         Each write is still all-or-nothing (a savepoint) and guarded as always; reads on
         this manifest see it at once, other connections at the commit. Whatever must be

@@ -1,4 +1,5 @@
-"""Fetch one output into place without ever losing it (contract 3 in DESIGN.md).
+"""Fetch one output into place without ever losing it (contract 3 in
+docs/architecture.md).
 
 The body streams into ``<dest>.part`` while its sha256 and length are computed; a
 ``.part`` left by an earlier attempt resumes with ``Range`` when the server allows it.
@@ -13,7 +14,7 @@ more than it saves). What does wait for the disk (fsync, rename, directory sync,
 re-hashing an old ``.part``, starting writeback) runs in a worker thread, in as few
 hops as possible (``_PartBody``): past the 1 MiB held in memory, the worker hashes and
 writes each 1 MiB batch while the loop gathers the next. The measurements behind
-these choices are in benchmarks/RESULTS.md.
+these choices: benchmarks/RESULTS.md, section "outputs/download.py".
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ class _PartBody:
 
     The first ``hold`` bytes stay in memory, so a small body costs one thread hop
     (``commit``: write what is held, the sidecar too, fsync, close, rename, directory
-    fsync; each hop is ≈ 50-100 µs on 2 busy cores) and the error-page check sees a
+    fsync; a hop costs the loop far more than a write) and the error-page check sees a
     whole head, however the server split it. A body that outgrows ``hold`` goes to a
     worker thread in batches, which hashes and writes them (opening the file with the
     first) and every ``_WRITEBACK_STEP`` bytes asks the kernel to start writing them
@@ -312,9 +313,9 @@ class _PartBody:
         worker thread hashes and writes batches of ``_BATCH`` bytes, one at a time and
         in order, while the loop gathers the next (at most two batches in memory).
 
-        The loop is the bottleneck of a download: hashing (≈ 0.55 ms per MB) and
-        writing (≈ 0.3) there slowed its receiving; both release the GIL, so in the
-        worker they run beside it (see the module docstring for the measurements).
+        The loop is the bottleneck of a download: hashing and writing there slow its
+        receiving; both release the GIL, so in the worker they run beside it
+        (benchmarks/RESULTS.md, section "outputs/download.py").
 
         A network error stops the receiving, what arrived is still written (a
         resumable prefix), and the error is raised once the worker is done; a write
@@ -369,8 +370,8 @@ class _PartBody:
 
         ``POSIX_FADV_DONTNEED`` starts writeback of the range at once without waiting
         for it (and forgets pages that are already clean); without it the bytes sit
-        dirty until the final fsync, which then waits ≈ 90 ms per 200 MB here, with the
-        network idle. Durability stays the final fsync's job; this only moves the
+        dirty until the final fsync, which then waits for all of them with the network
+        idle. Durability stays the final fsync's job; this only moves the
         disk's work under the network's.
         """
         file = self._file
@@ -668,7 +669,7 @@ def _part_length(part: Path) -> int:
     """The length of a ``.part`` left by an earlier attempt (0: none).
 
     One ``stat``, in the loop: a metadata call on a local disk takes microseconds,
-    where a worker hop costs 50-100 µs of the loop's time (the directory is made when
+    where a worker hop costs far more of the loop's time (the directory is made when
     the file is opened, by ``_open_part``)."""
     try:
         return os.stat(part).st_size
@@ -774,8 +775,8 @@ def sidecar_text(data: Mapping[str, Any]) -> str:
     Exactly ``json.dumps(redacted, indent=2, sort_keys=True, ensure_ascii=False,
     default=str)`` (a test compares the two on generated data), written in one pass
     that redacts as it goes: with ``indent`` the json module falls back to its pure
-    Python encoder, and a sidecar per output made that plus the redacting copy ≈ 35 µs
-    of every job's CPU; this takes ≈ 16.
+    Python encoder, and that plus a redacting copy costs about twice this one pass for
+    every job (benchmarks/RESULTS.md, section "outputs/download.py").
     """
     out: list[str] = []
     _pretty(data, "\n", out)

@@ -27,10 +27,11 @@ class Committer:
     """Makes finished downloads durable in batches: one worker hop for every body that
     finished while the previous batch was being written.
 
-    A hop per download cost far more than its ≈ 50-100 µs: with a worker thread per
-    busy download (anyio's pool has 40), every fsync a worker returned from was a GIL
-    hand-over with the event loop, and the loop paid for each. One thread doing the
-    batches costs far less CPU and wall time (benchmarks/RESULTS.md). Within a batch
+    A hop per download costs the loop far more than the hop takes: with a worker thread per
+    busy download (anyio's pool has 40), every fsync a worker returns from is a GIL
+    hand-over with the event loop, and the loop pays for each. One thread doing the
+    batches costs far less CPU and wall time (benchmarks/RESULTS.md, section
+    "outputs/durable.py"). Within a batch
     each directory is fsynced once, after all its renames.
 
     ``run`` is a background task (the session starts it); ``commit`` waits for the

@@ -214,7 +214,8 @@ def _rate_headers(headers: httpx.Headers) -> dict[str, str]:
     """The headers the limiter reads (``*RateLimit-*``, ``Retry-After``), lower-cased.
 
     Taken from the raw pairs: ``httpx.Headers.items()`` re-detects the encoding of every
-    header for each item, ≈ 100 µs per response — more than the rest of the hook."""
+    header for each item, which costs more than the rest of the hook
+    (benchmarks/RESULTS.md, section "runner/session.py")."""
     found = {}
     for raw_name, raw_value in headers.raw:
         name = raw_name.lower()
