@@ -121,6 +121,11 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 2 << 30
 """Bytes one output may have (``providers.X.limits.max_download_bytes``)."""
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A settings field's user documentation: the spec schema's description of its key."""
+    return {"description": text}
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """One entry of ``providers:`` in the spec, validated and with ``${VAR}`` resolved.
@@ -131,22 +136,68 @@ class ProviderSettings:
 
     name: str
     type: str
-    api_key: str | None = field(default=None, repr=False)  # never printed
-    base_url: str | None = None
-    concurrency: int = 4
-    rate: Rate | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)  # default job parameters
-    options: Mapping[str, Any] = field(default_factory=dict)  # adapter options (completion…)
-    emulate: Mapping[str, Any] | None = None  # None: real API; a dict: built-in emulator knobs
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # an API answer's body, at most
-    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES  # one output file, at most
-    allow_private_downloads: bool = False  # result URLs on loopback/private addresses
+    api_key: str | None = field(
+        default=None,
+        repr=False,  # never printed
+        metadata=_doc("API key; write ${ENV_VAR} so that it stays out of the file."),
+    )
+    base_url: str | None = field(
+        default=None, metadata=_doc("API base URL, to override the default.")
+    )
+    concurrency: int = field(default=4, metadata=_doc("Most jobs in flight at once."))
+    rate: Rate | None = field(default=None, metadata=_doc("Most submit requests per time."))
+    params: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "Default job parameters for this provider; prompts and the matrix override them."
+        ),
+    )
+    options: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc("Adapter options (e.g. how completion is learned)."),
+    )
+    emulate: Mapping[str, Any] | None = field(  # None: the real API
+        default=None,
+        metadata=_doc(
+            "Use the built-in emulator of this API: true, or emulator knobs such as "
+            "{task_seconds: 2, failure_rate: 0.1}."
+        ),
+    )
+    max_response_bytes: int = field(
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        metadata=_doc(
+            "Most bytes an API answer may have; a longer one is abandoned as it streams "
+            "(a status query is retried, a submit's outcome becomes unknown)."
+        ),
+    )
+    max_download_bytes: int = field(
+        default=DEFAULT_MAX_DOWNLOAD_BYTES,
+        metadata=_doc(
+            "Most bytes one output may have; a longer download is stopped at the cap, its "
+            "partial file deleted, and the job fails with that reason."
+        ),
+    )
+    allow_private_downloads: bool = field(
+        default=False,
+        metadata=_doc(
+            "Fetch result URLs on loopback and private addresses (a self-hosted file "
+            "store). Off: only public addresses, and the API's own configured host and "
+            "port. Link-local and cloud metadata addresses are never fetched."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class OutputSettings:
     root: Path
-    path: str = "{provider}/{prompt_slug}/{job_id}-{index}.{ext}"
+    path: str = field(
+        default="{provider}/{prompt_slug}/{job_id}-{index}.{ext}",
+        metadata=_doc(
+            "Template of each output's path under root. Fields: {provider}, {model}, "
+            "{prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}; must "
+            "contain {job_id} and {index}. Fields take no format specs or widths."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +218,32 @@ class RunSettings:
     where the API gives one, and the values here where it does not.
     """
 
-    deadline: float = 1800.0  # per job: waiting for the task from its submit; each download
+    deadline: float = field(
+        default=1800.0,
+        metadata=_doc(
+            "Per job: how long to wait for its remote task, from the submit (the provider "
+            "is always asked once more before a job is timed out); its download then gets "
+            "as long again, in every run."
+        ),
+    )
     poll_initial: float = 1.0
     poll_max: float = 30.0
     poll_factor: float = 1.5
-    http_timeout: float = 60.0
-    retries: int = 6  # transient errors on poll and download; refused submits
-    max_retry_after: float = 300.0  # the longest server-asked wait honoured (Retry-After)
+    http_timeout: float = field(default=60.0, metadata=_doc("Timeout of one HTTP request."))
+    retries: int = field(
+        default=6,
+        metadata=_doc(
+            "Retries of transient errors (polls, downloads) and of submits the provider "
+            "refused (429); never of a submit that may have created its task."
+        ),
+    )
+    max_retry_after: float = field(
+        default=300.0,
+        metadata=_doc(
+            "The longest wait a server may ask for (Retry-After, a rate-limit reset); a "
+            "longer one is cut to this, and the run says so."
+        ),
+    )
     poll_defaults: frozenset[str] = frozenset()
 
     def advised(self, advice: PollAdvice) -> RunSettings:
@@ -197,9 +267,17 @@ class WebhookSettings:
     ``http://host:port`` in callback URLs.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    public_url: str | None = None
+    host: str = field(
+        default="127.0.0.1", metadata=_doc("Address the run's webhook receiver listens on.")
+    )
+    port: int = field(default=0, metadata=_doc("Its port; 0 picks a free one."))
+    public_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "The receiver as providers reach it (a tunnel or reverse proxy), e.g. "
+            "https://hooks.example.com. Default: http://host:port."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +354,11 @@ class Spec:
     base_dir: Path = Path()
     prompts: tuple[PromptSource, ...] = ()
     matrix: MatrixSpec = field(default_factory=MatrixSpec)
-    seeds: Sequence[int] | None = None  # a tuple, or a range for {start, count}
-    repeats: int = 1
+    seeds: Sequence[int] | None = field(  # a tuple, or a range for {start, count}
+        default=None,
+        metadata=_doc("Seeds, a list or {start, count}; each becomes the seed parameter."),
+    )
+    repeats: int = field(default=1, metadata=_doc("Replicates of every job (distinct job ids)."))
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     lines: Mapping[tuple[str | int, ...], int] = field(
         default_factory=dict, repr=False, compare=False

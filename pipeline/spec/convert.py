@@ -1,15 +1,20 @@
 """Validated pydantic spec → frozen ``models.Spec``, checking what types cannot say.
 
 Provider names and types, output path template, prompt templates and files, matrix
-references, seeds: each problem is a SpecError at the line of the field at fault.
+references, seeds: each problem is a SpecError at the line of the field at fault. A key
+that is a settings field of the same name is copied as it is (``_settings``); only keys
+that change shape on the way are converted by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from pipeline import identity
 from pipeline.models import (
@@ -33,6 +38,7 @@ from pipeline.spec.schema import (
     SpecModel,
     TemplateItem,
     WebhooksModel,
+    default_of,
 )
 from pipeline.spec.source import FieldPath, ParsedYaml
 from pipeline.units import parse_rate
@@ -81,6 +87,25 @@ def _spec_name(name: str | None, source: Path, parsed: ParsedYaml) -> str:
 # --- providers, output, run -----------------------------------------------------------
 
 
+class _Dataclass(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+_Settings = TypeVar("_Settings", bound=_Dataclass)
+
+
+def _settings(cls: type[_Settings], *sections: BaseModel, **converted: Any) -> _Settings:
+    """``cls`` with every field that a key of ``sections`` shares by name copied from it,
+    and the others from ``converted``; what neither gives keeps the dataclass default."""
+    copied = {
+        field.name: getattr(section, field.name)
+        for section in sections
+        for field in dataclasses.fields(cls)
+        if field.name in type(section).model_fields
+    }
+    return cls(**(copied | converted))
+
+
 def _providers(
     models: Mapping[str, ProviderModel], parsed: ParsedYaml, known: Collection[str]
 ) -> dict[str, ProviderSettings]:
@@ -106,19 +131,13 @@ def _provider(
     if item.base_url is not None and not re.match(r"https?://", item.base_url):
         raise parsed.error("base_url must start with http:// or https://", (*at, "base_url"))
     _check_params(item.params, (*at, "params"), parsed)
-    return ProviderSettings(
+    return _settings(
+        ProviderSettings,
+        item,
+        item.limits,
         name=name,
         type=api_type,
-        api_key=item.api_key,
-        base_url=item.base_url,
-        concurrency=item.concurrency,
         rate=parse_rate(item.rate) if item.rate is not None else None,
-        params=dict(item.params),
-        options=dict(item.options),
-        emulate=dict(item.emulate) if item.emulate is not None else None,
-        max_response_bytes=item.limits.max_response_bytes,
-        max_download_bytes=item.limits.max_download_bytes,
-        allow_private_downloads=item.allow_private_downloads,
     )
 
 
@@ -128,21 +147,19 @@ def _output(model: SpecModel, name: str, parsed: ParsedYaml) -> OutputSettings:
     except ValueError as exc:
         raise parsed.error(str(exc), ("output", "path")) from None
     root = Path(model.output.root if model.output.root is not None else f"out/{name}")
-    return OutputSettings(root=root.expanduser().absolute(), path=model.output.path)
+    return _settings(OutputSettings, model.output, root=root.expanduser().absolute())
 
 
 def _run(model: SpecModel) -> RunSettings:
     run, poll, default = model.run, model.run.poll, RunSettings()
     initial = default.poll_initial if poll.initial is None else poll.initial
     unset = {"initial": poll.initial, "max": poll.max, "factor": poll.factor}
-    return RunSettings(
-        deadline=run.deadline,
+    return _settings(
+        RunSettings,
+        run,
         poll_initial=initial,
         poll_max=max(default.poll_max if poll.max is None else poll.max, initial),
         poll_factor=default.poll_factor if poll.factor is None else poll.factor,
-        http_timeout=run.http_timeout,
-        retries=run.retries,
-        max_retry_after=run.max_retry_after,
         poll_defaults=frozenset(name for name, value in unset.items() if value is None),
     )
 
@@ -153,7 +170,7 @@ def _webhooks(model: WebhooksModel, parsed: ParsedYaml) -> WebhookSettings:
         raise parsed.error(
             "public_url must start with http:// or https://", ("webhooks", "public_url")
         )
-    return WebhookSettings(host=model.host, port=model.port, public_url=public_url)
+    return _settings(WebhookSettings, model)
 
 
 # --- prompts --------------------------------------------------------------------------
@@ -226,7 +243,7 @@ def _prompt_file(item: FileItem, index: int, base_dir: Path, parsed: ParsedYaml)
     source = PromptFile(
         path=path,
         format=file_format,
-        column=item.column or "prompt",
+        column=item.column or default_of(PromptFile, "column"),
         text=item.text,
         params=dict(item.params),
         index=index,

@@ -2,11 +2,14 @@
 
 Only ``pipeline.spec.load`` uses these; everything else sees the frozen dataclasses of
 ``pipeline.models``. Each field's ``description`` is the user documentation of that field
-(it ends up in ``specs/schema.json``).
+(it ends up in ``specs/schema.json``). A key that is a field of those dataclasses is
+declared with ``setting()``: its default and description are the dataclass field's, so
+they are written once; here a key adds only its spec type and its checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -21,11 +24,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pipeline.models import DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_RESPONSE_BYTES
+from pipeline.models import (
+    OutputSettings,
+    PromptFile,
+    ProviderSettings,
+    RunSettings,
+    Spec,
+    WebhookSettings,
+)
 from pipeline.units import DURATION_PATTERN, RATE_PATTERN, parse_duration, parse_rate
 
 __all__ = [
-    "DEFAULT_OUTPUT_PATH",
     "UNION_TAGS",
     "FileItem",
     "LimitsModel",
@@ -37,9 +46,9 @@ __all__ = [
     "SpecModel",
     "TemplateItem",
     "WebhooksModel",
+    "default_of",
+    "setting",
 ]
-
-DEFAULT_OUTPUT_PATH = "{provider}/{prompt_slug}/{job_id}-{index}.{ext}"
 
 _PLAIN, _TEMPLATE, _FILE = "<plain prompt>", "<template prompt>", "<prompt file>"
 _SEED_LIST, _SEED_RANGE = "<seed list>", "<seed range>"
@@ -65,6 +74,33 @@ class _Section(BaseModel):
                     {"key": str(unknown[0]), "allowed": ", ".join(allowed)},
                 )
         return data
+
+
+def _field_of(cls: type[Any], name: str) -> dataclasses.Field[Any]:
+    return next(field for field in dataclasses.fields(cls) if field.name == name)
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls``."""
+    field = _field_of(cls, name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def setting(cls: type[Any], name: str, **constraints: Any) -> Any:
+    """A spec key that is field ``name`` of the settings dataclass ``cls``: default and
+    description come from that field; ``constraints`` (``ge=``, ``min_length=``…) are
+    the spec's own checks."""
+    field = _field_of(cls, name)
+    described = {"description": field.metadata["description"], **constraints}
+    if field.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=field.default_factory, **described)
+    return Field(field.default, **described)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 def _checked_rate(value: Any) -> Any:
@@ -129,62 +165,30 @@ class OutputModel(_Section):
         description="Directory the outputs go into. A relative path is relative to the "
         "directory `pipeline` runs in. Default: out/<name>.",
     )
-    path: str = Field(
-        DEFAULT_OUTPUT_PATH,
-        description="Template of each output's path under root. Fields: {provider}, "
-        "{model}, {prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}; "
-        "must contain {job_id} and {index}. Fields take no format specs or widths.",
-    )
+    path: str = setting(OutputSettings, "path")
 
 
 class LimitsModel(_Section):
-    max_response_bytes: int = Field(
-        DEFAULT_MAX_RESPONSE_BYTES,
-        ge=1024,
-        description="Most bytes an API answer may have; a longer one is abandoned as it "
-        "streams (a status query is retried, a submit's outcome becomes unknown).",
-    )
-    max_download_bytes: int = Field(
-        DEFAULT_MAX_DOWNLOAD_BYTES,
-        ge=1024,
-        description="Most bytes one output may have; a longer download is stopped at the "
-        "cap, its partial file deleted, and the job fails with that reason.",
-    )
+    max_response_bytes: int = setting(ProviderSettings, "max_response_bytes", ge=1024)
+    max_download_bytes: int = setting(ProviderSettings, "max_download_bytes", ge=1024)
 
 
 class ProviderModel(_Section):
     type: str | None = Field(
         None, description="The API this provider speaks. Default: the provider's key."
     )
-    api_key: str | None = Field(
-        None, description="API key; write ${ENV_VAR} so that it stays out of the file."
-    )
-    base_url: str | None = Field(None, description="API base URL, to override the default.")
-    concurrency: int = Field(4, ge=1, description="Most jobs in flight at once.")
-    rate: RateText | None = Field(None, description="Most submit requests per time.")
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Default job parameters for this provider; prompts and the matrix "
-        "override them.",
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Adapter options (e.g. how completion is learned)."
-    )
-    emulate: EmulatorKnobs = Field(
-        None,
-        description="Use the built-in emulator of this API: true, or emulator knobs such "
-        "as {task_seconds: 2, failure_rate: 0.1}.",
-    )
+    api_key: str | None = setting(ProviderSettings, "api_key")
+    base_url: str | None = setting(ProviderSettings, "base_url")
+    concurrency: int = setting(ProviderSettings, "concurrency", ge=1)
+    rate: RateText | None = setting(ProviderSettings, "rate")
+    params: dict[str, Any] = setting(ProviderSettings, "params")
+    options: dict[str, Any] = setting(ProviderSettings, "options")
+    emulate: EmulatorKnobs = setting(ProviderSettings, "emulate")
     limits: LimitsModel = Field(
         default_factory=lambda: LimitsModel.model_validate({}),
         description="Byte caps on API answers and downloads.",
     )
-    allow_private_downloads: bool = Field(
-        False,
-        description="Fetch result URLs on loopback and private addresses (a self-hosted "
-        "file store). Off: only public addresses, and the API's own configured host and "
-        "port. Link-local and cloud metadata addresses are never fetched.",
-    )
+    allow_private_downloads: bool = setting(ProviderSettings, "allow_private_downloads")
 
 
 class TemplateItem(_Section):
@@ -208,7 +212,10 @@ class FileItem(_Section):
         'objects {"prompt": ..., other keys are parameters}. Default: from the extension '
         "(.csv, .jsonl/.ndjson, else txt).",
     )
-    column: str | None = Field(None, description="csv: the prompt column. Default: prompt.")
+    column: str | None = Field(
+        None,
+        description=f"csv: the prompt column. Default: {default_of(PromptFile, 'column')}.",
+    )
     text: str | None = Field(
         None, description="csv: a prompt template whose variables are the row's columns."
     )
@@ -290,52 +297,36 @@ class PollModel(_Section):
 
     initial: Duration | None = Field(
         None,
-        description="First wait between status checks. Default: the API's advice, else 1s.",
+        description="First wait between status checks. Default: the API's advice, else "
+        f"{_seconds(default_of(RunSettings, 'poll_initial'))}.",
     )
     max: Duration | None = Field(
-        None, description="Longest wait between status checks. Default: the API's advice, else 30s."
+        None,
+        description="Longest wait between status checks. Default: the API's advice, else "
+        f"{_seconds(default_of(RunSettings, 'poll_max'))}.",
     )
     factor: float | None = Field(
         None,
         ge=1.0,
-        description="Each wait is the last one times this. Default: the API's advice, else 1.5.",
+        description="Each wait is the last one times this. Default: the API's advice, else "
+        f"{default_of(RunSettings, 'poll_factor'):g}.",
     )
 
 
 class RunModel(_Section):
-    deadline: Duration = Field(
-        1800.0,
-        description="Per job: how long to wait for its remote task, from the submit (the "
-        "provider is always asked once more before a job is timed out); its download then "
-        "gets as long again, in every run.",
-    )
+    deadline: Duration = setting(RunSettings, "deadline")
     poll: PollModel = Field(
         default_factory=lambda: PollModel.model_validate({}), description="Status polling back-off."
     )
-    http_timeout: Duration = Field(60.0, description="Timeout of one HTTP request.")
-    retries: int = Field(
-        6,
-        ge=0,
-        description="Retries of transient errors (polls, downloads) and of submits the "
-        "provider refused (429); never of a submit that may have created its task.",
-    )
-    max_retry_after: Duration = Field(
-        300.0,
-        description="The longest wait a server may ask for (Retry-After, a rate-limit "
-        "reset); a longer one is cut to this, and the run says so.",
-    )
+    http_timeout: Duration = setting(RunSettings, "http_timeout")
+    retries: int = setting(RunSettings, "retries", ge=0)
+    max_retry_after: Duration = setting(RunSettings, "max_retry_after")
 
 
 class WebhooksModel(_Section):
-    host: str = Field(
-        "127.0.0.1", min_length=1, description="Address the run's webhook receiver listens on."
-    )
-    port: int = Field(0, ge=0, le=65535, description="Its port; 0 picks a free one.")
-    public_url: str | None = Field(
-        None,
-        description="The receiver as providers reach it (a tunnel or reverse proxy), "
-        "e.g. https://hooks.example.com. Default: http://host:port.",
-    )
+    host: str = setting(WebhookSettings, "host", min_length=1)
+    port: int = setting(WebhookSettings, "port", ge=0, le=65535)
+    public_url: str | None = setting(WebhookSettings, "public_url")
 
 
 class SpecModel(_Section):
@@ -360,10 +351,8 @@ class SpecModel(_Section):
         description="Prompts: text, templates {text, vars}, or files {file}.",
     )
     matrix: MatrixModel = Field(default_factory=MatrixModel)
-    seeds: Seeds | None = Field(
-        None, description="Seeds, a list or {start, count}; each becomes the seed parameter."
-    )
-    repeats: int = Field(1, ge=1, description="Replicates of every job (distinct job ids).")
+    seeds: Seeds | None = setting(Spec, "seeds")
+    repeats: int = setting(Spec, "repeats", ge=1)
     run: RunModel = Field(
         default_factory=lambda: RunModel.model_validate({}), description="Timing of the run."
     )
