@@ -108,6 +108,27 @@ async def test_a_submit_answer_the_parser_cannot_read_is_unknown() -> None:
     assert isinstance(caught.value.__cause__, KeyError)
 
 
+class Enveloped(Tiny):
+    """An API that reports errors inside a 200 answer's ``code``."""
+
+    def parse_submit(self, answer: Mapping[str, Any]) -> str:
+        if answer.get("code") == 429:
+            raise RateLimited("busy", status=429)
+        if answer.get("code") == 503:
+            raise TransientError("down", status=503)
+        return super().parse_submit(answer)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("code", "error"), [(429, RateLimited), (503, SubmitUnknown)])
+async def test_what_the_submit_parser_raises_is_classified(code: int, error: type) -> None:
+    client = httpx.AsyncClient(
+        base_url="http://tiny.test", transport=httpx.MockTransport(answer(200, {"code": code}))
+    )
+    with pytest.raises(error):
+        await Enveloped(SETTINGS, client).submit(job())
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [500, 502, 524])
 async def test_a_server_error_answering_a_submit_is_unknown(status: int) -> None:

@@ -16,8 +16,10 @@ A provider of that shape is a table and two parsers::
 
 Everything ``Provider`` guarantees holds: a submit is sent once and its failures are
 classified by ``submit_outcome``, answers are read under the byte cap, Retry-After is
-honoured and capped, keys are scrubbed from errors. A submit answer the parser cannot
-read means the task may exist: anything it raises becomes ``SubmitUnknown``.
+honoured and capped, keys are scrubbed from errors. What ``parse_submit`` raises is
+classified by ``submit_outcome`` too: a refusal it finds in the answer (an error inside
+a 200 envelope) keeps its class; anything else — a KeyError included — becomes
+``SubmitUnknown``, as the task may exist.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from urllib.parse import quote
 
 import httpx
 
-from pipeline.errors import SubmitUnknown, TransientError
+from pipeline.errors import TransientError
 from pipeline.models import Job, RemoteStatus, RemoteTask
-from pipeline.providers.base import PreparedRequest, Provider, brief, json_or_none
+from pipeline.providers.base import PreparedRequest, Provider, json_or_none, submit_outcome
 
 __all__ = ["NOT_SENT", "RestProvider", "percent"]
 
@@ -93,10 +95,11 @@ class RestProvider(Provider):
         answer = await self._send_json(self.build_submit(job), submit=True)
         try:
             return self.parse_submit(answer)
-        except SubmitUnknown:
-            raise
         except Exception as exc:
-            raise SubmitUnknown(f"submit answer unreadable ({exc!r}): {brief(answer)}") from exc
+            outcome = submit_outcome(exc)
+            if outcome is exc:
+                raise
+            raise outcome from exc
 
     async def status(self, remote_id: str) -> RemoteTask:
         answer = await self._send_json(self.status_request(remote_id))
