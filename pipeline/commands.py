@@ -133,16 +133,16 @@ def check_options(spec: Spec) -> None:
 def _check_emulator(spec: Spec, name: str) -> None:
     """``emulate:``: the type has an emulator (built in, or a plugin's ``pipeline.emulators``
     entry point), and each knob is one emulators take, with a value they accept. The
-    emulators are imported only when a spec asks for one."""
+    emulators are imported only when a spec asks for one; without their extra that is a
+    spec error here, not an ImportError."""
     settings = spec.providers[name]
     if settings.emulate is None:
         return
     at: tuple[str | int, ...] = ("providers", name, "emulate")
     try:
-        world = emulators()
+        available: list[str] = emulators().emulator_names()
     except PipelineError as exc:
         raise spec_error(spec, str(exc), at) from None
-    available: list[str] = world.emulator_names()
     if settings.type not in available:
         raise spec_error(
             spec,
@@ -151,17 +151,17 @@ def _check_emulator(spec: Spec, name: str) -> None:
             hint="drop emulate: to use the real API; a plugin ships an emulator under the "
             "pipeline.emulators entry point group (docs/providers.md)",
         )
-    _check_knobs(spec, at, settings.emulate, world.Knobs)
+    _check_knobs(spec, at, settings.emulate)
 
 
-def _check_knobs(
-    spec: Spec, at: tuple[str | int, ...], knobs: Mapping[str, Any], kind: Any
-) -> None:
-    """Each knob checked as the emulator will (``kind`` is ``Knobs``)."""
+def _check_knobs(spec: Spec, at: tuple[str | int, ...], knobs: Mapping[str, Any]) -> None:
+    """Each knob checked as the emulator will: every emulator takes the shared ``Knobs``."""
     import dataclasses
     import difflib
 
-    known = [field.name for field in dataclasses.fields(kind)]
+    from pipeline.emulators.knobs import Knobs
+
+    known = [field.name for field in dataclasses.fields(Knobs)]
     for key, value in knobs.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -173,7 +173,7 @@ def _check_knobs(
                 "knobs: " + ", ".join(known),
             )
         try:
-            kind.from_mapping({key: value})
+            Knobs.from_mapping({key: value})
         except ValueError as exc:
             raise spec_error(spec, str(exc), (*at, key)) from None
 
