@@ -333,14 +333,14 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from pipeline.commands import parse_knobs
     from pipeline.runner import emulators
 
-    EMULATORS, run_forever = emulators().EMULATORS, emulators().run_forever
+    available, run_forever = emulators().emulator_names(), emulators().run_forever
 
-    names = args.providers or sorted(EMULATORS)
-    unknown = [name for name in names if name not in EMULATORS]
+    names = args.providers or sorted(available)
+    unknown = [name for name in names if name not in available]
     if unknown:
         print(
             f"error: no emulator for {', '.join(unknown)}; "
-            f"available: {', '.join(sorted(EMULATORS))}",
+            f"available: {', '.join(sorted(available))}",
             file=sys.stderr,
         )
         return EXIT_USAGE

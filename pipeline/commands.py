@@ -16,14 +16,14 @@ import anyio
 
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
-from pipeline.errors import ManifestError, SpecError
+from pipeline.errors import ManifestError, PipelineError, SpecError
 from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
-from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode
+from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode, emulators
 from pipeline.units import parse_duration
 
 __all__ = [
@@ -126,15 +126,36 @@ def check_options(spec: Spec) -> None:
             adapter(settings)
         except SpecError as exc:
             raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
-        _check_emulator_knobs(spec, name)
+        _check_emulator(spec, name)
         _check_callback_scheme(spec, name, adapter, mode)
 
 
-def _check_emulator_knobs(spec: Spec, name: str) -> None:
-    """``emulate:`` knobs, each checked as the emulator will (imported only when used)."""
-    knobs = spec.providers[name].emulate
-    if not knobs:
+def _check_emulator(spec: Spec, name: str) -> None:
+    """``emulate:``: the type has an emulator (built in, or a plugin's ``pipeline.emulators``
+    entry point), and each knob is one emulators take, with a value they accept. The
+    emulators are imported only when a spec asks for one; without their extra that is a
+    spec error here, not an ImportError."""
+    settings = spec.providers[name]
+    if settings.emulate is None:
         return
+    at: tuple[str | int, ...] = ("providers", name, "emulate")
+    try:
+        available: list[str] = emulators().emulator_names()
+    except PipelineError as exc:
+        raise spec_error(spec, str(exc), at) from None
+    if settings.type not in available:
+        raise spec_error(
+            spec,
+            f"no emulator for {settings.type}; emulators exist for: {', '.join(available)}",
+            at,
+            hint="drop emulate: to use the real API; a plugin ships an emulator under the "
+            "pipeline.emulators entry point group (docs/providers.md)",
+        )
+    _check_knobs(spec, at, settings.emulate)
+
+
+def _check_knobs(spec: Spec, at: tuple[str | int, ...], knobs: Mapping[str, Any]) -> None:
+    """Each knob checked as the emulator will: every emulator takes the shared ``Knobs``."""
     import dataclasses
     import difflib
 
@@ -142,17 +163,19 @@ def _check_emulator_knobs(spec: Spec, name: str) -> None:
 
     known = [field.name for field in dataclasses.fields(Knobs)]
     for key, value in knobs.items():
-        at = ("providers", name, "emulate", key)
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             guess = f"; did you mean {close[0]!r}?" if close else ""
             raise spec_error(
-                spec, f"unknown emulator knob {key!r}{guess}", at, "knobs: " + ", ".join(known)
+                spec,
+                f"unknown emulator knob {key!r}{guess}",
+                (*at, key),
+                "knobs: " + ", ".join(known),
             )
         try:
             Knobs.from_mapping({key: value})
         except ValueError as exc:
-            raise spec_error(spec, str(exc), at) from None
+            raise spec_error(spec, str(exc), (*at, key)) from None
 
 
 def _check_callback_scheme(spec: Spec, name: str, adapter: type[Provider], mode: str) -> None:

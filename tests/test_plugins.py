@@ -6,31 +6,45 @@ entry_points.txt on sys.path), so the real importlib.metadata discovery is exerc
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.providers import registry
 
-from .conftest import run_cli
+from .conftest import run_cli, write_spec
 
 PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 
 
-@pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+PROVIDER_ENTRY = "[pipeline.providers]\necho = pipeline_echo:EchoProvider\n"
+EMULATOR_ENTRY = "[pipeline.emulators]\necho = pipeline_echo.emulator:create_app\n"
+
+
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry_points: str) -> Iterator[Path]:
+    """The example plugin as pip leaves it, declaring ``entry_points`` (its text)."""
     dist = tmp_path / "pipeline_echo-0.1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pipeline-echo\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[pipeline.providers]\necho = pipeline_echo:EchoProvider\n"
-    )
+    (dist / "entry_points.txt").write_text(entry_points)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(PLUGIN))
     registry.available.cache_clear()
     yield tmp_path
     registry.available.cache_clear()
-    sys.modules.pop("pipeline_echo", None)
+    for name in ("pipeline_echo", "pipeline_echo.emulator"):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield from install(tmp_path, monkeypatch, PROVIDER_ENTRY + EMULATOR_ENTRY)
+
+
+@pytest.fixture
+def plugin_without_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    yield from install(tmp_path, monkeypatch, PROVIDER_ENTRY)
 
 
 def test_entry_point_provider_is_listed_and_usable(installed_plugin: Path) -> None:
@@ -48,3 +62,75 @@ def test_plugin_shows_in_cli_and_validates_a_spec(installed_plugin: Path, tmp_pa
     plan = run_cli("plan", str(spec), cwd=tmp_path, env=env)
     assert plan.returncode == 0, plan.stderr
     assert 'POST /v1/jobs {"prompt": "a kite"}' in plan.stdout
+
+
+def echo_spec(tmp_path: Path, emulate: str) -> Path:
+    return write_spec(
+        tmp_path,
+        f"""
+        name: echo
+        providers:
+          echo:
+            emulate: {emulate}
+        prompts: [a kite, a boat]
+        output: {{root: {tmp_path / "out"}}}
+        """,
+        name="echo.yaml",
+    )
+
+
+@pytest.mark.parametrize("emulate", ["true", "{task_seconds: 1}"])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_emulate_for_a_plugin_without_an_emulator_fails_validation(
+    plugin_without_emulator: Path, tmp_path: Path, command: str, emulate: str
+) -> None:
+    env = {"PYTHONPATH": f"{plugin_without_emulator}:{PLUGIN}"}
+    result = run_cli(command, str(echo_spec(tmp_path, emulate)), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "echo.yaml:4: providers.echo.emulate" in result.stderr
+    assert "no emulator for echo" in result.stderr and "pipeline.emulators" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plugin_emulator_has_its_knobs_checked(installed_plugin: Path, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": f"{installed_plugin}:{PLUGIN}"}
+    spec = echo_spec(tmp_path, "{failure_rat: 0.5}")
+    result = run_cli("validate", str(spec), cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "echo.yaml:4: providers.echo.emulate.failure_rat" in result.stderr
+    assert "did you mean 'failure_rate'" in result.stderr
+
+
+def test_a_plugin_runs_on_its_own_emulator(installed_plugin: Path, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": f"{installed_plugin}:{PLUGIN}"}
+    spec = echo_spec(tmp_path, "{task_seconds: 0.2}")
+    assert run_cli("validate", str(spec), cwd=tmp_path, env=env).returncode == 0
+    result = run_cli("run", str(spec), "--quiet", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pngs = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+@pytest.mark.anyio
+async def test_the_plugin_adapter_against_its_emulator(installed_plugin: Path) -> None:
+    from pipeline.emulators import serve
+    from pipeline.http.client import make_api_client
+    from pipeline.models import Job, ProviderSettings, RemoteStatus
+
+    provider_type = registry.get("echo")
+    settings = ProviderSettings(name="echo", type="echo", api_key="k")
+    knobs = {"echo": {"task_seconds": 0, "failure_rate": 1.0}}
+    async with serve(["echo"], knobs=knobs) as running:
+        client = make_api_client(
+            running["echo"].base_url,
+            headers=provider_type.auth_headers("k"),
+            timeout=5,
+            max_connections=1,
+        )
+        async with client:
+            adapter = provider_type(settings, client)
+            remote_id = await adapter.submit(Job("0" * 16, "echo", None, {"prompt": "a"}))
+            task = await adapter.status(remote_id)
+    assert task.status is RemoteStatus.FAILED and task.error == "the echo faded"
+    assert len(running["echo"].state.ledger) == 1

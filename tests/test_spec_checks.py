@@ -86,3 +86,19 @@ def test_real_apixo_with_an_https_public_url_validates(tmp_path):
     )
     result = run_cli("validate", str(spec), cwd=tmp_path, env=APIXO_ENV, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_emulate_without_the_emulators_extra_is_a_spec_error(tmp_path):
+    """A missing extra (graphql-core here) stops `validate` at the `emulate:` line with the
+    pip command, not with an ImportError traceback."""
+    missing = tmp_path / "missing" / "graphql"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text(
+        "raise ModuleNotFoundError('No module named graphql', name='graphql')\n"
+    )
+    spec = write_spec(tmp_path, _emulated("{task_seconds: 1}"))
+    env = {"PYTHONPATH": str(tmp_path / "missing")}
+    result = run_cli("validate", str(spec), cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "spec.yaml:4: providers.pixellabs.emulate" in result.stderr
+    assert "pipeline[emulators]" in result.stderr and "Traceback" not in result.stderr

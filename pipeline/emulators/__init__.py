@@ -16,7 +16,7 @@ from __future__ import annotations
 from pipeline.emulators.clock import Clock, ManualClock, system_clock
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.ledger import Charge, Ledger, Stats, key_fingerprint
-from pipeline.emulators.registry import EMULATORS
+from pipeline.emulators.registry import EMULATORS, emulator_factory, emulator_names
 from pipeline.emulators.server import RunningEmulator, run_forever, serve
 from pipeline.emulators.state import EmulatorState
 
@@ -30,6 +30,8 @@ __all__ = [
     "ManualClock",
     "RunningEmulator",
     "Stats",
+    "emulator_factory",
+    "emulator_names",
     "key_fingerprint",
     "run_forever",
     "serve",

@@ -15,7 +15,7 @@ from aiohttp import web
 from pipeline.emulators.clock import Clock
 from pipeline.emulators.knobs import Knobs
 from pipeline.emulators.persist import StateFile
-from pipeline.emulators.registry import EMULATORS
+from pipeline.emulators.registry import emulator_factory, emulator_names
 from pipeline.emulators.state import STATE_KEY, EmulatorState
 
 __all__ = ["RunningEmulator", "run_forever", "serve"]
@@ -66,7 +66,7 @@ async def serve(
     stores: list[StateFile] = []
     try:
         for index, name in enumerate(names):
-            app = EMULATORS[name](settings[name])
+            app = emulator_factory(name)(settings[name])
             state = app[STATE_KEY]
             if clock is not None:
                 state.clock = clock
@@ -113,9 +113,10 @@ def run_forever(
 
 
 def _knobs_for(names: Sequence[str], knobs: Mapping[str, Mapping[str, Any]]) -> dict[str, Knobs]:
-    unknown = sorted(set(names) - set(EMULATORS))
+    known = emulator_names()
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown emulator(s) {unknown}; available: {sorted(EMULATORS)}")
+        raise ValueError(f"unknown emulator(s) {unknown}; available: {sorted(known)}")
     strays = sorted(set(knobs) - set(names) - {ALL})
     if strays:
         raise ValueError(f"knobs given for emulator(s) not being served: {strays}")

@@ -18,40 +18,33 @@ from typing import Any, ClassVar
 
 import httpx
 
-from pipeline.errors import SubmitUnknown, TransientError
+from pipeline.errors import SubmitUnknown
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
-from pipeline.providers.base import ParamInfo, PreparedRequest, Provider, brief, json_or_none
+from pipeline.providers.base import ParamInfo, brief
+from pipeline.providers.rest import NOT_SENT, RestProvider, percent
 
 __all__ = ["PixelLabsProvider"]
-
-STATUS = {
-    "queued": RemoteStatus.QUEUED,
-    "processing": RemoteStatus.RUNNING,
-    "completed": RemoteStatus.SUCCEEDED,
-    "failed": RemoteStatus.FAILED,
-}
 
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4")
 MAX_ESTIMATES = 100_000
 """Estimates kept for tasks whose first poll has not been planned yet (oldest dropped)."""
 
-# common vocabulary → PixelLabs field
-FIELDS = {
-    "prompt": "prompt",
-    "negative_prompt": "negativePrompt",
-    "style": "style",
-    "aspect_ratio": "aspectRatio",
-    "quality": "quality",
-    "seed": "seed",
-}
 
-
-class PixelLabsProvider(Provider):
+class PixelLabsProvider(RestProvider):
     type = "pixellabs"
     title = "PixelLabs AI"
     default_base_url = "https://api.pixellabsai.app"
     media = "image"
     completion_modes = ("poll",)
+    submit_path = "/v1/generate"
+    status_path = "/v1/generate/{id}"
+    states: ClassVar[Mapping[str, RemoteStatus]] = {
+        "queued": RemoteStatus.QUEUED,
+        "processing": RemoteStatus.RUNNING,
+        "completed": RemoteStatus.SUCCEEDED,
+        "failed": RemoteStatus.FAILED,
+    }
+    error_fields = ("error", "message")
     parameters: ClassVar[Mapping[str, ParamInfo]] = {
         "prompt": ParamInfo("prompt", "what to draw", maximum_length=500),
         "negative_prompt": ParamInfo("negativePrompt", "what to avoid", maximum_length=200),
@@ -63,7 +56,7 @@ class PixelLabsProvider(Provider):
         "aspect_ratio": ParamInfo("aspectRatio", "image shape", ASPECT_RATIOS),
         "quality": ParamInfo("quality", "render quality", ("standard", "high", "ultra")),
         "seed": ParamInfo("seed", "random seed (echoed in metadata)"),
-        "count": ParamInfo("-", "images per task: PixelLabs makes exactly one", (1,)),
+        "count": ParamInfo(NOT_SENT, "images per task: PixelLabs makes exactly one", (1,)),
     }
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
@@ -79,22 +72,17 @@ class PixelLabsProvider(Provider):
             problems.append(("width", f"width:height must reduce to one of {allowed}"))
         return problems
 
-    def build_submit(self, job: Job) -> PreparedRequest:
-        params = dict(job.params)
-        body: dict[str, Any] = {}
+    def submit_params(self, job: Job) -> dict[str, Any]:
+        """Width and height are sent as the aspect ratio they reduce to."""
+        params = super().submit_params(job)
         ratio = _aspect_from_size(params)
         if ratio is not None and "aspect_ratio" not in params:
             params["aspect_ratio"] = ratio
-        for key, value in params.items():
-            if key in ("width", "height", "count"):
-                continue
-            body[FIELDS.get(key, key)] = value
-        if job.model:
-            body["model"] = job.model
-        return PreparedRequest("POST", "/v1/generate", body)
+        params.pop("width", None)
+        params.pop("height", None)
+        return params
 
-    async def submit(self, job: Job) -> str:
-        answer = await self._send_json(self.build_submit(job), submit=True)
+    def parse_submit(self, answer: Mapping[str, Any]) -> str:
         generation_id = answer.get("generationId")
         if not isinstance(generation_id, str) or not generation_id:
             raise SubmitUnknown(f"submit answered without a generationId: {brief(answer)}")
@@ -113,42 +101,20 @@ class PixelLabsProvider(Provider):
         at = self._expected.pop(remote_id, None)
         return None if at is None else max(at - time.monotonic(), 0.0)
 
-    async def status(self, remote_id: str) -> RemoteTask:
-        answer = await self._send_json(PreparedRequest("GET", f"/v1/generate/{remote_id}"))
-        return _parse_status(remote_id, answer)
-
-    def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
-        body = json_or_none(response)
-        if isinstance(body, Mapping):
-            return _str_or_none(body.get("error")), str(body.get("message") or "error")
-        return None, response.reason_phrase or "error"
-
-
-def _parse_status(remote_id: str, answer: Mapping[str, Any]) -> RemoteTask:
-    raw_status = str(answer.get("status", ""))
-    status = STATUS.get(raw_status)
-    if status is None:
-        raise TransientError(f"unknown PixelLabs status {raw_status!r} for {remote_id}")
-    progress = answer.get("progress")
-    outputs: tuple[OutputRef, ...] = ()
-    image_url = answer.get("imageUrl")
-    if status is RemoteStatus.SUCCEEDED and isinstance(image_url, str):
-        outputs = (OutputRef(image_url, ext="png", content_type="image/"),)
-    return RemoteTask(
-        remote_id=remote_id,
-        status=status,
-        progress=_percent(progress),
-        outputs=outputs,
-        error=_failure_reason(answer) if status is RemoteStatus.FAILED else None,
-        raw=answer,
-    )
-
-
-def _percent(value: object) -> float | None:
-    """A progress figure, or None for anything that is not a plain number 0-100."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if 0 <= value <= 100 else None
+    def parse_status(self, remote_id: str, answer: Mapping[str, Any]) -> RemoteTask:
+        status = self.remote_status(remote_id, answer.get("status", ""))
+        image_url = answer.get("imageUrl")
+        outputs: tuple[OutputRef, ...] = ()
+        if status is RemoteStatus.SUCCEEDED and isinstance(image_url, str):
+            outputs = (OutputRef(image_url, ext="png", content_type="image/"),)
+        return RemoteTask(
+            remote_id=remote_id,
+            status=status,
+            progress=percent(answer.get("progress")),
+            outputs=outputs,
+            error=_failure_reason(answer) if status is RemoteStatus.FAILED else None,
+            raw=answer,
+        )
 
 
 def _failure_reason(answer: Mapping[str, Any]) -> str:
@@ -166,7 +132,3 @@ def _aspect_from_size(params: Mapping[str, Any]) -> str | None:
     ratio = Fraction(width, height)
     text = f"{ratio.numerator}:{ratio.denominator}"
     return text if text in ASPECT_RATIOS else None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
