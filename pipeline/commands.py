@@ -184,7 +184,7 @@ def _check_callback_scheme(spec: Spec, name: str, adapter: type[Provider], mode:
     settings = spec.providers[name]
     base_url = settings.base_url or adapter.default_base_url
     if (
-        not getattr(adapter, "https_callbacks_only", False)
+        not adapter.https_callbacks_only
         or settings.emulate is not None
         or not base_url.startswith("https://")
         or not wants_callbacks(mode, adapter)

@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager, contextmanager
 import anyio
 import pytest
 
+from pipeline.completion import FollowContext, make_follower
 from pipeline.completion.batch import BatchFollower
-from pipeline.completion.follower import FollowContext, make_follower
 from pipeline.completion.receiver import HintSubscription
 from pipeline.errors import AccountError, FinalError, TransientError
 from pipeline.models import Job, ProviderSettings, RemoteStatus, RemoteTask, RunSettings
-from pipeline.providers.base import PreparedRequest, Provider
+from pipeline.providers.base import BatchStatusCapable, PreparedRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,7 @@ FAST = RunSettings(poll_initial=0.01, poll_max=0.05, poll_factor=2.0, retries=3)
 S = RemoteStatus
 
 
-class FakeProvider(Provider):
+class FakeProvider(BatchStatusCapable):
     """Tasks whose status the test sets; every status_many call is recorded."""
 
     type = "fake"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.completion.follower import FollowContext, make_follower
+from pipeline.completion import FollowContext, make_follower
 from pipeline.completion.poll import PollFollower, ProgressPace
 from pipeline.errors import FinalError, TransientError
 from pipeline.models import PollAdvice, ProviderSettings, RemoteStatus, RemoteTask, RunSettings
@@ -24,7 +24,8 @@ class VirtualTime:
 
 
 class LinearTask:
-    """Queued for ``queued`` seconds, then progress rises linearly until ``total``."""
+    """Queued for ``queued`` seconds, then progress rises linearly until ``total``; the
+    submit answer gave no estimate."""
 
     def __init__(self, time: VirtualTime, *, queued: float, total: float) -> None:
         self.time, self.queued, self.total = time, queued, total
@@ -42,6 +43,9 @@ class LinearTask:
             return RemoteTask(remote_id, RemoteStatus.QUEUED, progress=0.0)
         share = (t - self.queued) / (self.total - self.queued)
         return RemoteTask(remote_id, RemoteStatus.RUNNING, progress=100 * share)
+
+    def first_check_in(self, remote_id: str) -> float | None:
+        return None
 
 
 def follower(provider: LinearTask, time: VirtualTime, **run: float) -> PollFollower:

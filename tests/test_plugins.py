@@ -134,3 +134,36 @@ async def test_the_plugin_adapter_against_its_emulator(installed_plugin: Path) -
             task = await adapter.status(remote_id)
     assert task.status is RemoteStatus.FAILED and task.error == "the echo faded"
     assert len(running["echo"].state.ledger) == 1
+
+
+BROKEN = '''
+from pipeline_echo import EchoProvider
+
+
+class SocketEchoProvider(EchoProvider):
+    """Says it completes by subscription, but has none of the subscription hooks."""
+
+    type = "socket-echo"
+    completion_modes = ("subscription", "poll")
+'''
+
+
+def test_a_plugin_listing_a_mode_it_cannot_back_is_refused_on_loading(
+    installed_plugin: Path,
+) -> None:
+    (installed_plugin / "pipeline_socket_echo.py").write_text(BROKEN)
+    dist = installed_plugin / "pipeline_socket_echo-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: socket-echo\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[pipeline.providers]\nsocket-echo = pipeline_socket_echo:SocketEchoProvider\n"
+    )
+    try:
+        with pytest.raises(TypeError) as refused:
+            registry.available()
+    finally:
+        sys.modules.pop("pipeline_socket_echo", None)
+    message = str(refused.value)
+    assert "SocketEchoProvider ('socket-echo')" in message
+    assert "'subscription'" in message and "SubscriptionCapable" in message
+    assert "ws_url" in message and "task_update" in message

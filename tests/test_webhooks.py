@@ -22,7 +22,7 @@ from pipeline.models import (
     RunSettings,
     WebhookSettings,
 )
-from pipeline.providers.base import PreparedRequest, Provider
+from pipeline.providers.base import CallbackCapable, PreparedRequest
 from pipeline.spec.load import load_spec
 
 from .conftest import write_spec
@@ -32,14 +32,13 @@ pytestmark = pytest.mark.anyio
 RUN = RunSettings(poll_initial=0.01, poll_max=0.05, retries=1)
 
 
-class FakeProvider(Provider):
+class FakeProvider(CallbackCapable):
     """Tasks live in a dict; ``status`` counts its calls."""
 
     type = "fake"
     title = "Fake"
     default_base_url = "http://fake.invalid"
     completion_modes = ("poll", "webhook")
-    callback_url: str | None = None
 
     def __init__(self) -> None:
         super().__init__(ProviderSettings(name="fake", type="fake"))

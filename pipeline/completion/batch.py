@@ -58,7 +58,7 @@ from pipeline.completion.receiver import HintSubscription, WebhookReceiver
 from pipeline.completion.webhook import SERVICE
 from pipeline.errors import AccountError, FinalError, TransientError
 from pipeline.models import RemoteTask, RunSettings
-from pipeline.providers.base import Provider
+from pipeline.providers.base import BatchStatusCapable, Provider
 from pipeline.retry import Backoff, retrying, transient_delay
 
 __all__ = [
@@ -89,13 +89,13 @@ EARLY_HINT_SECONDS = 60.0
 HintSource = Callable[[], AbstractContextManager[HintSubscription]]
 
 
-def create(context: FollowContext) -> Follower:
+def create(context: FollowContext, adapter: BatchStatusCapable) -> Follower:
     receiver = context.services.get(SERVICE)
     hints: HintSource | None = None
     if isinstance(receiver, WebhookReceiver):
         name = context.settings.name
         hints = functools.partial(receiver.hints, name)
-    return BatchFollower(context.adapter, context.run, context.task_group, hints=hints)
+    return BatchFollower(adapter, context.run, context.task_group, hints=hints)
 
 
 @dataclass(eq=False)
@@ -220,7 +220,7 @@ class BatchFollower:
         schedule = _Schedule(since=now, due=now + first_delay, interval=first_delay)
         self._schedules[remote_id] = schedule
         self._set_due(schedule, schedule.due)
-        key = self._hint_key(remote_id)
+        key = self._provider.hint_key(remote_id)
         self._by_hint_key[key] = remote_id
         early = self._early.pop(key, None)
         if early is not None and now - early <= EARLY_HINT_SECONDS:
@@ -314,10 +314,6 @@ class BatchFollower:
         at = min(self._task_due(), self._hint_due())
         return max(at, self._last_round + MIN_INTERVAL)
 
-    def _hint_key(self, remote_id: str) -> str:
-        hint_key = getattr(self._provider, "hint_key", None)
-        return str(hint_key(remote_id)) if callable(hint_key) else remote_id
-
     async def _round(self, ids: list[str]) -> None:
         """One status round for ``ids``; every waiter hears the outcome."""
         self.rounds += 1
@@ -397,4 +393,4 @@ class BatchFollower:
             schedule = self._schedules.pop(remote_id, None)
             if schedule is not None and schedule.due == self._earliest_due:
                 self._earliest_due = None
-            self._by_hint_key.pop(self._hint_key(remote_id), None)
+            self._by_hint_key.pop(self._provider.hint_key(remote_id), None)

@@ -10,29 +10,27 @@ intermediate state through ``on_update``. Each completion mode has one:
 
 Transient errors are retried with backoff (honouring Retry-After); final ones (the task
 is unknown to the provider) end the job. A lane picks its mode from the provider
-entry's ``options.completion``, defaulting to the adapter's first completion mode.
+entry's ``options.completion``, defaulting to the adapter's first completion mode; the
+modes are registered in ``completion.modes``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from anyio.abc import TaskGroup
 
-from pipeline.models import PollAdvice, ProviderSettings, RemoteTask, RunSettings
+from pipeline.models import ProviderSettings, RemoteTask, RunSettings
 from pipeline.providers.base import Provider
 
 __all__ = [
-    "FOLLOWERS",
     "FollowContext",
     "Follower",
     "UpdateCallback",
     "estimated_first_delay",
     "expected_finish",
-    "make_follower",
 ]
 
 UpdateCallback = Callable[[RemoteTask], None]
@@ -61,36 +59,11 @@ class FollowContext:
     services: dict[str, Any] = field(default_factory=dict)
 
 
-FOLLOWERS: dict[str, str] = {
-    "poll": "pipeline.completion.poll:create",
-    "batch": "pipeline.completion.batch:create",
-    "subscription": "pipeline.completion.subscription:create",
-    "webhook": "pipeline.completion.webhook:create",
-}
-"""Completion mode → ``module:function`` taking a FollowContext, imported on first use."""
-
-
-def make_follower(mode: str, context: FollowContext) -> Follower:
-    """The lane's follower, with the poll settings the spec left unset taken from the
-    API's documented advice (``Provider.poll_advice``)."""
-    module_name, _, function = FOLLOWERS[mode].partition(":")
-    factory: Callable[[FollowContext], Follower] = getattr(
-        importlib.import_module(module_name), function
-    )
-    advice = getattr(context.adapter, "poll_advice", None)
-    if isinstance(advice, PollAdvice):
-        context = replace(context, run=context.run.advised(advice))
-    return factory(context)
-
-
-def expected_finish(provider: object, remote_id: str) -> float | None:
+def expected_finish(provider: Provider, remote_id: str) -> float | None:
     """Seconds from now until the API expects the task done, from its submit answer
     (``Provider.first_check_in``, e.g. PixelLabs' ``estimatedTime``); None if unknown."""
-    first_check_in = getattr(provider, "first_check_in", None)
-    if not callable(first_check_in):
-        return None
-    seconds = first_check_in(remote_id)
-    return max(float(seconds), 0.0) if isinstance(seconds, int | float) else None
+    seconds = provider.first_check_in(remote_id)
+    return None if seconds is None else max(float(seconds), 0.0)
 
 
 ESTIMATE_CAP = 4.0

@@ -22,8 +22,8 @@ from pipeline.retry import Backoff, retrying, transient_delay
 __all__ = ["PollFollower", "ProgressPace", "create"]
 
 
-def create(context: FollowContext) -> Follower:
-    return PollFollower(context.adapter, context.run)
+def create(context: FollowContext, adapter: Provider) -> Follower:
+    return PollFollower(adapter, context.run)
 
 
 class PollFollower:

@@ -22,7 +22,7 @@ With the socket healthy a job costs no status query at all. Events for tasks nob
 waits for are kept in a small bounded cache (an event may overtake the ``follow`` call
 of the task it belongs to) and otherwise ignored.
 
-GraphQL knowledge stays in the adapter (``SubscriptionSource``); this module only
+GraphQL knowledge stays in the adapter (``SubscriptionCapable``); this module only
 moves messages. The hub's loop runs in the session's background task group and
 reconnects with exponential backoff and jitter.
 """
@@ -36,7 +36,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import aiohttp
 import anyio
@@ -44,10 +44,11 @@ from anyio.abc import TaskGroup
 
 from pipeline.completion.follower import FollowContext, Follower, UpdateCallback
 from pipeline.models import RemoteTask, RunSettings
+from pipeline.providers.base import SubscriptionCapable
 from pipeline.retry import Backoff, retrying, transient_delay
 from pipeline.units import parse_duration
 
-__all__ = ["SocketHub", "SubscriptionFollower", "SubscriptionSource", "create"]
+__all__ = ["SocketHub", "SubscriptionFollower", "create"]
 
 PROTOCOL = "graphql-transport-ws"
 SUBSCRIPTION_ID = "1"
@@ -63,35 +64,12 @@ RECONNECT_FLOOR = 0.1
 """Never reconnect faster than this, even when backoff is switched off for tests."""
 
 
-@runtime_checkable
-class SubscriptionSource(Protocol):
-    """What an adapter offers for completion by subscription."""
-
-    @property
-    def ws_url(self) -> str: ...
-
-    def ws_connection_params(self) -> dict[str, Any]: ...
-
-    def subscription_payload(self) -> dict[str, Any]: ...
-
-    def task_update(self, payload: Any) -> Mapping[str, Any] | None: ...
-
-    async def task_from_payload(self, payload: Mapping[str, Any]) -> RemoteTask: ...
-
-    def submit_sent_at(self, remote_id: str) -> float | None: ...
-
-    async def status(self, remote_id: str) -> RemoteTask: ...
-
-
 class ProtocolTrouble(Exception):
     """The server broke the protocol or ended the subscription: reconnect."""
 
 
-def create(context: FollowContext) -> Follower:
+def create(context: FollowContext, source: SubscriptionCapable) -> Follower:
     """The subscription follower of one lane; lanes with the same key share the socket."""
-    source = context.adapter
-    if not isinstance(source, SubscriptionSource):
-        raise TypeError(f"{context.adapter.type} cannot complete by subscription")
     secret = f"{source.ws_url}\n{context.settings.api_key or ''}"
     key = "pixai-ws:" + hashlib.sha256(secret.encode()).hexdigest()
     hub = context.services.get(key)
@@ -135,7 +113,7 @@ class SocketHub:
 
     def __init__(
         self,
-        source: SubscriptionSource,
+        source: SubscriptionCapable,
         task_group: TaskGroup,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -313,7 +291,7 @@ class SubscriptionFollower:
     """Waits for a task's terminal event; polls only where events cannot be trusted."""
 
     def __init__(
-        self, hub: SocketHub, source: SubscriptionSource, run: RunSettings, *, safety_poll: float
+        self, hub: SocketHub, source: SubscriptionCapable, run: RunSettings, *, safety_poll: float
     ) -> None:
         self._hub = hub
         self._source = source

@@ -6,7 +6,7 @@ nothing in a callback body is believed. While waiting it polls only as a slow sa
 net (``options.safety_poll``); when no callback has come by ``options.callback_timeout``
 it falls back to ordinary polling. Both options take seconds or text like ``90s``.
 
-An adapter that can be called back (``CallbackAware``) has a ``callback_url`` attribute,
+An adapter that can be called back (``CallbackCapable``) has a ``callback_url`` attribute,
 set by the session before any submit, and reads the task out of a callback body with
 ``callback_task_id``; if its remote ids are not what callbacks name, ``hint_key`` maps a
 remote id to the name callbacks use. An adapter class with ``requires_callback = True``
@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import anyio
 
@@ -28,13 +28,12 @@ from pipeline.completion.poll import PollFollower
 from pipeline.completion.receiver import Mailbox, WebhookReceiver
 from pipeline.errors import SpecError
 from pipeline.models import RemoteTask, RunSettings, WebhookSettings
-from pipeline.providers.base import Provider
+from pipeline.providers.base import CallbackCapable, Provider
 from pipeline.retry import Backoff, retrying, transient_delay
 from pipeline.units import parse_duration
 
 __all__ = [
     "SERVICE",
-    "CallbackAware",
     "WebhookFollower",
     "attach_callbacks",
     "create",
@@ -48,19 +47,12 @@ DEFAULT_CALLBACK_TIMEOUT = 300.0
 """Seconds without a callback before the follower falls back to polling."""
 
 
-@runtime_checkable
-class CallbackAware(Protocol):
-    callback_url: str | None
-
-    def callback_task_id(self, body: object) -> str | None: ...
-
-
 # -- the session's side -------------------------------------------------------------------
 
 
 def wants_callbacks(mode: str, adapter_type: type[Provider]) -> bool:
     """Whether a lane needs the receiver: webhook mode, or an API that always calls back."""
-    return mode == "webhook" or bool(getattr(adapter_type, "requires_callback", False))
+    return mode == "webhook" or adapter_type.requires_callback
 
 
 @asynccontextmanager
@@ -81,15 +73,15 @@ def attach_callbacks(
     receiver = services.get(SERVICE)
     if not isinstance(receiver, WebhookReceiver) or not wants_callbacks(mode, type(adapter)):
         return
-    if not isinstance(adapter, CallbackAware):
-        raise TypeError(f"{adapter.type} adapter cannot be called back (no callback_task_id)")
+    if not isinstance(adapter, CallbackCapable):  # refused when its class was defined
+        raise TypeError(f"{adapter.type} adapter cannot be called back (not CallbackCapable)")
     adapter.callback_url = receiver.register(name, adapter.callback_task_id)
 
 
 # -- the follower ---------------------------------------------------------------------------
 
 
-def create(context: FollowContext) -> WebhookFollower:
+def create(context: FollowContext, adapter: CallbackCapable) -> WebhookFollower:
     receiver = context.services.get(SERVICE)
     if receiver is None:
         raise RuntimeError("webhook completion needs the run's receiver (open_session starts it)")
@@ -98,7 +90,7 @@ def create(context: FollowContext) -> WebhookFollower:
     options = context.settings.options
     at = f"providers.{context.settings.name}.options"
     return WebhookFollower(
-        context.adapter,
+        adapter,
         receiver,
         context.run,
         provider=context.settings.name,
@@ -151,7 +143,7 @@ class WebhookFollower:
     async def follow(
         self, remote_id: str, *, on_update: UpdateCallback, first_delay: float | None = None
     ) -> RemoteTask:
-        with self._receiver.watch(self._provider, self._hint_key(remote_id)) as mailbox:
+        with self._receiver.watch(self._provider, self._adapter.hint_key(remote_id)) as mailbox:
             task = await self._await_callback(remote_id, mailbox, on_update, first_delay)
         if task is not None:
             return task
@@ -198,7 +190,3 @@ class WebhookFollower:
             is_transient=transient_delay,
             sleep=self._sleep,
         )
-
-    def _hint_key(self, remote_id: str) -> str:
-        hint_key = getattr(self._adapter, "hint_key", None)
-        return str(hint_key(remote_id)) if callable(hint_key) else remote_id

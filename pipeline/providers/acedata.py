@@ -40,10 +40,11 @@ from pipeline.errors import (
 )
 from pipeline.models import Job, OutputRef, ProviderSettings, RemoteStatus, RemoteTask
 from pipeline.providers.base import (
+    BatchStatusCapable,
+    CallbackCapable,
     OptionInfo,
     ParamInfo,
     PreparedRequest,
-    Provider,
     brief,
     error_for_status,
     json_or_none,
@@ -58,7 +59,7 @@ DEFAULT_BATCH_SIZE = 50
 DEFAULT_MISSING_ROUNDS = 3
 
 
-class AceDataPixverseProvider(Provider):
+class AceDataPixverseProvider(CallbackCapable, BatchStatusCapable):
     type = "acedata"
     title = "AceData Cloud — Pixverse video"
     default_base_url = "https://api.acedata.cloud"
@@ -87,11 +88,8 @@ class AceDataPixverseProvider(Provider):
         "action": ParamInfo("action", "what to do (extend needs video_id)", ("generate", "extend")),
     }
 
-    requires_callback: ClassVar[bool] = True
-    """The session gives this adapter a ``callback_url`` whatever its completion mode."""
-
-    callback_url: str | None = None
-    """Where Pixverse POSTs the finished task: the run's webhook receiver."""
+    requires_callback = True  # the session gives it a callback_url whatever its mode
+    batch_size: int
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(settings, client)

@@ -31,10 +31,10 @@ import httpx
 from pipeline.errors import FinalError, SubmitUnknown, TransientError
 from pipeline.models import Job, OutputRef, PollAdvice, RemoteStatus, RemoteTask
 from pipeline.providers.base import (
+    CallbackCapable,
     OptionInfo,
     ParamInfo,
     PreparedRequest,
-    Provider,
     brief,
     error_for_status,
     json_or_none,
@@ -65,7 +65,7 @@ _SUFFIX_FAMILY = {
 }
 
 
-class ApixoProvider(Provider):
+class ApixoProvider(CallbackCapable):
     type = "apixo"
     title = "APIXO"
     default_base_url = "https://api.apixo.ai"

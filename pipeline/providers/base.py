@@ -1,4 +1,5 @@
-"""The Provider protocol every API adapter implements, and the common parameter vocabulary.
+"""The Provider base every API adapter subclasses, its capabilities, and the common
+parameter vocabulary.
 
 An adapter turns a ``Job`` into HTTP requests and HTTP responses into ``RemoteTask``
 states and output URLs. It never touches the manifest, files or progress, and it never
@@ -10,6 +11,14 @@ Common vocabulary (mapped by each adapter onto its API's own field names):
     count (images per task), duration and quality (video)
 
 Any other parameter passes through to the API unchanged.
+
+Capabilities are declared, never probed. ``Provider`` has every hook that any lane may
+use, with defaults (submit, status, status_many, cancel, first_check_in, poll_advice, the
+callback flags, hint_key); a completion mode beyond ``poll`` needs hooks that have no
+sensible default, so they come in a mixin the adapter subclasses: ``CallbackCapable``
+(``webhook``, or ``requires_callback``), ``SubscriptionCapable`` (``subscription``) and
+``BatchStatusCapable`` (``batch``). A class that lists a mode without its capability is
+refused when it is defined (``MODE_CAPABILITIES``).
 """
 
 from __future__ import annotations
@@ -38,10 +47,14 @@ from pipeline.retry import DEFAULT_MAX_WAIT
 __all__ = [
     "COMMON_OPTIONS",
     "COMMON_PARAMS",
+    "MODE_CAPABILITIES",
+    "BatchStatusCapable",
+    "CallbackCapable",
     "OptionInfo",
     "ParamInfo",
     "PreparedRequest",
     "Provider",
+    "SubscriptionCapable",
     "brief",
     "error_for_status",
     "json_or_none",
@@ -101,8 +114,51 @@ class PreparedRequest:
         return f"{self.method} {self.path} {body}".rstrip()
 
 
+MODE_CAPABILITIES: dict[str, type[Provider]] = {}
+"""The capability each built-in completion mode needs (filled once the mixins below are
+defined); ``poll`` needs only the core hooks."""
+
+
+def capability_problems(cls: type[Provider]) -> list[str]:
+    """What keeps ``cls`` from backing the completion modes it lists (and
+    ``requires_callback``): a capability it does not subclass, or hooks it leaves out."""
+    needs = [
+        (f"completion mode {mode!r}", MODE_CAPABILITIES.get(mode)) for mode in cls.completion_modes
+    ]
+    if cls.requires_callback:
+        needs.append(("requires_callback", CallbackCapable))
+    problems = []
+    for why, capability in needs:
+        if capability is None:
+            continue  # poll, or a mode registered elsewhere (checked when followed)
+        hooks = sorted(capability.__abstractmethods__ - Provider.__abstractmethods__)
+        if not issubclass(cls, capability):
+            problems.append(
+                f"{why} needs {capability.__name__}: subclass "
+                f"pipeline.providers.base.{capability.__name__} and define {', '.join(hooks)}"
+            )
+            continue
+        missing = [hook for hook in hooks if _left_abstract(cls, hook)]
+        if missing:
+            problems.append(
+                f"{why} needs {capability.__name__} hooks it leaves out: {', '.join(missing)}"
+            )
+    return problems
+
+
+def _left_abstract(cls: type, hook: str) -> bool:
+    """Whether ``cls`` still has only the abstract declaration of ``hook`` (ABC's own
+    test, made here because ABC makes it only when the class is instantiated)."""
+    return bool(getattr(getattr(cls, hook, None), "__isabstractmethod__", False))
+
+
+def _type_of(cls: type[Provider]) -> str:
+    return repr(getattr(cls, "type", "no type"))
+
+
 class Provider(abc.ABC):
-    """One generation API. Subclasses set the class attributes and the four methods."""
+    """One generation API. Subclasses set the class attributes and the abstract methods,
+    and subclass a capability mixin for each completion mode beyond ``poll`` they list."""
 
     type: ClassVar[str]
     title: ClassVar[str]
@@ -119,6 +175,17 @@ class Provider(abc.ABC):
     for an API that documents it as "not processed"; none of the built-in ones does."""
     max_retry_after: float = DEFAULT_MAX_WAIT
     """A server's Retry-After longer than this is cut to it (set from ``run``)."""
+    requires_callback: ClassVar[bool] = False
+    """Give this adapter a callback URL whatever its completion mode (e.g. an API whose
+    submit would block without one); needs ``CallbackCapable``."""
+    https_callbacks_only: ClassVar[bool] = False
+    """The API takes only ``https://`` callback URLs (checked by ``validate``)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        problems = capability_problems(cls)
+        if problems:
+            raise TypeError(f"{cls.__name__} ({_type_of(cls)}): " + "; ".join(problems))
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
@@ -186,6 +253,11 @@ class Provider(abc.ABC):
     async def cancel(self, remote_id: str) -> bool:
         """Ask the provider to stop a task. Returns False where the API cannot cancel."""
         return False
+
+    def hint_key(self, remote_id: str) -> str:
+        """The name callbacks give the task ``remote_id`` (a hint names the task by it);
+        the remote id itself unless the API's callbacks name tasks otherwise."""
+        return remote_id
 
     # -- helpers shared by adapters -------------------------------------------------
 
@@ -263,6 +335,71 @@ class Provider(abc.ABC):
     def error_code(self, response: httpx.Response) -> tuple[str | None, str]:
         """The provider's (code, message) from an error body; adapters override."""
         return None, response.reason_phrase or "error"
+
+
+class CallbackCapable(Provider):
+    """Can be called back: completion mode ``webhook``, or ``requires_callback``.
+
+    The session sets ``callback_url`` before any submit (the adapter sends it with each
+    task); the run's receiver asks ``callback_task_id`` which task a callback body is
+    about. A callback is only a hint: a status query confirms it."""
+
+    callback_url: str | None = None
+
+    @abc.abstractmethod
+    def callback_task_id(self, body: object) -> str | None:
+        """The task a callback body names, as ``hint_key`` names it; None if none."""
+
+
+class SubscriptionCapable(Provider):
+    """Completion mode ``subscription``: one shared WebSocket per API key streams task
+    events (``graphql-transport-ws``). The socket code only moves messages; what they
+    mean stays here."""
+
+    @property
+    @abc.abstractmethod
+    def ws_url(self) -> str:
+        """The WebSocket URL to subscribe at."""
+
+    @abc.abstractmethod
+    def ws_connection_params(self) -> dict[str, Any]:
+        """The ``connection_init`` payload (credentials)."""
+
+    @abc.abstractmethod
+    def subscription_payload(self) -> dict[str, Any]:
+        """The ``subscribe`` payload (query, operation name, variables)."""
+
+    @abc.abstractmethod
+    def task_update(self, payload: Any) -> Mapping[str, Any] | None:
+        """The task (with its ``id``) a ``next`` payload is about; None for other events."""
+
+    @abc.abstractmethod
+    async def task_from_payload(self, payload: Mapping[str, Any]) -> RemoteTask:
+        """A task from ``task_update`` as a RemoteTask (outputs resolved when done)."""
+
+    def submit_sent_at(self, remote_id: str) -> float | None:
+        """``time.monotonic()`` when this adapter sent the submit of ``remote_id``; None
+        when unknown (the task is then reconciled by one status query). Read once."""
+        return None
+
+
+class BatchStatusCapable(Provider):
+    """Completion mode ``batch``: the API answers about many tasks in one request."""
+
+    batch_size: int | None = None
+    """Task ids the API takes per request (``status_many`` splits larger rounds);
+    None when it states no limit."""
+
+    @abc.abstractmethod
+    async def status_many(self, remote_ids: Sequence[str]) -> list[RemoteTask]:
+        """Every task of ``remote_ids`` (in as few requests as the API allows)."""
+
+
+MODE_CAPABILITIES.update(  # abstract classes, which mypy will not take as type[...]
+    webhook=CallbackCapable,  # type: ignore[type-abstract]
+    subscription=SubscriptionCapable,  # type: ignore[type-abstract]
+    batch=BatchStatusCapable,  # type: ignore[type-abstract]
+)
 
 
 def error_for_status(

@@ -52,7 +52,7 @@ from pipeline.providers.base import (
     OptionInfo,
     ParamInfo,
     PreparedRequest,
-    Provider,
+    SubscriptionCapable,
     brief,
     json_or_none,
 )
@@ -120,7 +120,7 @@ _REQUEST_CODES = frozenset(
 _SUBMIT_TIMES_KEPT = 4096
 
 
-class PixAIProvider(Provider):
+class PixAIProvider(SubscriptionCapable):
     type = "pixai"
     title = "PixAI"
     default_base_url = "https://api.pixai.art"
