@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, only_pipeline_errors
 
 __all__ = ["main"]
 
@@ -50,18 +50,6 @@ def _report(exc: PipelineError) -> int:
 
     print(f"error: {scrub(str(exc))}", file=sys.stderr)
     return exc.exit_code
-
-
-def only_pipeline_errors(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
-    """The first of ``group``'s errors when all of them are ours (a user's or the
-    machine's trouble, with a message), else None."""
-    matched, rest = group.split(PipelineError)
-    if matched is None or rest is not None:
-        return None
-    first: BaseException = matched
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return cast(PipelineError, first)
 
 
 def _stdout_gone() -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "prune_spec",
     "recover_text",
     "run_spec",
+    "run_spec_async",
     "status_report",
     "summary_text",
 ]
@@ -46,12 +47,14 @@ def load_checked_spec(
     out: Path | None = None,
     env: Mapping[str, str] | None = None,
     check_jobs: bool = True,
+    content: str | Mapping[str, Any] | None = None,
 ) -> Spec:
     """Load and validate a spec, including (unless ``check_jobs`` is False) every job's
-    parameters against its API; the provider options are always checked."""
+    parameters against its API; the provider options are always checked. ``content``:
+    the spec's YAML text or data, when it is not read from ``path``."""
     from pipeline.spec import load_spec
 
-    spec = load_spec(path, known_providers=registry.available(), env=env)
+    spec = load_spec(path, known_providers=registry.available(), env=env, content=content)
     register_secrets(s.api_key for s in spec.providers.values())
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out))
@@ -305,6 +308,23 @@ def run_spec(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
     return anyio.run(_run, spec, options, quiet, params_checked, adopt)
+
+
+async def run_spec_async(
+    spec: Spec,
+    *,
+    quiet: bool = False,
+    retry_failed: bool = False,
+    resubmit_unknown: bool = False,
+    handle_signals: bool = True,
+    params_checked: bool = True,
+    adopt: bool = False,
+) -> RunSummary:
+    """``run_spec`` in an event loop that is already running (a notebook's, an app's)."""
+    options = RunOptions(
+        retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
+    )
+    return await _run(spec, options, quiet, params_checked, adopt)
 
 
 EXPANSION_KEY = "expansion"

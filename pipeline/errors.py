@@ -30,6 +30,8 @@ provider (provider, task and download errors) are scrubbed of keys when made
 
 from __future__ import annotations
 
+from typing import cast
+
 from pipeline.redact import scrub
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "SubmitUnknown",
     "TransientError",
     "VerificationError",
+    "only_pipeline_errors",
 ]
 
 
@@ -202,3 +205,15 @@ class DownloadTooLarge(DownloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
+
+
+def only_pipeline_errors(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
+    """The first of ``group``'s errors when all of them are ours (a user's or the
+    machine's trouble, with a message), else None: a task group of a run raises them so."""
+    matched, rest = group.split(PipelineError)
+    if matched is None or rest is not None:
+        return None
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return cast(PipelineError, first)

@@ -32,12 +32,19 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def load_spec(
-    path: Path, *, known_providers: Collection[str], env: Mapping[str, str] | None = None
+    path: Path,
+    *,
+    known_providers: Collection[str],
+    env: Mapping[str, str] | None = None,
+    content: str | Mapping[str, Any] | None = None,
 ) -> Spec:
     """Load and check the spec at ``path``; ``known_providers`` are the API types there
-    are adapters for; ``${VAR}`` comes from ``env`` (default: ``os.environ``)."""
+    are adapters for; ``${VAR}`` comes from ``env`` (default: ``os.environ``).
+
+    ``content`` (YAML text, or the parsed data) is the spec when it is not read from
+    ``path``, which then only names it (relative files, errors, the folder's owner)."""
     file = str(path)
-    parsed = parse_yaml(_read_text(path, file), file=file)
+    parsed = _parse(path, file, content)
     if not isinstance(parsed.data, dict):
         raise parsed.error(
             "a spec is a mapping with at least `providers:` and `prompts:`",
@@ -50,6 +57,14 @@ def load_spec(
     except ValidationError as exc:
         raise _spec_error(exc, parsed) from None
     return build_spec(model, parsed, source=path, known_providers=known_providers)
+
+
+def _parse(path: Path, file: str, content: str | Mapping[str, Any] | None) -> ParsedYaml:
+    if content is None:
+        return parse_yaml(_read_text(path, file), file=file)
+    if isinstance(content, str):
+        return parse_yaml(content, file=file)
+    return ParsedYaml(file, dict(content), {})  # no lines to point at
 
 
 def _read_text(path: Path, file: str) -> str:
