@@ -260,18 +260,9 @@ def run(
     Not inside a running event loop (Jupyter has one): there, ``await run_async(spec)``.
     ``handle_signals`` (default: on the main thread) makes Ctrl-C or SIGTERM end the run
     cleanly, with ``summary.interrupted`` set, instead of raising KeyboardInterrupt."""
-    import anyio
+    from pipeline.commands import run_blocking
 
-    try:
-        anyio.get_current_task()
-    except RuntimeError:
-        pass  # no event loop running here: good
-    else:
-        raise RuntimeError(
-            "pipeline.run() blocks, so it cannot run inside a running event loop (as in "
-            "Jupyter); use `await pipeline.run_async(spec)` there"
-        )
-    return anyio.run(
+    return run_blocking(
         _run_async,
         spec,
         {

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -34,11 +34,14 @@ __all__ = [
     "plan_text",
     "prune_spec",
     "recover_text",
+    "run_blocking",
     "run_spec",
     "run_spec_async",
     "status_report",
     "summary_text",
 ]
+
+T = TypeVar("T")
 
 
 def load_checked_spec(
@@ -308,6 +311,21 @@ def run_spec(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
     return anyio.run(_run, spec, options, quiet, params_checked, adopt)
+
+
+def run_blocking(function: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``anyio.run(function, *args)``, refused with a pointer to the async form inside an
+    event loop that is already running (as in Jupyter), where it could not block."""
+    try:
+        anyio.get_current_task()
+    except RuntimeError:
+        pass  # no event loop running here: good
+    else:
+        raise RuntimeError(
+            "pipeline.run() blocks, so it cannot run inside a running event loop (as in "
+            "Jupyter); use `await pipeline.run_async(spec)` there"
+        )
+    return anyio.run(function, *args)
 
 
 async def run_spec_async(
