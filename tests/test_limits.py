@@ -207,27 +207,6 @@ def limiter(vt: VirtualTime, concurrency: int = 2, rate: Rate | None = None) -> 
     return ProviderLimiter(concurrency, rate, clock=vt.clock, sleep=vt.sleep, wall=vt.wall)
 
 
-@pytest.mark.anyio
-async def test_slots_bound_jobs_in_flight(vt: VirtualTime) -> None:
-    pl = limiter(vt, concurrency=2)
-    peak = 0
-
-    async def job() -> None:
-        nonlocal peak
-        async with pl.slot():
-            peak = max(peak, pl.in_flight)
-            await vt.sleep(1)
-
-    async def scenario() -> float:
-        async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(job)
-        return vt.now
-
-    assert await vt.drive(scenario) == 3.0
-    assert peak == 2
-
-
 @pytest.mark.parametrize(
     ("headers", "paused_until"),
     [
