@@ -14,7 +14,7 @@ from benchmarks.common import REPO, Row, fmt, median, spread
 from benchmarks.peers import curl
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-LIBRARIES = ("httpx", "aiohttp", "httpx-aiohttp", "anyio", "aiofiles")
+LIBRARIES = ("httpx", "aiohttp", "httpx-aiohttp", "anyio")
 
 
 def machine() -> dict[str, str]:

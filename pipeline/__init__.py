@@ -40,7 +40,6 @@ if TYPE_CHECKING:
         PipelineError,
         ProviderError,
         RateLimited,
-        RemoteTaskFailed,
         ResponseTooLarge,
         RunLocked,
         SpecError,
@@ -85,7 +84,6 @@ __all__ = [
     "ProviderError",
     "ProviderSettings",
     "RateLimited",
-    "RemoteTaskFailed",
     "ResponseTooLarge",
     "RunLocked",
     "RunSettings",
@@ -111,7 +109,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "pipeline.errors": (
         "AccountBusy", "AccountError", "DownloadError", "DownloadTooLarge", "FinalError",
         "ManifestDamaged", "ManifestError", "PipelineError", "ProviderError", "RateLimited",
-        "RemoteTaskFailed", "ResponseTooLarge", "RunLocked", "SpecError", "SubmitRefused",
+        "ResponseTooLarge", "RunLocked", "SpecError", "SubmitRefused",
         "SubmitUnknown", "TransientError", "VerificationError",
     ),
     "pipeline.models": (

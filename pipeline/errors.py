@@ -17,7 +17,6 @@
     │   └── SubmitUnknown         a submit was sent but its outcome is unknown (timeout,
     │                             dropped connection, a 5xx, an unreadable answer, any
     │                             error not known to be a refusal): never retried blindly
-    ├── RemoteTaskFailed          the remote task ran and failed; carries the provider's reason
     └── DownloadError             an output could not be fetched or did not verify
         ├── VerificationError     bytes arrived but do not match what was promised
         └── DownloadTooLarge      the output passed the byte cap (final for that URL)
@@ -45,7 +44,6 @@ __all__ = [
     "PipelineError",
     "ProviderError",
     "RateLimited",
-    "RemoteTaskFailed",
     "ResponseTooLarge",
     "RunLocked",
     "SpecError",
@@ -172,14 +170,6 @@ class AccountError(FinalError):
 
 class SubmitUnknown(ProviderError):
     """A submit left and no answer proved it created nothing: a task may exist."""
-
-
-class RemoteTaskFailed(PipelineError):
-    """The provider ran the task and it failed (content policy, generation error…)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = scrub(reason)
-        super().__init__(self.reason)
 
 
 class DownloadError(PipelineError):

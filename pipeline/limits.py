@@ -1,10 +1,11 @@
-"""How fast pipeline may talk to one provider: concurrency, rate and server hints.
+"""How fast pipeline may talk to one provider: rate, pauses and server hints.
 
-``ProviderLimiter`` joins the two limits every provider has: how many jobs are in flight
-at once (an ``anyio.CapacityLimiter``) and how many requests go out per second (a
-``TokenBucket``). The bucket also listens to the server: ``Retry-After`` pauses every
-request to that provider, and ``X-RateLimit-Remaining``/``-Reset`` make it slow down
-*before* the server starts refusing. Retrying lives in ``pipeline.retry``.
+``ProviderLimiter`` holds how many requests go out per second (a ``TokenBucket``); how
+many jobs are in flight at once is the scheduler's worker count, which the bucket reads
+only to know how early to slow down. The bucket also listens to the server:
+``Retry-After`` pauses every request to that provider, and
+``X-RateLimit-Remaining``/``-Reset`` make it slow down *before* the server starts
+refusing. Retrying lives in ``pipeline.retry``.
 
 Every clock here is injectable: ``clock`` is monotonic seconds (for waiting), ``wall`` is
 epoch seconds (only to read dates the server sends).
@@ -14,8 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
@@ -157,8 +157,7 @@ def _default_burst(rate: Rate | None) -> int:
 class ProviderLimiter:
     """Everything that limits one provider.
 
-    ``async with limiter.slot():`` around a job's whole life (at most ``concurrency`` jobs
-    in flight); ``await limiter.request()`` before every HTTP request to the provider
+    ``await limiter.request()`` before every HTTP request to the provider
     (``submit=True`` for submits); ``observe_response(headers)`` after every response,
     and ``penalize(retry_after)`` on a 429.
 
@@ -180,7 +179,6 @@ class ProviderLimiter:
         sleep: Sleep = anyio.sleep,
         wall: Clock = time.time,
     ) -> None:
-        self._slots = anyio.CapacityLimiter(concurrency)
         self.bucket = TokenBucket(
             rate, burst=burst, clock=clock, sleep=sleep, wall=wall, in_flight=concurrency
         )
@@ -193,16 +191,6 @@ class ProviderLimiter:
         self.capped: float | None = None
         """The longest wait a server asked for beyond ``max_wait`` (None: none so far)."""
         self.on_capped: Callable[[float, float], None] | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return int(self._slots.borrowed_tokens)
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the provider's ``concurrency`` job slots."""
-        async with self._slots:
-            yield
 
     async def request(self, *, submit: bool = False) -> None:
         """Wait until one more request (a submit, with ``submit``) may be sent."""

@@ -1,7 +1,9 @@
 """Retrying what is safe to repeat: polls, status queries and downloads, never submits.
 
 ``Backoff`` and ``retrying`` are the small retry loop; ``parse_retry_after`` reads a
-server's ``Retry-After``; ``transient_delay`` turns our errors into a retry verdict.
+server's ``Retry-After``; ``transient_delay`` turns our errors into a retry verdict;
+``ask_status`` is the one status query with retries (polls, webhook confirmations,
+subscription polls, fetches).
 ``set_testing(True)`` makes every backoff delay zero, so tests run fast without patching.
 """
 
@@ -13,16 +15,18 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 
 from pipeline.errors import TransientError
-from pipeline.models import RunSettings
+from pipeline.models import RemoteTask, RunSettings
 
 __all__ = [
     "DEFAULT_MAX_WAIT",
     "Backoff",
+    "StatusSource",
+    "ask_status",
     "is_testing",
     "parse_retry_after",
     "retrying",
@@ -145,3 +149,29 @@ def transient_delay(exc: BaseException) -> float | bool | None:
     if isinstance(exc, TransientError):
         return exc.retry_after if exc.retry_after is not None else True
     return False
+
+
+class StatusSource(Protocol):
+    """Anything that can tell where a remote task stands (every provider can)."""
+
+    async def status(self, remote_id: str) -> RemoteTask: ...
+
+
+async def ask_status(
+    source: StatusSource,
+    remote_id: str,
+    *,
+    retries: int,
+    backoff: Backoff,
+    sleep: Sleep = anyio.sleep,
+) -> RemoteTask:
+    """The task as ``source`` tells it now: transient errors retried (``retries`` extra
+    times, spaced by ``backoff``, never shorter than the server's Retry-After, waited
+    with ``sleep``); final errors at once."""
+
+    async def once() -> RemoteTask:
+        return await source.status(remote_id)
+
+    return await retrying(
+        once, retries=retries, backoff=backoff, is_transient=transient_delay, sleep=sleep
+    )

@@ -1,14 +1,17 @@
 """The batch follower against an in-memory provider: one status_many per round for every
-task in flight, dispatch to waiters, spacing, hints and error isolation."""
+task in flight, dispatch to waiters, spacing, hints and error isolation. All on virtual
+time (``tests/virtual_time.py``): nothing here really waits."""
 
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
+from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from pipeline.completion import FollowContext, make_follower
@@ -17,6 +20,8 @@ from pipeline.completion.receiver import HintSubscription
 from pipeline.errors import AccountError, FinalError, TransientError
 from pipeline.models import Job, ProviderSettings, RemoteStatus, RemoteTask, RunSettings
 from pipeline.providers.base import BatchStatusCapable, PreparedRequest
+
+from .virtual_time import VirtualTime
 
 pytestmark = pytest.mark.anyio
 
@@ -62,96 +67,133 @@ class FakeProvider(BatchStatusCapable):
         return RemoteTask(remote_id, status, error="boom" if status is S.FAILED else None)
 
 
+@pytest.fixture
+def vt() -> VirtualTime:
+    return VirtualTime()
+
+
+def on(vt: VirtualTime, scenario: Callable[[], Awaitable[None]]) -> Awaitable[None]:
+    """Run ``scenario`` with the clock jumping whenever everything waits (a real-time
+    guard catches a hang)."""
+
+    async def guarded() -> None:
+        with anyio.fail_after(10):
+            await scenario()
+
+    return vt.drive(guarded)
+
+
+def batch_follower(
+    provider: FakeProvider, vt: VirtualTime, run: RunSettings, group: anyio.abc.TaskGroup, **kw: Any
+) -> BatchFollower:
+    return BatchFollower(provider, run, group, clock=vt.clock, sleep=vt.sleep, **kw)
+
+
 @asynccontextmanager
-async def follower(provider: FakeProvider, run: RunSettings = FAST) -> AsyncIterator[BatchFollower]:
+async def follower(
+    provider: FakeProvider, vt: VirtualTime, run: RunSettings = FAST
+) -> AsyncIterator[BatchFollower]:
     async with anyio.create_task_group() as group:
-        made = make_follower("batch", FollowContext(provider, provider.settings, run, group))
-        assert isinstance(made, BatchFollower)
-        yield made
+        yield batch_follower(provider, vt, run, group)
         group.cancel_scope.cancel()
 
 
 async def finish_after(
-    provider: FakeProvider, rounds: int, states: dict[str, RemoteStatus]
+    provider: FakeProvider, vt: VirtualTime, rounds: int, states: dict[str, RemoteStatus]
 ) -> None:
     """Set ``states`` once ``rounds`` status rounds have been answered."""
     while len(provider.calls) < rounds:
-        await anyio.sleep(0.005)
+        await vt.sleep(0.005)
     provider.states.update(states)
 
 
-async def test_fifty_tasks_cost_one_request_per_round() -> None:
+async def test_the_batch_mode_makes_a_batch_follower() -> None:
+    provider = FakeProvider()
+    async with anyio.create_task_group() as group:
+        made = make_follower("batch", FollowContext(provider, provider.settings, FAST, group))
+    assert isinstance(made, BatchFollower)
+
+
+async def test_fifty_tasks_cost_one_request_per_round(vt: VirtualTime) -> None:
     provider = FakeProvider()
     ids = [f"t{n}" for n in range(50)]
     results: dict[str, RemoteTask] = {}
     updates: list[RemoteTask] = []
-    with anyio.fail_after(10):
-        async with follower(provider) as batch, anyio.create_task_group() as jobs:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch, anyio.create_task_group() as jobs:
 
             async def follow(remote_id: str) -> None:
                 results[remote_id] = await batch.follow(remote_id, on_update=updates.append)
 
             for remote_id in ids:
                 jobs.start_soon(follow, remote_id)
-            await anyio.wait_all_tasks_blocked()
-            jobs.start_soon(finish_after, provider, 2, dict.fromkeys(ids, S.SUCCEEDED))
+            jobs.start_soon(finish_after, provider, vt, 2, dict.fromkeys(ids, S.SUCCEEDED))
+        assert batch.following == 0
+        assert len(provider.calls) == batch.rounds >= 2
+
+    await on(vt, scenario)
     assert {task.status for task in results.values()} == {S.SUCCEEDED}
     assert all(sorted(call) == sorted(ids) for call in provider.calls)
-    assert len(provider.calls) == batch.rounds >= 2
     assert provider.singles == []
-    assert batch.following == 0
     assert {task.status for task in updates} == {S.RUNNING, S.SUCCEEDED}
 
 
-async def test_finished_tasks_leave_the_round() -> None:
+async def test_finished_tasks_leave_the_round(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.states["quick"] = S.SUCCEEDED
-    with anyio.fail_after(10):
-        async with follower(provider) as batch, anyio.create_task_group() as jobs:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch, anyio.create_task_group() as jobs:
             jobs.start_soon(lambda: batch.follow("slow", on_update=lambda task: None))
             done = await batch.follow("quick", on_update=lambda task: None)
             assert done.status is S.SUCCEEDED
-            jobs.start_soon(finish_after, provider, len(provider.calls) + 1, {"slow": S.FAILED})
+            rounds = len(provider.calls) + 1
+            jobs.start_soon(finish_after, provider, vt, rounds, {"slow": S.FAILED})
+
+    await on(vt, scenario)
     assert provider.calls[-1] == ["slow"]
 
 
-async def round_gaps(provider: FakeProvider) -> list[float]:
+async def round_gaps(provider: FakeProvider, vt: VirtualTime) -> list[float]:
     """Seconds between the rounds that check task "t" until it succeeds on the 6th."""
     run = RunSettings(poll_initial=0.02, poll_max=0.32, poll_factor=2.0)
     stamps: list[float] = []
 
     def stamp(task: RemoteTask) -> None:
-        stamps.append(time.monotonic())
+        stamps.append(vt.now)
         if len(stamps) == 6:
             provider.states["t"] = S.SUCCEEDED
 
-    with anyio.fail_after(10):
-        async with follower(provider, run) as batch:
+    async def scenario() -> None:
+        async with follower(provider, vt, run) as batch:
             await batch.follow("t", on_update=stamp)
+
+    await on(vt, scenario)
     return [later - earlier for earlier, later in itertools.pairwise(stamps)]
 
 
-async def test_spacing_grows_while_nothing_changes() -> None:
+async def test_spacing_grows_while_nothing_changes(vt: VirtualTime) -> None:
     provider = FakeProvider()
-    gaps = await round_gaps(provider)
+    gaps = await round_gaps(provider, vt)
     assert gaps[-1] > 0.15 > gaps[0]
 
 
-async def test_a_hint_starts_a_round_at_once() -> None:
+async def test_a_hint_starts_a_round_at_once(vt: VirtualTime) -> None:
     provider = FakeProvider()
     slow = RunSettings(poll_initial=30.0, poll_max=30.0)
     with anyio.fail_after(5):
-        async with follower(provider, slow) as batch, anyio.create_task_group() as jobs:
+        async with follower(provider, vt, slow) as batch, anyio.create_task_group() as jobs:
             results: list[RemoteTask] = []
 
             async def follow() -> None:
                 results.append(await batch.follow("t", on_update=lambda task: None))
 
             jobs.start_soon(follow)
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             assert provider.calls == []
             batch.hint("someone-else")  # not followed here: ignored
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             assert provider.calls == []
             provider.states["t"] = S.SUCCEEDED
             batch.hint("t")
@@ -159,35 +201,42 @@ async def test_a_hint_starts_a_round_at_once() -> None:
     assert provider.calls == [["t"]]
 
 
-async def test_transient_errors_retry_the_round() -> None:
+async def test_transient_errors_retry_the_round(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.errors = [TransientError("503"), TransientError("503")]
     provider.states["t"] = S.SUCCEEDED
-    with anyio.fail_after(10):
-        async with follower(provider) as batch:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch:
             task = await batch.follow("t", on_update=lambda task: None)
-    assert task.status is S.SUCCEEDED
-    assert len(provider.calls) == 3 and batch.rounds == 1
+        assert task.status is S.SUCCEEDED
+        assert len(provider.calls) == 3 and batch.rounds == 1
+
+    await on(vt, scenario)
 
 
-async def test_transient_errors_past_the_retries_reach_the_waiters() -> None:
+async def test_transient_errors_past_the_retries_reach_the_waiters(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.errors = [TransientError("down")] * (FAST.retries + 1)
-    with anyio.fail_after(10):
-        async with follower(provider) as batch:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch:
             with pytest.raises(TransientError, match="down"):
                 await batch.follow("t", on_update=lambda task: None)
             assert batch.following == 0
 
+    await on(vt, scenario)
 
-async def test_a_final_error_fails_only_the_task_it_concerns() -> None:
+
+async def test_a_final_error_fails_only_the_task_it_concerns(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.errors = [FinalError("bad request", status=400)]
     provider.bad = {"bad"}
     provider.states["good"] = S.SUCCEEDED
     outcomes: dict[str, object] = {}
-    with anyio.fail_after(10):
-        async with follower(provider) as batch, anyio.create_task_group() as jobs:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch, anyio.create_task_group() as jobs:
 
             async def follow(remote_id: str) -> None:
                 try:
@@ -197,18 +246,21 @@ async def test_a_final_error_fails_only_the_task_it_concerns() -> None:
 
             jobs.start_soon(follow, "good")
             jobs.start_soon(follow, "bad")
+
+    await on(vt, scenario)
     assert isinstance(outcomes["bad"], FinalError)
     good = outcomes["good"]
     assert isinstance(good, RemoteTask) and good.status is S.SUCCEEDED
     assert sorted(provider.singles) == ["bad", "good"]
 
 
-async def test_an_account_error_fails_every_task() -> None:
+async def test_an_account_error_fails_every_task(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.errors = [AccountError("invalid_token", status=401)]
     failures: list[BaseException] = []
-    with anyio.fail_after(10):
-        async with follower(provider) as batch, anyio.create_task_group() as jobs:
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch, anyio.create_task_group() as jobs:
 
             async def follow(remote_id: str) -> None:
                 try:
@@ -218,19 +270,22 @@ async def test_an_account_error_fails_every_task() -> None:
 
             for remote_id in ("a", "b"):
                 jobs.start_soon(follow, remote_id)
+
+    await on(vt, scenario)
     assert len(failures) == 2 and provider.singles == []
 
 
-async def test_a_failing_update_callback_fails_only_its_follow() -> None:
+async def test_a_failing_update_callback_fails_only_its_follow(vt: VirtualTime) -> None:
     provider = FakeProvider()
     provider.states.update({"a": S.SUCCEEDED, "b": S.SUCCEEDED})
 
     def broken(task: RemoteTask) -> None:
         raise RuntimeError("manifest is gone")
 
-    with anyio.fail_after(10):
-        async with follower(provider) as batch, anyio.create_task_group() as jobs:
-            results: list[RemoteTask] = []
+    results: list[RemoteTask] = []
+
+    async def scenario() -> None:
+        async with follower(provider, vt) as batch, anyio.create_task_group() as jobs:
 
             async def follow_b() -> None:
                 results.append(await batch.follow("b", on_update=lambda t: None))
@@ -238,22 +293,27 @@ async def test_a_failing_update_callback_fails_only_its_follow() -> None:
             jobs.start_soon(follow_b)
             with pytest.raises(RuntimeError, match="manifest"):
                 await batch.follow("a", on_update=broken)
+
+    await on(vt, scenario)
     assert results[0].status is S.SUCCEEDED
 
 
-async def test_a_cancelled_follow_leaves_the_rounds() -> None:
+async def test_a_cancelled_follow_leaves_the_rounds(vt: VirtualTime) -> None:
     provider = FakeProvider()
     with anyio.fail_after(10):
-        async with follower(provider) as batch:
-            with anyio.move_on_after(0.05):
-                await batch.follow("t", on_update=lambda task: None)
+        async with follower(provider, vt) as batch:
+            async with anyio.create_task_group() as jobs:
+                jobs.start_soon(lambda: batch.follow("t", on_update=lambda task: None))
+                await vt.advance(0.05)
+                assert provider.calls  # it was asked about before being cancelled
+                jobs.cancel_scope.cancel()
             assert batch.following == 0
             asked = len(provider.calls)
-            await anyio.sleep(0.1)
+            await vt.advance(0.1)
             assert len(provider.calls) == asked  # idle: no requests without tasks
 
 
-async def test_callback_hints_from_the_receiver_wake_the_round() -> None:
+async def test_callback_hints_from_the_receiver_wake_the_round(vt: VirtualTime) -> None:
     provider = FakeProvider()
     subscription = HintSubscription()
 
@@ -264,7 +324,7 @@ async def test_callback_hints_from_the_receiver_wake_the_round() -> None:
     slow = RunSettings(poll_initial=30.0, poll_max=30.0)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            batch = BatchFollower(provider, slow, group, hints=hints)
+            batch = batch_follower(provider, vt, slow, group, hints=hints)
             results: list[RemoteTask] = []
 
             async def follow() -> None:
@@ -272,7 +332,7 @@ async def test_callback_hints_from_the_receiver_wake_the_round() -> None:
                 group.cancel_scope.cancel()
 
             group.start_soon(follow)
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             provider.states["t"] = S.SUCCEEDED
             subscription.add("t")
     assert results[0].status is S.SUCCEEDED
@@ -284,7 +344,7 @@ def hint_source(subscription: HintSubscription) -> Iterator[HintSubscription]:
     yield subscription
 
 
-async def test_a_change_resets_nobodys_spacing() -> None:
+async def test_a_change_resets_nobodys_spacing(vt: VirtualTime) -> None:
     """A task whose progress moves every round still has its checks spaced out."""
 
     class Moving(FakeProvider):
@@ -293,41 +353,46 @@ async def test_a_change_resets_nobodys_spacing() -> None:
             return RemoteTask(remote_id, task.status, progress=float(len(self.calls)))
 
     provider = Moving()
-    gaps = await round_gaps(provider)
+    gaps = await round_gaps(provider, vt)
     assert gaps[-1] > 0.15 > gaps[0]
 
 
-async def test_a_new_task_brings_a_round_forward_only_when_its_first_check_is_due() -> None:
+async def test_a_new_task_brings_a_round_forward_only_when_its_first_check_is_due(
+    vt: VirtualTime,
+) -> None:
     provider = FakeProvider()
     run = RunSettings(poll_initial=0.5, poll_max=0.5, poll_factor=1.0)
     with anyio.fail_after(10):
-        async with follower(provider, run) as batch, anyio.create_task_group() as jobs:
+        async with follower(provider, vt, run) as batch, anyio.create_task_group() as jobs:
             jobs.start_soon(lambda: batch.follow("old", on_update=lambda t: None))
-            await anyio.sleep(0.15)
+            await vt.advance(0.15)
             jobs.start_soon(lambda: batch.follow("new", on_update=lambda t: None))
-            await anyio.sleep(0.15)
+            await vt.advance(0.15)
             assert provider.calls == []  # neither check is due yet
-            await anyio.sleep(0.4)
+            await vt.advance(0.4)
             assert provider.calls == [["old", "new"]]  # the new one rode along
             provider.states.update(old=S.SUCCEEDED, new=S.SUCCEEDED)
+            await vt.advance(0.5)
 
 
-async def test_with_callbacks_the_checks_are_only_a_safety_net() -> None:
+async def test_with_callbacks_the_checks_are_only_a_safety_net(vt: VirtualTime) -> None:
     provider = FakeProvider()
     subscription = HintSubscription()
     run = RunSettings(poll_initial=0.01, poll_max=0.3, poll_factor=2.0)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
-            batch = BatchFollower(provider, run, group, hints=lambda: hint_source(subscription))
+            batch = batch_follower(
+                provider, vt, run, group, hints=partial(hint_source, subscription)
+            )
             group.start_soon(lambda: batch.follow("t", on_update=lambda task: None))
-            await anyio.sleep(0.15)
+            await vt.advance(0.15)
             assert provider.calls == []  # not poll_initial: the first check waits poll_max
-            await anyio.sleep(0.3)
+            await vt.advance(0.3)
             assert provider.calls == [["t"]]
             group.cancel_scope.cancel()
 
 
-async def test_one_round_confirms_a_burst_of_callbacks() -> None:
+async def test_one_round_confirms_a_burst_of_callbacks(vt: VirtualTime) -> None:
     provider = FakeProvider()
     subscription = HintSubscription()
     ids = [f"t{n}" for n in range(50)]
@@ -335,7 +400,9 @@ async def test_one_round_confirms_a_burst_of_callbacks() -> None:
     results: list[RemoteTask] = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+            batch = batch_follower(
+                provider, vt, slow, group, hints=partial(hint_source, subscription)
+            )
 
             async def follow(remote_id: str) -> None:
                 results.append(await batch.follow(remote_id, on_update=lambda task: None))
@@ -344,7 +411,7 @@ async def test_one_round_confirms_a_burst_of_callbacks() -> None:
 
             for remote_id in ids:
                 group.start_soon(follow, remote_id)
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             provider.states.update(dict.fromkeys(ids, S.SUCCEEDED))
             for remote_id in ids:
                 subscription.add(remote_id)
@@ -352,7 +419,7 @@ async def test_one_round_confirms_a_burst_of_callbacks() -> None:
     assert len(provider.calls) == batch.rounds == 1
 
 
-async def test_a_few_callbacks_wait_a_little_for_others() -> None:
+async def test_a_few_callbacks_wait_a_little_for_others(vt: VirtualTime) -> None:
     """Callbacks for under a fifth of the most tasks in flight wait a share of their
     task's age, so that one round confirms several; for a fifth the round starts at once."""
     provider = FakeProvider()
@@ -361,49 +428,53 @@ async def test_a_few_callbacks_wait_a_little_for_others() -> None:
     slow = RunSettings(poll_initial=30.0, poll_max=30.0)
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
-            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+            batch = batch_follower(
+                provider, vt, slow, group, hints=partial(hint_source, subscription)
+            )
             for remote_id in ids:
                 group.start_soon(lambda r=remote_id: batch.follow(r, on_update=lambda t: None))
-            await anyio.sleep(2.0)  # the tasks' age: a callback now waits 0.15 × 2 s
+            await vt.advance(2.0)  # the tasks' age: a callback now waits 0.15 × 2 s
             provider.states["t0"] = S.SUCCEEDED
             subscription.add("t0")
-            await anyio.sleep(0.1)
+            await vt.advance(0.1)
             assert provider.calls == []
-            await anyio.sleep(0.6)
+            await vt.advance(0.6)
             assert len(provider.calls) == 1 and batch.following == 19
             provider.states.update(dict.fromkeys(ids[1:5], S.SUCCEEDED))
             for remote_id in ids[1:5]:
                 subscription.add(remote_id)
-            await anyio.wait_all_tasks_blocked()  # four, a fifth of the peak (20): at once
+            await vt.settle()  # four, a fifth of the peak (20): at once
             assert len(provider.calls) == 2 and batch.following == 15
             provider.states["t5"] = S.SUCCEEDED
             subscription.add("t5")
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             assert len(provider.calls) == 2  # the tail waits too: one is not a fifth of 20
-            await anyio.sleep(0.8)
+            await vt.advance(0.8)
             assert len(provider.calls) == 3 and batch.following == 14
             group.cancel_scope.cancel()
 
 
-async def test_a_callback_that_beats_its_follow_is_not_lost() -> None:
+async def test_a_callback_that_beats_its_follow_is_not_lost(vt: VirtualTime) -> None:
     provider = FakeProvider()
     subscription = HintSubscription()
     slow = RunSettings(poll_initial=30.0, poll_max=30.0)
     provider.states["fast"] = S.SUCCEEDED
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
-            batch = BatchFollower(provider, slow, group, hints=lambda: hint_source(subscription))
+            batch = batch_follower(
+                provider, vt, slow, group, hints=partial(hint_source, subscription)
+            )
             group.start_soon(lambda: batch.follow("other", on_update=lambda task: None))
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             subscription.add("fast")  # before anyone follows it
-            await anyio.wait_all_tasks_blocked()
+            await vt.settle()
             done = await batch.follow("fast", on_update=lambda task: None)
             group.cancel_scope.cancel()
     assert done.status is S.SUCCEEDED
     assert provider.calls == [["other", "fast"]]
 
 
-async def test_an_estimate_from_the_submit_sets_the_first_check() -> None:
+async def test_an_estimate_from_the_submit_sets_the_first_check(vt: VirtualTime) -> None:
     class Estimating(FakeProvider):
         def first_check_in(self, remote_id: str) -> float | None:
             return 0.05
@@ -411,7 +482,10 @@ async def test_an_estimate_from_the_submit_sets_the_first_check() -> None:
     provider = Estimating()
     provider.states["t"] = S.SUCCEEDED
     slow = RunSettings(poll_initial=30.0, poll_max=30.0)
-    with anyio.fail_after(5):
-        async with follower(provider, slow) as batch:
+
+    async def scenario() -> None:
+        async with follower(provider, vt, slow) as batch:
             task = await batch.follow("t", on_update=lambda task: None)
-    assert task.status is S.SUCCEEDED and provider.calls == [["t"]]
+        assert task.status is S.SUCCEEDED and provider.calls == [["t"]]
+
+    await on(vt, scenario)

@@ -1,16 +1,10 @@
-"""limits: rate, pauses, server hints, backoff and retries, all on virtual time.
-
-``VirtualTime`` is an injected clock and sleep: sleepers wait on events, and ``drive``
-jumps the clock to the next wake-up whenever every task is blocked, so nothing here
-really waits.
-"""
+"""limits: rate, pauses, server hints, backoff and retries, all on virtual time
+(``tests/virtual_time.py``: ``drive`` jumps the clock whenever every task is blocked, so
+nothing here really waits)."""
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -20,55 +14,12 @@ from pipeline import retry
 from pipeline.limits import ProviderLimiter, TokenBucket
 from pipeline.models import Rate
 
-T = TypeVar("T")
-EPOCH = 1_700_000_000.0
+from .virtual_time import EPOCH, VirtualTime
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._order = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return EPOCH + self.now
-
-    async def sleep(self, seconds: float) -> None:
-        event = anyio.Event()
-        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._order), event))
-        await event.wait()
-
-    def _wake_next(self) -> None:
-        if not self._sleepers:
-            raise RuntimeError("deadlock: every task is blocked and nobody sleeps")
-        wake_at = self._sleepers[0][0]
-        self.now = max(self.now, wake_at)
-        while self._sleepers and self._sleepers[0][0] <= wake_at:
-            heapq.heappop(self._sleepers)[2].set()
-
-    async def drive(self, main: Callable[[], Awaitable[T]]) -> T:
-        """Run ``main`` to the end, jumping the clock whenever everything waits."""
-        results: list[T] = []
-        async with anyio.create_task_group() as group:
-
-            async def run_main() -> None:
-                results.append(await main())
-                group.cancel_scope.cancel()
-
-            group.start_soon(run_main)
-            while True:
-                await anyio.wait_all_tasks_blocked()
-                self._wake_next()
-                await checkpoint()
-        return results[0]
 
 
 @pytest.fixture
@@ -205,27 +156,6 @@ def test_burst_must_be_positive() -> None:
 
 def limiter(vt: VirtualTime, concurrency: int = 2, rate: Rate | None = None) -> ProviderLimiter:
     return ProviderLimiter(concurrency, rate, clock=vt.clock, sleep=vt.sleep, wall=vt.wall)
-
-
-@pytest.mark.anyio
-async def test_slots_bound_jobs_in_flight(vt: VirtualTime) -> None:
-    pl = limiter(vt, concurrency=2)
-    peak = 0
-
-    async def job() -> None:
-        nonlocal peak
-        async with pl.slot():
-            peak = max(peak, pl.in_flight)
-            await vt.sleep(1)
-
-    async def scenario() -> float:
-        async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(job)
-        return vt.now
-
-    assert await vt.drive(scenario) == 3.0
-    assert peak == 2
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ from pipeline.completion.follower import (
     expected_finish,
 )
 from pipeline.completion.receiver import HintSubscription, WebhookReceiver
+from pipeline.completion.timing import Clock, Sleep, wait_event
 from pipeline.completion.webhook import SERVICE
 from pipeline.errors import AccountError, FinalError, TransientError
 from pipeline.models import RemoteTask, RunSettings
@@ -127,7 +128,8 @@ class BatchFollower:
         task_group: TaskGroup,
         *,
         backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
         hints: HintSource | None = None,
     ) -> None:
         self._provider = provider
@@ -135,6 +137,7 @@ class BatchFollower:
         self._group = task_group
         self._backoff = backoff or Backoff(initial=1.0, factor=2.0, maximum=run.poll_max)
         self._clock = clock
+        self._sleep = sleep
         self._hints = hints
         if hints is None:
             self._max_interval = run.poll_max
@@ -305,8 +308,7 @@ class BatchFollower:
     async def _until_due(self) -> None:
         while (wait := self._due() - self._clock()) > 0:
             self._wake = anyio.Event()
-            with anyio.move_on_after(wait):
-                await self._wake.wait()
+            await wait_event(self._wake, wait, self._sleep)
 
     def _due(self) -> float:
         if not self._waiters:
@@ -327,6 +329,7 @@ class BatchFollower:
                 retries=self._run.retries,
                 backoff=self._backoff,
                 is_transient=transient_delay,
+                sleep=self._sleep,
             )
         except FinalError as exc:
             if isinstance(exc, AccountError) or len(ids) == 1:

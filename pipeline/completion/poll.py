@@ -17,7 +17,7 @@ from pipeline.completion.follower import (
 )
 from pipeline.models import RemoteTask, RunSettings
 from pipeline.providers.base import Provider
-from pipeline.retry import Backoff, retrying, transient_delay
+from pipeline.retry import Backoff, ask_status
 
 __all__ = ["PollFollower", "ProgressPace", "create"]
 
@@ -78,14 +78,11 @@ class PollFollower:
             delay = grown if projected is None else _clamp(projected, self._run)
 
     async def _poll(self, remote_id: str) -> RemoteTask:
-        async def once() -> RemoteTask:
-            return await self._provider.status(remote_id)
-
-        return await retrying(
-            once,
+        return await ask_status(
+            self._provider,
+            remote_id,
             retries=self._run.retries,
             backoff=self._backoff,
-            is_transient=transient_delay,
             sleep=self._sleep,
         )
 

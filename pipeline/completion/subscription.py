@@ -43,9 +43,10 @@ import anyio
 from anyio.abc import TaskGroup
 
 from pipeline.completion.follower import FollowContext, Follower, UpdateCallback
+from pipeline.completion.timing import Clock, Sleep, wait_event
 from pipeline.models import RemoteTask, RunSettings
 from pipeline.providers.base import SubscriptionCapable
-from pipeline.retry import Backoff, retrying, transient_delay
+from pipeline.retry import Backoff, ask_status, retrying, transient_delay
 from pipeline.units import parse_duration
 
 __all__ = ["SocketHub", "SubscriptionFollower", "create"]
@@ -97,12 +98,12 @@ class Waiter:
     heard_at: float = 0.0
     """When the task's state was last learned (event or poll)."""
     wake: anyio.Event = field(default_factory=anyio.Event)
+    sleep: Sleep = anyio.sleep
+    """The hub's sleep: what counts the seconds of ``wait``."""
 
     async def wait(self, seconds: float) -> bool:
         """True when woken (event or socket change), False when ``seconds`` passed."""
-        with anyio.move_on_after(max(seconds, 0.0)):
-            await self.wake.wait()
-        woken = self.wake.is_set()
+        woken = await wait_event(self.wake, seconds, self.sleep)
         if woken:
             self.wake = anyio.Event()
         return woken
@@ -116,10 +117,12 @@ class SocketHub:
         source: SubscriptionCapable,
         task_group: TaskGroup,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
     ) -> None:
         self.source = source
         self.clock = clock
+        self.sleep = sleep
         self.generation = 0
         self.live_since: float | None = None
         self.stats: Counter[str] = Counter()
@@ -143,13 +146,12 @@ class SocketHub:
     async def first_attempt_done(self) -> None:
         """Return once the first connection is subscribed or has failed (at most
         ``FIRST_CONNECT_WAIT`` s). Tasks submitted after that need no reconciling poll."""
-        with anyio.move_on_after(FIRST_CONNECT_WAIT):
-            await self._first_attempt.wait()
+        await wait_event(self._first_attempt, FIRST_CONNECT_WAIT, self.sleep)
 
     # -- waiters ------------------------------------------------------------------------
 
     def register(self, remote_id: str) -> Waiter:
-        waiter = Waiter(remote_id, latest=self._recent.pop(remote_id, None))
+        waiter = Waiter(remote_id, latest=self._recent.pop(remote_id, None), sleep=self.sleep)
         sent_at = self.source.submit_sent_at(remote_id)
         if self.live_since is not None and sent_at is not None and sent_at >= self.live_since:
             waiter.covered = self.generation
@@ -200,7 +202,7 @@ class SocketHub:
                     self._set_down()
                     self._first_attempt.set()
                 attempt += 1
-                await anyio.sleep(max(RECONNECT_FLOOR, self._backoff.delay(attempt)))
+                await self.sleep(max(RECONNECT_FLOOR, self._backoff.delay(attempt)))
 
     async def _connect_once(self, http: aiohttp.ClientSession) -> None:
         self.stats["connect_attempts"] += 1
@@ -355,7 +357,13 @@ class SubscriptionFollower:
 
     async def _poll(self, remote_id: str, why: str) -> RemoteTask:
         self._hub.stats[why] += 1
-        return await self._retry(lambda: self._source.status(remote_id))
+        return await ask_status(
+            self._source,
+            remote_id,
+            retries=self._run.retries,
+            backoff=self._backoff,
+            sleep=self._hub.sleep,
+        )
 
     async def _retry(self, call: Callable[[], Any]) -> RemoteTask:
         async def once() -> RemoteTask:
@@ -367,4 +375,5 @@ class SubscriptionFollower:
             retries=self._run.retries,
             backoff=self._backoff,
             is_transient=transient_delay,
+            sleep=self._hub.sleep,
         )

@@ -29,7 +29,7 @@ from pipeline.completion.receiver import Mailbox, WebhookReceiver
 from pipeline.errors import SpecError
 from pipeline.models import RemoteTask, RunSettings, WebhookSettings
 from pipeline.providers.base import CallbackCapable, Provider
-from pipeline.retry import Backoff, retrying, transient_delay
+from pipeline.retry import Backoff, ask_status
 from pipeline.units import parse_duration
 
 __all__ = [
@@ -179,14 +179,11 @@ class WebhookFollower:
                 await self._sleep(self._run.poll_initial)
 
     async def _confirm(self, remote_id: str) -> RemoteTask:
-        async def once() -> RemoteTask:
-            return await self._adapter.status(remote_id)
-
         self.confirmations += 1
-        return await retrying(
-            once,
+        return await ask_status(
+            self._adapter,
+            remote_id,
             retries=self._run.retries,
             backoff=self._backoff,
-            is_transient=transient_delay,
             sleep=self._sleep,
         )

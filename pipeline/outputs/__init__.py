@@ -2,6 +2,6 @@
 fetching, the download itself, resumes, the SSRF guard and durable placement."""
 
 from pipeline.outputs.durable import Committer
-from pipeline.outputs.fetch import ask_status, fetch_outputs
+from pipeline.outputs.fetch import fetch_outputs
 
-__all__ = ["Committer", "ask_status", "fetch_outputs"]
+__all__ = ["Committer", "fetch_outputs"]

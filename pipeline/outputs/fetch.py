@@ -25,9 +25,9 @@ from pipeline.models import JobRecord, Output, OutputRef, RemoteTask, Spec
 from pipeline.outputs.download import Committer, download
 from pipeline.outputs.guard import policy_for
 from pipeline.providers.base import Provider
-from pipeline.retry import Backoff, retrying, transient_delay
+from pipeline.retry import Backoff, ask_status, retrying
 
-__all__ = ["ask_status", "fetch_outputs", "guess_ext"]
+__all__ = ["fetch_outputs", "guess_ext"]
 
 RetryLog = Callable[[int, BaseException, float], None]
 
@@ -48,7 +48,7 @@ async def fetch_outputs(
 
     ``committer`` (the session's) makes the files durable in batches with other jobs'."""
     if task is None:  # resumed after a restart: ask again (also refreshes expiring URLs)
-        task = await ask_status(adapter, remote_id, spec, backoff)
+        task = await ask_status(adapter, remote_id, retries=spec.run.retries, backoff=backoff)
     if not task.outputs:
         raise DownloadError("the provider reported success but gave no output", transient=False)
     outputs = []
@@ -113,21 +113,13 @@ async def _fetch_one(
             if exc.transient or refreshes >= spec.run.retries:
                 raise
             refreshes += 1
-            task = await ask_status(adapter, task.remote_id, spec, backoff)  # URL expired?
+            # The URL may have expired: ask for fresh ones.
+            task = await ask_status(
+                adapter, task.remote_id, retries=spec.run.retries, backoff=backoff
+            )
             if len(task.outputs) <= index or task.outputs[index].url == current.url:
                 raise
             current = task.outputs[index]
-
-
-async def ask_status(adapter: Provider, remote_id: str, spec: Spec, backoff: Backoff) -> RemoteTask:
-    """The task as the provider tells it now (transient errors retried)."""
-
-    async def once() -> RemoteTask:
-        return await adapter.status(remote_id)
-
-    return await retrying(
-        once, retries=spec.run.retries, backoff=backoff, is_transient=transient_delay
-    )
 
 
 def _download_transient(exc: BaseException, max_wait: float) -> float | bool | None:

@@ -37,9 +37,9 @@ from pipeline.errors import (
 from pipeline.failpoints import failpoint
 from pipeline.manifest import GroupCommit, Manifest, group_commits
 from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, Spec
-from pipeline.outputs import ask_status, fetch_outputs
+from pipeline.outputs import fetch_outputs
 from pipeline.providers.base import submit_outcome
-from pipeline.retry import Backoff
+from pipeline.retry import Backoff, ask_status
 from pipeline.runner.progress import NullProgress, Progress
 from pipeline.runner.session import Lane, Session, prepaid_requests
 
@@ -348,7 +348,9 @@ class Scheduler:
         problem = f"no answer within {self.spec.run.http_timeout:g}s"
         with anyio.move_on_after(self.spec.run.http_timeout):
             try:
-                return await ask_status(lane.adapter, remote_id, self.spec, self._backoff)
+                return await ask_status(
+                    lane.adapter, remote_id, retries=self.spec.run.retries, backoff=self._backoff
+                )
             except FinalError as exc:
                 self._status_refused(job_id, exc)
                 return None
