@@ -79,3 +79,48 @@ def test_every_pointer_into_results_names_a_section() -> None:
         if not any(heading.startswith(f"{name} ") for heading in headings)
     )
     assert not dangling, f"no section of benchmarks/RESULTS.md starts with these: {dangling}"
+
+
+def listed_modules(block: str) -> set[str]:
+    """The module paths the tree drawing in docs/architecture.md names: files on a line
+    under a ``room/`` heading belong to that room; two-space lines are top level."""
+    found: set[str] = set()
+    room = ""
+    for line in block.splitlines():
+        heading = re.match(r"  (\w+)/", line)
+        if heading:
+            room = heading.group(1) + "/"
+            continue
+        if re.match(r"  \S", line):
+            room = ""
+        for name in re.findall(r"\b(\w+\.py)\b", line.split("  #")[0]):
+            found.add(room + name)
+    return found
+
+
+def test_the_tree_drawing_names_modules_by_room() -> None:
+    block = "  __init__.py  x\n  spec/   y\n    load.py a\n    b.py c.py\n  cli.py z\n"
+    assert listed_modules(block) == {
+        "__init__.py",
+        "spec/load.py",
+        "spec/b.py",
+        "spec/c.py",
+        "cli.py",
+    }
+
+
+def test_the_package_matches_the_tree_in_architecture_md() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("## The rooms", 1)[1].split("```", 2)[1]
+    package = ROOT / "pipeline"
+    real = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" or path.parent == package
+    }
+    real = {name for name in real if not name.startswith("emulators/")}
+    listed = listed_modules(block)
+    assert not real - listed, f"modules missing from docs/architecture.md: {sorted(real - listed)}"
+    assert not listed - real, (
+        f"docs/architecture.md names modules that are gone: {sorted(listed - real)}"
+    )
