@@ -13,6 +13,7 @@ where the CLI would exit with an error::
     with pipeline.open_manifest(spec) as manifest:  # read-only, safe beside a run
         for record in manifest.iter_records(with_outputs=True):
             print(record.state, [output.path for output in record.outputs])
+    pipeline.report(spec)                         # `pipeline report`: a contact sheet
 
 Names load on first use (PEP 562), so ``import pipeline`` stays cheap and every
 submodule can import the package without pulling in the rest.
@@ -24,7 +25,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Collection, Iterator, Mapping
     from contextlib import AbstractContextManager
     from pathlib import Path
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         SubmitRefused,
         SubmitUnknown,
         TransientError,
+        UsageError,
         VerificationError,
     )
     from pipeline.manifest import Manifest
@@ -93,12 +95,14 @@ __all__ = [
     "SubmitRefused",
     "SubmitUnknown",
     "TransientError",
+    "UsageError",
     "VerificationError",
     "__version__",
     "load_spec",
     "open_manifest",
     "parse_spec",
     "plan",
+    "report",
     "run",
     "run_async",
     "status",
@@ -110,7 +114,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "AccountBusy", "AccountError", "DownloadError", "DownloadTooLarge", "FinalError",
         "ManifestDamaged", "ManifestError", "PipelineError", "ProviderError", "RateLimited",
         "ResponseTooLarge", "RunLocked", "SpecError", "SubmitRefused",
-        "SubmitUnknown", "TransientError", "VerificationError",
+        "SubmitUnknown", "TransientError", "UsageError", "VerificationError",
     ),
     "pipeline.models": (
         "Job", "JobRecord", "JobState", "Output", "OutputSettings", "ProviderSettings",
@@ -341,3 +345,27 @@ def status(target: Spec | PathLike, *, failures: int = 50) -> dict[str, Any]:
 
     with open_manifest(target) as manifest:
         return status_report(manifest, failures=failures)
+
+
+def report(
+    target: Spec | PathLike,
+    *,
+    dest: PathLike | None = None,
+    rows: str = "prompt",
+    cols: str = "provider",
+    states: Collection[JobState | str] | None = None,
+) -> Path:
+    """``pipeline report``: write the contact sheet of an output folder (a spec file's or
+    a Spec's) as one static HTML page, by default ``<root>/report.html``, and return its
+    path. ``rows`` and ``cols`` name the grid's dimensions: ``prompt``, ``provider``,
+    ``model``, ``seed``, ``replicate``, ``state``, any parameter, or ``meta.KEY``;
+    ``states`` keeps only jobs in those states. A dimension no job has raises
+    ``UsageError``."""
+    from pathlib import Path
+
+    from pipeline.commands import report_sheet
+    from pipeline.models import JobState
+
+    root = Path(target) if isinstance(target, str | os.PathLike) else target.output.root
+    chosen = None if states is None else [JobState(state) for state in states]
+    return report_sheet(root, _path_or_none(dest), rows=rows, cols=cols, states=chosen)

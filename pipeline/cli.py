@@ -17,6 +17,7 @@ from typing import Any, TextIO, cast
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, only_pipeline_errors
+from pipeline.models import JobState
 
 __all__ = ["main"]
 
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
     export.set_defaults(handler=cmd_export)
 
+    add_report(commands)
+
     recover = commands.add_parser(
         "recover",
         help="rebuild a damaged manifest from manifest.jsonl (the damaged file is kept aside)",
@@ -193,6 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     providers.set_defaults(handler=cmd_providers)
     return parser
+
+
+def add_report(commands: Any) -> None:
+    """``pipeline report``'s arguments."""
+    report = commands.add_parser(
+        "report",
+        help="write a contact sheet: one static HTML page of the outputs on a grid",
+        description="Write one static HTML page (it opens from disk, offline) with a tile "
+        "per job on a grid of two dimensions: thumbnails, inline videos, the parameters "
+        "on hover, failures with their reasons, and filters by state and provider.",
+    )
+    report.add_argument("target", type=Path, help="an output directory or a spec file")
+    report.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="where (default OUTDIR/report.html)"
+    )
+    dimension = (
+        "prompt, provider, model, seed, replicate, state, any parameter (aspect_ratio…) or meta.KEY"
+    )
+    report.add_argument(
+        "--rows", default="prompt", metavar="DIM", help=f"{dimension} (default prompt)"
+    )
+    report.add_argument(
+        "--cols", default="provider", metavar="DIM", help="as --rows (default provider)"
+    )
+    report.add_argument(
+        "--state",
+        action="append",
+        dest="states",
+        choices=[state.value for state in JobState],
+        metavar="STATE",
+        help="show only jobs in this state (repeatable; default: all)",
+    )
+    report.set_defaults(handler=cmd_report)
 
 
 # -- commands ------------------------------------------------------------------------
@@ -306,6 +342,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             from pipeline.fsio import write_atomic_text
 
             write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.commands import report_sheet
+
+    states = None if args.states is None else [JobState(s) for s in args.states]
+    dest = report_sheet(args.target, args.output, rows=args.rows, cols=args.cols, states=states)
+    print(dest)
     return EXIT_OK
 
 

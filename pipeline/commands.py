@@ -34,6 +34,7 @@ __all__ = [
     "plan_text",
     "prune_spec",
     "recover_text",
+    "report_sheet",
     "run_blocking",
     "run_spec",
     "run_spec_async",
@@ -634,6 +635,23 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
         ],
         "not_in_spec": manifest.outside_spec_counts(),
     }
+
+
+def report_sheet(
+    target: Path,
+    dest: Path | None = None,
+    *,
+    rows: str = "prompt",
+    cols: str = "provider",
+    states: Sequence[JobState] | None = None,
+) -> Path:
+    """``pipeline report``: the contact sheet of the jobs of the spec's last expansion,
+    as one static HTML page (default ``<output root>/report.html``); returns its path."""
+    from pipeline.review import write_sheet
+
+    with open_manifest_for(target) as manifest:
+        manifest.limit_to_spec()
+        return write_sheet(manifest, dest, rows=rows, cols=cols, states=states)
 
 
 def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:

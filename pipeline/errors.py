@@ -2,6 +2,7 @@
 
     PipelineError                 base; carries the process exit code
     ├── SpecError                 the spec is wrong (exit 2): file:line, field path, what to fix
+    ├── UsageError                a command was asked for what cannot be (exit 2)
     ├── ManifestError             the manifest database cannot be opened or is not ours
     │   ├── ManifestDamaged       it exists but cannot be read: refused, `pipeline recover`
     │   └── RunLocked             another process is running on the same output root
@@ -50,6 +51,7 @@ __all__ = [
     "SubmitRefused",
     "SubmitUnknown",
     "TransientError",
+    "UsageError",
     "VerificationError",
     "only_pipeline_errors",
 ]
@@ -93,6 +95,13 @@ class SpecError(PipelineError):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+class UsageError(PipelineError):
+    """A command's arguments ask for what the data cannot give (a report dimension no job
+    has): exit 2, like a bad flag."""
+
+    exit_code = 2
 
 
 class ManifestError(PipelineError):

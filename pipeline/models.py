@@ -389,6 +389,8 @@ class Job:
     params: Mapping[str, Any]
     replicate: int = 0
     prompt_slug: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    """The prompt's own metadata (scalars): recorded, never sent, not part of the id."""
 
     @property
     def prompt(self) -> str:

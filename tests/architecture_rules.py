@@ -133,6 +133,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("providers", ("providers",)),
     ("manifest|outputs|completion", ("manifest", "outputs", "completion")),
     ("runner", ("runner",)),
+    ("review", ("review",)),
     ("commands", ("commands",)),
     ("library API", ("",)),
     ("cli", ("cli",)),
@@ -145,8 +146,12 @@ own layer or lower."""
 APART = frozenset({"manifest|outputs|completion"})
 """Layers whose parts may not import each other (manifest, outputs, completion)."""
 
-ONLY = {"manifest": ("core", "support")}
-"""Parts held below their layer's ceiling: the manifest knows no HTTP and no provider."""
+ONLY = {
+    "manifest": ("core", "support"),
+    "review": ("core", "support", "manifest|outputs|completion"),
+}
+"""Parts held below their layer's ceiling: the manifest knows no HTTP and no provider;
+the contact sheet (review) reads the manifest and knows no HTTP, provider or run."""
 
 LAYER_RANK = {layer: rank for rank, (layer, _) in enumerate(LAYERS)}
 PART_LAYER = {part: layer for layer, parts in LAYERS for part in parts}
@@ -163,6 +168,7 @@ DOORS = {
     "outputs": {"pipeline.outputs"},
     "http": {"pipeline.http"},
     "runner": {"pipeline.runner"},
+    "review": {"pipeline.review"},
     "providers": {"pipeline.providers", "pipeline.providers.base", "pipeline.providers.registry"},
 }
 """What code outside a room may import of it: the room's package (its ``__init__``); for

@@ -3,7 +3,7 @@ catching a planted import (a rule that cannot fail protects nothing).
 
 Layers, lowest first: core (errors, redact, models, identity, units, prompts, matrix,
 spec) < support (fsio, failpoints, retry, limits) < http < providers < manifest | outputs |
-completion < runner < commands < the library API (``pipeline/__init__``) < cli <
+completion < runner < review < commands < the library API (``pipeline/__init__``) < cli <
 __main__. The rules themselves live in ``tests/architecture_rules.py``.
 """
 
@@ -109,6 +109,26 @@ PLANTS = [
         "pipeline.manifest",
         "pipeline/outputs/fetch.py imports pipeline.manifest (layer "
         "manifest|outputs|completion) but outputs and manifest are siblings",
+    ),
+    (
+        "layers",
+        "pipeline.review.sheet",
+        "pipeline.runner",
+        "pipeline/review/sheet.py imports pipeline.runner (layer runner) but review may "
+        "import only core, support, manifest|outputs|completion",
+    ),
+    (
+        "layers",
+        "pipeline.manifest.store",
+        "pipeline.review",
+        "pipeline/manifest/store.py imports pipeline.review (layer review) but manifest",
+    ),
+    (
+        "doors",
+        "pipeline.commands",
+        "pipeline.review.page",
+        "pipeline/commands.py imports pipeline.review.page, inside the review room: "
+        "outside it import pipeline.review",
     ),
     (
         "layers",

@@ -188,6 +188,12 @@ def test_run_returns_the_summary_and_the_manifest_reads_back(tmp_path):
         assert report == status_report(manifest)
     assert report["states"] == {"done": 24}
 
+    sheet = pipeline.report(spec, rows="seed", cols="aspect_ratio", states=["done"])
+    assert sheet == spec.output.root / "report.html"  # `pipeline report`'s contact sheet
+    assert sheet.read_text(encoding="utf-8").count('class="tile ') == 24
+    other = pipeline.report(spec.source, dest=tmp_path / "sheet.html")  # or the spec file
+    assert other == tmp_path / "sheet.html" and other.is_file()
+
     again = pipeline.run(spec.source, quiet=True)  # a path: loaded as `pipeline run` does
     assert again.submitted == 0 and again.already_done == 24
 
