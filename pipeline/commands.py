@@ -19,7 +19,15 @@ from pipeline.completion import wants_callbacks
 from pipeline.errors import ManifestError, PipelineError, SpecError
 from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
-from pipeline.models import TERMINAL_STATES, JobState, PromptFile, PromptSource, Rate, Spec
+from pipeline.models import (
+    TERMINAL_STATES,
+    JobState,
+    PromptFile,
+    PromptSource,
+    Rate,
+    Spec,
+    TemplatePrompt,
+)
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
@@ -91,17 +99,30 @@ def check_params(spec: Spec) -> None:
             del params["prompt"]
             if model is not None:
                 params["model"] = model
+            undeclared = adapter.undeclared_params(params, settings.pass_through)
+            _raise_problems(spec, provider, undeclared, hint=_undeclared_hint(spec, provider))
             _raise_problems(spec, provider, adapter.validate_params(params))
 
 
-def _raise_problems(spec: Spec, provider: str, problems: Sequence[tuple[str, str]]) -> None:
+def _undeclared_hint(spec: Spec, provider: str) -> str:
+    api = spec.providers[provider].type
+    return (
+        f"`pipeline providers` lists what {api} takes; a value that is not for the API "
+        "belongs in a prompt's `meta:`; one the API does take (e.g. a model's own input) "
+        f"can be listed under providers.{provider}.pass_through"
+    )
+
+
+def _raise_problems(
+    spec: Spec, provider: str, problems: Sequence[tuple[str, str]], hint: str | None = None
+) -> None:
     settings = spec.providers[provider]
     for key, message in problems:
         raise spec_error(
             spec,
             f"{message} (provider {provider!r}, type {settings.type})",
             _param_origin(spec, provider, key),
-            hint=f"see `pipeline providers` for what {settings.type} accepts",
+            hint=hint or f"see `pipeline providers` for what {settings.type} accepts",
         )
 
 
@@ -236,6 +257,8 @@ def spec_error(
 
 
 def _param_origin(spec: Spec, provider: str, key: str) -> tuple[str | int, ...]:
+    """Where in the spec ``key`` is most likely set: the provider's params, the matrix, a
+    prompt item's params, a JSONL prompt file (its lines set parameters too)."""
     if key in spec.providers[provider].params:
         return ("providers", provider, "params", key)
     if key == "prompt":
@@ -243,6 +266,12 @@ def _param_origin(spec: Spec, provider: str, key: str) -> tuple[str | int, ...]:
     dimensions = {name for name, _values in spec.matrix.dimensions}
     if key in dimensions or any(key in entry for entry in spec.matrix.include):
         return ("matrix", key)
+    for index, source in enumerate(spec.prompts):
+        if isinstance(source, TemplatePrompt | PromptFile) and key in source.params:
+            return ("prompts", index, "params", key)
+    for index, source in enumerate(spec.prompts):
+        if isinstance(source, PromptFile) and source.format == "jsonl":
+            return ("prompts", index, "file")
     return ("providers", provider)
 
 
@@ -262,10 +291,12 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
         if len(shown[job.provider]) < show and job.id not in seen:
             seen.add(job.id)
             request = adapters[job.provider].build_submit(job)
+            meta = json.dumps(dict(job.meta), ensure_ascii=False)
             shown[job.provider].append(
                 f"    job {job.id} (replicate {job.replicate})\n"
                 f"      params:  {json.dumps(dict(job.params), ensure_ascii=False)}\n"
-                f"      request: {request.describe()}"
+                + (f"      meta:    {meta} (recorded, not sent)\n" if job.meta else "")
+                + f"      request: {request.describe()}"
             )
             if len(seen) == wanted:
                 break

@@ -4,13 +4,17 @@ Order: for each prompt (in ``prompts:`` order, files line by line), for each mat
 (provider varies fastest, so providers interleave), for each seed, for each replicate.
 
 Parameters merge in this order, later wins: ``providers.<name>.params`` < the prompt
-item's ``params`` (and a JSONL line's keys) < the matrix cell < the seed. Then
+item's ``params`` (and a JSONL line's keys but its metadata) < the matrix cell < the seed. Then
 ``params["prompt"]`` is the prompt, and ``model`` moves from the params to ``Job.model``.
+
+A prompt's metadata (``Prompt.meta``) goes to ``Job.meta`` as it is: never into the
+params, and not part of the id.
 
 Duplicates: matrix cells are de-duplicated once (they are few), so include entries or
 repeated values never double a job. Identical jobs that come from repeated prompts (the
 same line twice in a file) are yielded each time: finding them would mean remembering
-every prompt. They share one id, and the manifest keeps one. ``count_unique_jobs``
+every prompt. They share one id, and the manifest keeps one (with the metadata of the
+first: prompts that differ only in metadata are the same job). ``count_unique_jobs``
 counts them once, as the run will, remembering one small key per prompt × cell.
 """
 
@@ -170,6 +174,7 @@ def _prompt_jobs(
     spec: Spec, prompt: Prompt, cells: list[Cell], seeds: Sequence[int | None]
 ) -> Iterator[Job]:
     slug = slugify(prompt.text)
+    meta = dict(prompt.meta)  # shared by the prompt's jobs, which never change it
     for provider, merged in _prompt_cells(spec, prompt, cells):
         for seed in seeds:
             params, model_name = job_params(merged, seed, prompt.text)
@@ -181,6 +186,7 @@ def _prompt_jobs(
                     params=params,
                     replicate=replicate,
                     prompt_slug=slug,
+                    meta=meta,
                 )
 
 

@@ -177,6 +177,14 @@ class ProviderSettings:
             "partial file deleted, and the job fails with that reason."
         ),
     )
+    pass_through: bool | tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Parameters to send though this API's adapter does not declare them (e.g. a "
+            "model's own inputs): a list of names, or true for any. `validate` refuses "
+            "every other undeclared parameter."
+        ),
+    )
     allow_private_downloads: bool = field(
         default=False,
         metadata=_doc(
@@ -300,6 +308,13 @@ class TemplatePrompt:
     vars: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    meta: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "Metadata of these prompts (scalar values), recorded with each job and never "
+            "sent to a provider, e.g. {id: 7, category: animals}."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +323,8 @@ class PromptFile:
 
     ``txt``: one prompt per non-empty line, ``#`` lines ignored. ``csv``: the ``column``
     column, or ``text`` rendered with the row's columns as variables. ``jsonl``: one
-    object per line, ``{"prompt": ..., **params}``. ``path`` is absolute.
+    object per line, ``{"prompt": ..., "meta": {...}, **params}``. The ``meta`` columns
+    (csv) or keys (jsonl) are the prompt's metadata, not parameters. ``path`` is absolute.
     """
 
     path: Path
@@ -317,6 +333,13 @@ class PromptFile:
     text: str | None = None  # csv only: a template over the row's columns
     params: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
+    meta: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "csv columns or jsonl keys that are metadata: recorded with each job, never "
+            'sent to a provider. A jsonl line\'s "meta" object always is.'
+        ),
+    )
 
 
 PromptSource = PlainPrompt | TemplatePrompt | PromptFile
@@ -380,7 +403,9 @@ class Job:
     ``params`` are the final parameters in the common vocabulary (``prompt``, ``seed``,
     ``width``…) plus provider-specific ones, after defaults, matrix cell and prompt
     variables are merged. ``id`` is the hash of (provider, model, params, replicate): see
-    ``identity.job_id`` and contract 1 in docs/architecture.md.
+    ``identity.job_id`` and contract 1 in docs/architecture.md. ``meta`` is its prompt's
+    metadata (scalar values): recorded, never sent, and not part of the id, so two
+    prompts that differ only in it are one job.
     """
 
     id: str
@@ -390,7 +415,6 @@ class Job:
     replicate: int = 0
     prompt_slug: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
-    """The prompt's own metadata (scalars): recorded, never sent, not part of the id."""
 
     @property
     def prompt(self) -> str:
@@ -398,6 +422,9 @@ class Job:
 
     def params_json(self) -> str:
         return json.dumps(self.params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def meta_json(self) -> str:
+        return json.dumps(dict(self.meta), separators=(",", ":"), ensure_ascii=False)
 
 
 class RemoteStatus(enum.StrEnum):

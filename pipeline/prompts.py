@@ -11,17 +11,21 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple, NoReturn
 
 from pipeline.errors import SpecError
 from pipeline.models import PlainPrompt, PromptFile, PromptSource, TemplatePrompt
 
 __all__ = [
+    "META_KEY",
     "Prompt",
     "iter_prompts",
+    "meta_value_problem",
     "read_csv_header",
     "render_template",
     "template_fields",
@@ -32,11 +36,33 @@ MAX_LINE_CHARS = 1_000_000
 MAX_JSON_DEPTH = 64
 
 
+META_KEY = "meta"
+"""The key of a JSONL line's metadata object."""
+
+_NO_META: Mapping[str, Any] = MappingProxyType({})
+
+
 class Prompt(NamedTuple):
-    """One prompt and the parameters its source gives it (template/jsonl ``params``)."""
+    """One prompt, the parameters its source gives it (template/jsonl ``params``) and its
+    metadata (never sent to a provider)."""
 
     text: str
     params: Mapping[str, Any]
+    meta: Mapping[str, Any] = _NO_META
+
+
+def meta_value_problem(key: object, value: object) -> str | None:
+    """Why ``key: value`` cannot be metadata, or None: keys are text, values scalars."""
+    if not isinstance(key, str) or not key:
+        return f"metadata key {key!r} must be non-empty text"
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float) and math.isfinite(value):
+        return None
+    return (
+        f"metadata {key!r} must be a str, int, float, bool or null (a finite scalar), "
+        f"not {type(value).__name__}"
+    )
 
 
 # --- templates ------------------------------------------------------------------------
@@ -99,7 +125,9 @@ def _template_prompts(source: TemplatePrompt) -> Iterator[Prompt]:
     names = list(source.vars)
     for combination in itertools.product(*(source.vars[name] for name in names)):
         yield Prompt(
-            render_template(source.text, dict(zip(names, combination, strict=True))), source.params
+            render_template(source.text, dict(zip(names, combination, strict=True))),
+            source.params,
+            source.meta,
         )
 
 
@@ -107,7 +135,7 @@ def _txt_prompts(source: PromptFile) -> Iterator[Prompt]:
     for _lineno, line in _numbered_lines(source):
         text = line.strip()
         if text and not text.startswith("#"):
-            yield Prompt(text, source.params)
+            yield Prompt(text, source.params, _NO_META)
 
 
 def _jsonl_prompts(source: PromptFile) -> Iterator[Prompt]:
@@ -130,7 +158,22 @@ def _jsonl_prompt(source: PromptFile, lineno: int, line: str) -> Prompt:
     text = record.pop("prompt", None)
     if not isinstance(text, str) or not text.strip():
         _fail(source, lineno, 'the object needs a non-empty string "prompt"')
-    return Prompt(text, {**source.params, **record})
+    meta = _jsonl_meta(source, lineno, record)
+    return Prompt(text, {**source.params, **record}, meta)
+
+
+def _jsonl_meta(source: PromptFile, lineno: int, record: dict[str, Any]) -> Mapping[str, Any]:
+    """Take the line's metadata out of ``record``: the declared keys, then its ``meta``."""
+    meta = {key: record.pop(key) for key in source.meta if key in record}
+    inline = record.pop(META_KEY, None)
+    if inline is not None and not isinstance(inline, dict):
+        _fail(source, lineno, f'"{META_KEY}" must be an object of metadata, like {{"id": 7}}')
+    meta.update(inline or {})
+    for key, value in meta.items():
+        problem = meta_value_problem(key, value)
+        if problem:
+            _fail(source, lineno, problem)
+    return meta or _NO_META
 
 
 def _too_deep(value: Any) -> bool:
@@ -170,9 +213,10 @@ def _csv_row_prompt(source: PromptFile, header: list[str], row: list[str], linen
     if len(row) != len(header):
         _fail(source, lineno, f"the row has {len(row)} fields but the header has {len(header)}")
     values = dict(zip(header, row, strict=True))
+    meta = {key: values[key].strip() for key in source.meta} if source.meta else _NO_META
     if source.text is not None:
-        return Prompt(render_template(source.text, values), source.params)
-    return Prompt(values[source.column].strip(), source.params)
+        return Prompt(render_template(source.text, values), source.params, meta)
+    return Prompt(values[source.column].strip(), source.params, meta)
 
 
 def read_csv_header(source: PromptFile) -> list[str]:

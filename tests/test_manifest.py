@@ -553,6 +553,7 @@ def test_export_jsonl(manifest: Manifest, clock: FakeClock) -> None:
         "updated_at": 1000.0,
         "submitted_at": 1000.0,
         "finished_at": 1000.0,
+        "meta": {},
         "outputs": [
             {"index": 0, "path": "a.png", "size": 1, "sha256": "s1", "url": "u1",
              "content_type": None},

@@ -55,9 +55,8 @@ def test_a_manifest_from_before_failure_is_migrated_with_failures_told_apart(
     conn = sqlite3.connect(tmp_path / DB_NAME)
     with conn:
         conn.execute("ALTER TABLE jobs DROP COLUMN failure")
-        conn.execute(  # the version before ``failure`` (its migration is the latest)
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),)
-        )
+        conn.execute("ALTER TABLE jobs DROP COLUMN meta")  # added by 3 -> 4
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         for rowid, (state, error) in enumerate(rows, start=1):
             conn.execute(
                 "UPDATE jobs SET state = ?, error = ?, remote_id = 'r' WHERE rowid = ?",
@@ -66,4 +65,5 @@ def test_a_manifest_from_before_failure_is_migrated_with_failures_told_apart(
     conn.close()
     with Manifest.open(tmp_path) as manifest:
         failures = [r.failure for r in manifest.iter_records()]
+        assert manifest.meta()["schema_version"] == str(SCHEMA_VERSION)
     assert failures == ["download", "remote", "deadline", "submit"]

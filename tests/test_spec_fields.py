@@ -156,6 +156,7 @@ providers:
     params: {style: anime}
     options: {completion: poll}
     emulate: true
+    pass_through: [samplingSteps]
     limits: {max_response_bytes: 4096, max_download_bytes: 8192}
     allow_private_downloads: true
 prompts: [a cat]

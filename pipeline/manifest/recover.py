@@ -93,6 +93,8 @@ def _snapshot_row(line: str) -> dict[str, Any]:
     obj = json.loads(line)
     if not isinstance(obj, dict) or not isinstance(obj["params"], dict):
         raise TypeError("not a job object with params")
+    if not isinstance(obj.get("meta") or {}, dict):
+        raise TypeError("meta must be an object")
     state = JobState(obj["state"]).value  # ValueError for a state we do not know
     obj["state"] = _RECOVERED_STATE.get(state, state)
     if not isinstance(obj["id"], str) or not isinstance(obj["provider"], str):
@@ -102,9 +104,9 @@ def _snapshot_row(line: str) -> dict[str, Any]:
 
 _INSERT_JOB = (
     "INSERT INTO jobs (id, provider, model, params, replicate, prompt_slug, state, "
-    "remote_id, attempts, error, created_at, updated_at, submitted_at, finished_at) "
+    "remote_id, attempts, error, created_at, updated_at, submitted_at, finished_at, meta) "
     "VALUES (:id, :provider, :model, :params, :replicate, :prompt_slug, :state, :remote_id, "
-    ":attempts, :error, :created_at, :updated_at, :submitted_at, :finished_at)"
+    ":attempts, :error, :created_at, :updated_at, :submitted_at, :finished_at, :meta)"
 )
 _INSERT_OUTPUT = (
     "INSERT INTO outputs (job_id, idx, path, size, sha256, url, content_type) "
@@ -154,6 +156,7 @@ def _job_params(row: dict[str, Any], now: float) -> dict[str, Any]:
         "updated_at": row.get("updated_at") or now,
         "submitted_at": row.get("submitted_at"),
         "finished_at": row.get("finished_at"),
+        "meta": json.dumps(row.get("meta") or {}, separators=(",", ":"), ensure_ascii=False),
     }
 
 

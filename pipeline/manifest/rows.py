@@ -28,9 +28,9 @@ __all__ = [
 
 JOB_COLUMNS = (
     "id, provider, model, params, replicate, prompt_slug, state, remote_id, client_ref, "
-    "attempts, error, created_at, updated_at, submitted_at, finished_at, failure"
+    "attempts, error, created_at, updated_at, submitted_at, finished_at, failure, meta"
 )
-_JOB_WIDTH = 16
+_JOB_WIDTH = 17
 OUTPUT_COLUMNS = "job_id, idx, path, size, sha256, url, content_type"
 
 Row = Sequence[Any]
@@ -49,6 +49,7 @@ def job_row(job: Job, now: float, generation: int = 0) -> tuple[Any, ...]:
         now,
         now,
         generation,
+        job.meta_json(),
     )
 
 
@@ -73,6 +74,7 @@ def record_from_row(row: Row, outputs: tuple[Output, ...] = ()) -> JobRecord:
         params=json.loads(row[3]),
         replicate=row[4],
         prompt_slug=row[5],
+        meta=json.loads(row[16]),
     )
     return JobRecord(
         job=job,
@@ -121,6 +123,7 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
         "updated_at": row[12],
         "submitted_at": row[13],
         "finished_at": row[14],
+        "meta": json.loads(row[16]),
         "outputs": outputs,
     }
 

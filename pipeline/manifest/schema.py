@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 DB_NAME = "manifest.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
 
 _DDL = """
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at REAL,
     finished_at  REAL,
     generation   INTEGER NOT NULL DEFAULT 0,
-    failure      TEXT
+    failure      TEXT,
+    meta         TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_provider_state ON jobs (provider, state, generation);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -107,7 +108,13 @@ def _add_failure(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_generation, 2: _add_failure}
+def _add_meta(conn: sqlite3.Connection) -> None:
+    """3 → 4: ``jobs.meta``, the prompt's metadata as a JSON object (empty for the jobs
+    listed before metadata existed; the next spec expansion fills it in)."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS: Mapping[int, Migration] = {1: _add_generation, 2: _add_failure, 3: _add_meta}
 """``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
 write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
 

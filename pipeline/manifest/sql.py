@@ -31,10 +31,12 @@ __all__ = [
     "update_sql",
 ]
 
-INSERT_JOB = (  # a known job keeps its row; only its generation (see Manifest) moves on
+INSERT_JOB = (  # a known job keeps its row; only its generation (see Manifest) moves on,
+    # with the metadata of the expansion's first listing of it
     "INSERT INTO jobs (id, provider, model, params, replicate, prompt_slug, "
-    "state, created_at, updated_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET generation = excluded.generation "
+    "state, created_at, updated_at, generation, meta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, meta = excluded.meta "
     "WHERE generation != excluded.generation"
 )
 INSERT_EVENT = (

@@ -155,6 +155,7 @@ def provenance(
         "model": job.model,
         "prompt": job.prompt,
         "params": dict(job.params),
+        "meta": dict(job.meta),  # the prompt's metadata: recorded, never sent
         "replicate": job.replicate,
         "remote_id": task.remote_id,
         "output": {

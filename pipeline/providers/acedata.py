@@ -85,6 +85,9 @@ class AceDataPixverseProvider(CallbackCapable, BatchStatusCapable):
         "image_url": ParamInfo("image_url", "first-frame image URL"),
         "template_id": ParamInfo("template_id", "effect template (a number)"),
         "count": ParamInfo("-", "videos per task: Pixverse makes exactly one", (1,)),
+        "model": ParamInfo("model", "Pixverse model version", MODELS),
+        "width": ParamInfo("-", "pixels; with height, sent as the aspect ratio"),
+        "height": ParamInfo("-", "pixels; with width, sent as the aspect ratio"),
         "action": ParamInfo("action", "what to do (extend needs video_id)", ("generate", "extend")),
     }
 
@@ -104,8 +107,6 @@ class AceDataPixverseProvider(CallbackCapable, BatchStatusCapable):
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems = super().validate_params(params)
-        if "model" in params and params["model"] not in MODELS:
-            problems.append(("model", f"{params['model']!r} is not one of: {', '.join(MODELS)}"))
         seed = params.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             problems.append(("seed", f"{seed!r} is not a whole number"))

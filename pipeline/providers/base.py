@@ -10,7 +10,9 @@ Common vocabulary (mapped by each adapter onto its API's own field names):
     prompt, negative_prompt, width, height, aspect_ratio, seed, model, style,
     count (images per task), duration and quality (video)
 
-Any other parameter passes through to the API unchanged.
+An adapter declares the parameters its API takes in ``parameters``; ``validate`` refuses
+any other one (``undeclared_params``) unless the spec lists it under the provider's
+``pass_through`` (or sets that to true), and then it is sent to the API unchanged.
 
 Capabilities are declared, never probed. ``Provider`` has every hook that any lane may
 use, with defaults (submit, status, status_many, cancel, first_check_in, poll_advice, the
@@ -24,8 +26,9 @@ refused when it is defined (``MODE_CAPABILITIES``).
 from __future__ import annotations
 
 import abc
+import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -210,6 +213,25 @@ class Provider(abc.ABC):
         if limit is not None and len(prompt) > limit:
             return [("prompt", f"longer than {limit} characters")]
         return []
+
+    @classmethod
+    def undeclared_params(
+        cls, params: Mapping[str, Any], pass_through: bool | Collection[str] = ()
+    ) -> list[tuple[str, str]]:
+        """The parameters of ``params`` that ``parameters`` does not declare and
+        ``pass_through`` (a spec's names, or True for any) does not let through, as
+        ``(parameter, message)`` pairs naming the closest declared one."""
+        if pass_through is True:
+            return []
+        allowed = [*cls.parameters, *(pass_through or ())]
+        problems: list[tuple[str, str]] = []
+        for name in params:
+            if name in allowed:
+                continue
+            close = difflib.get_close_matches(name, allowed, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append((name, f"{cls.title} does not take the parameter {name!r}{guess}"))
+        return problems
 
     @classmethod
     def validate_params(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:

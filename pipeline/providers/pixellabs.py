@@ -57,6 +57,8 @@ class PixelLabsProvider(RestProvider):
         "quality": ParamInfo("quality", "render quality", ("standard", "high", "ultra")),
         "seed": ParamInfo("seed", "random seed (echoed in metadata)"),
         "count": ParamInfo(NOT_SENT, "images per task: PixelLabs makes exactly one", (1,)),
+        "width": ParamInfo(NOT_SENT, "pixels; with height, sent as the aspect ratio"),
+        "height": ParamInfo(NOT_SENT, "pixels; with width, sent as the aspect ratio"),
     }
 
     def __init__(self, settings: ProviderSettings, client: httpx.AsyncClient | None = None) -> None:

@@ -46,7 +46,7 @@ class RestProvider(Provider):
 
     ``parameters`` doubles as the field mapping: each common name is sent under its
     ``ParamInfo.field`` (``NOT_SENT``: not at all); names it does not list, ``model``
-    included, pass through unchanged."""
+    included, are sent unchanged when the spec passes them through."""
 
     submit_path: ClassVar[str]
     """Where the task is created (``POST``), relative to the base URL."""

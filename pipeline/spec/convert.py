@@ -29,7 +29,7 @@ from pipeline.models import (
     TemplatePrompt,
     WebhookSettings,
 )
-from pipeline.prompts import read_csv_header, template_fields
+from pipeline.prompts import META_KEY, meta_value_problem, read_csv_header, template_fields
 from pipeline.spec.schema import (
     FileItem,
     MatrixModel,
@@ -138,7 +138,19 @@ def _provider(
         name=name,
         type=api_type,
         rate=parse_rate(item.rate) if item.rate is not None else None,
+        pass_through=_pass_through(item.pass_through, (*at, "pass_through"), parsed),
     )
+
+
+def _pass_through(
+    value: bool | Sequence[str], at: FieldPath, parsed: ParsedYaml
+) -> bool | tuple[str, ...]:
+    if isinstance(value, bool):
+        return value
+    for position, name in enumerate(value):
+        if not name:
+            raise parsed.error("a parameter name cannot be empty", (*at, position))
+    return tuple(value)
 
 
 def _output(model: SpecModel, name: str, parsed: ParsedYaml) -> OutputSettings:
@@ -204,7 +216,17 @@ def _template_prompt(item: TemplateItem, index: int, parsed: ParsedYaml) -> Temp
         vars={name: tuple(values) for name, values in item.vars.items()},
         params=dict(item.params),
         index=index,
+        meta=_checked_meta(item.meta, (*at, "meta"), parsed),
     )
+
+
+def _checked_meta(meta: Mapping[str, Any], at: FieldPath, parsed: ParsedYaml) -> dict[str, Any]:
+    """Inline metadata: text keys and scalar values, each problem at its own line."""
+    for key, value in meta.items():
+        problem = meta_value_problem(key, value)
+        if problem:
+            raise parsed.error(problem, (*at, key))
+    return dict(meta)
 
 
 def _checked_template(text: str, at: FieldPath, parsed: ParsedYaml) -> list[str]:
@@ -240,6 +262,7 @@ def _prompt_file(item: FileItem, index: int, base_dir: Path, parsed: ParsedYaml)
         if file_format != "csv" and getattr(item, key) is not None:
             raise parsed.error(f"{key} applies to csv files only", (*at, key))
     _check_params(item.params, (*at, "params"), parsed)
+    _check_meta_names(item.meta, file_format, (*at, "meta"), parsed)
     source = PromptFile(
         path=path,
         format=file_format,
@@ -247,10 +270,35 @@ def _prompt_file(item: FileItem, index: int, base_dir: Path, parsed: ParsedYaml)
         text=item.text,
         params=dict(item.params),
         index=index,
+        meta=tuple(item.meta),
     )
     if file_format == "csv":
         _check_csv_columns(source, item, at, parsed)
     return source
+
+
+def _check_meta_names(
+    names: Sequence[str], file_format: str, at: FieldPath, parsed: ParsedYaml
+) -> None:
+    """The metadata columns or keys of a prompt file (csv columns are checked with the
+    header): named once each, and for jsonl never the prompt or the metadata object."""
+    if names and file_format == "txt":
+        raise parsed.error(
+            "meta applies to csv and jsonl files: it names their columns or keys",
+            at,
+            "use a csv or jsonl file to carry metadata",
+        )
+    seen: set[str] = set()
+    for position, name in enumerate(names):
+        if name in seen:
+            raise parsed.error(f"{name!r} is listed twice", (*at, position))
+        seen.add(name)
+        if file_format == "jsonl" and name in ("prompt", META_KEY):
+            raise parsed.error(
+                f"{name!r} cannot be a metadata key: "
+                + ("it is the prompt" if name == "prompt" else "it is the metadata object"),
+                (*at, position),
+            )
 
 
 def _format_from_suffix(path: Path) -> Literal["txt", "csv", "jsonl"]:
@@ -273,6 +321,12 @@ def _check_csv_columns(
             (*at, "column") if item.column is not None else (*at, "file"),
             "set `column:` to the prompt column",
         )
+    for position, name in enumerate(source.meta):
+        if name not in header:
+            raise parsed.error(
+                f"{source.path.name} has no column {name!r}; columns: {', '.join(header)}",
+                (*at, "meta", position),
+            )
 
 
 # --- matrix and seeds -----------------------------------------------------------------

@@ -30,6 +30,7 @@ from pipeline.models import (
     ProviderSettings,
     RunSettings,
     Spec,
+    TemplatePrompt,
     WebhookSettings,
 )
 from pipeline.units import DURATION_PATTERN, RATE_PATTERN, parse_duration, parse_rate
@@ -157,6 +158,21 @@ EmulatorKnobs = Annotated[
 ]
 Scalar = str | int | float | bool
 VarValues = Annotated[list[Scalar], BeforeValidator(_as_list), Field(min_length=1)]
+MetaValues = Annotated[
+    dict[str, Any],  # values are checked by the converter, to name the bad one and its line
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+        }
+    ),
+]
+PassThrough = Annotated[
+    bool | list[str],
+    WithJsonSchema(
+        {"anyOf": [{"type": "boolean"}, {"type": "array", "items": {"type": "string"}}]}
+    ),
+]
 
 
 class OutputModel(_Section):
@@ -184,6 +200,7 @@ class ProviderModel(_Section):
     params: dict[str, Any] = setting(ProviderSettings, "params")
     options: dict[str, Any] = setting(ProviderSettings, "options")
     emulate: EmulatorKnobs = setting(ProviderSettings, "emulate")
+    pass_through: PassThrough = setting(ProviderSettings, "pass_through")
     limits: LimitsModel = Field(
         default_factory=lambda: LimitsModel.model_validate({}),
         description="Byte caps on API answers and downloads.",
@@ -202,6 +219,7 @@ class TemplateItem(_Section):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Job parameters for these prompts."
     )
+    meta: MetaValues = setting(TemplatePrompt, "meta")
 
 
 class FileItem(_Section):
@@ -209,8 +227,8 @@ class FileItem(_Section):
     format: Literal["txt", "csv", "jsonl"] | None = Field(
         None,
         description="txt: a prompt per line ('#' lines ignored); csv: a column; jsonl: "
-        'objects {"prompt": ..., other keys are parameters}. Default: from the extension '
-        "(.csv, .jsonl/.ndjson, else txt).",
+        'objects {"prompt": ..., "meta": {...}, other keys are parameters}. Default: from '
+        "the extension (.csv, .jsonl/.ndjson, else txt).",
     )
     column: str | None = Field(
         None,
@@ -222,6 +240,7 @@ class FileItem(_Section):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Job parameters for these prompts."
     )
+    meta: list[str] = setting(PromptFile, "meta")
 
 
 def _prompt_kind(value: Any) -> str | None:
