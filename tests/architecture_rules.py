@@ -132,6 +132,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("http", ("http",)),
     ("providers", ("providers",)),
     ("manifest|outputs|completion", ("manifest", "outputs", "completion")),
+    ("dataset", ("dataset",)),
     ("runner", ("runner",)),
     ("commands", ("commands",)),
     ("library API", ("",)),
@@ -145,8 +146,12 @@ own layer or lower."""
 APART = frozenset({"manifest|outputs|completion"})
 """Layers whose parts may not import each other (manifest, outputs, completion)."""
 
-ONLY = {"manifest": ("core", "support")}
-"""Parts held below their layer's ceiling: the manifest knows no HTTP and no provider."""
+ONLY = {
+    "manifest": ("core", "support"),
+    "dataset": ("core", "support", "manifest|outputs|completion"),
+}
+"""Parts held below their layer's ceiling: the manifest knows no HTTP and no provider;
+the dataset export reads the manifest and the files, and knows no HTTP, provider or run."""
 
 LAYER_RANK = {layer: rank for rank, (layer, _) in enumerate(LAYERS)}
 PART_LAYER = {part: layer for layer, parts in LAYERS for part in parts}
@@ -163,6 +168,7 @@ DOORS = {
     "outputs": {"pipeline.outputs"},
     "http": {"pipeline.http"},
     "runner": {"pipeline.runner"},
+    "dataset": {"pipeline.dataset"},
     "providers": {"pipeline.providers", "pipeline.providers.base", "pipeline.providers.registry"},
 }
 """What code outside a room may import of it: the room's package (its ``__init__``); for
@@ -214,6 +220,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "graphql": ("pipeline.emulators",),
     "PIL": ("pipeline.emulators",),
     "av": ("pipeline.emulators",),
+    "pyarrow": ("pipeline.dataset.parquet",),  # the optional `parquet` extra
 }
 """Each third-party library (and sqlite3) and the modules or rooms it may be imported in;
 a library not listed here has no room yet, so importing it anywhere is a violation."""

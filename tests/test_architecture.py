@@ -3,7 +3,7 @@ catching a planted import (a rule that cannot fail protects nothing).
 
 Layers, lowest first: core (errors, redact, models, identity, units, prompts, matrix,
 spec) < support (fsio, failpoints, retry, limits) < http < providers < manifest | outputs |
-completion < runner < commands < the library API (``pipeline/__init__``) < cli <
+completion < dataset < runner < commands < the library API (``pipeline/__init__``) < cli <
 __main__. The rules themselves live in ``tests/architecture_rules.py``.
 """
 
@@ -48,6 +48,13 @@ def test_the_real_tree_keeps_the_rule(real: Graph, rule: str) -> None:
 
 PLANTS = [
     # rule, importer, imported, what the message must say
+    (
+        "layers",
+        "pipeline.dataset.export",
+        "pipeline.http",
+        "pipeline/dataset/export.py imports pipeline.http (layer http) but dataset may "
+        "import only core, support, manifest|outputs|completion",
+    ),
     (
         "layers",
         "pipeline.matrix",
