@@ -14,6 +14,7 @@ where the CLI would exit with an error::
         for record in manifest.iter_records(with_outputs=True):
             print(record.state, [output.path for output in record.outputs])
     pipeline.report(spec)                         # `pipeline report`: a contact sheet
+    pipeline.export(spec, format="hf", dest="foxes-ds")  # `pipeline export`: a dataset
 
 Names load on first use (PEP 562), so ``import pipeline`` stays cheap and every
 submodule can import the package without pulling in the rest.
@@ -22,19 +23,21 @@ submodule can import the package without pulling in the rest.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Mapping
+    from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
     from pathlib import Path
 
     from pipeline.commands import summary_text
+    from pipeline.dataset import Exported
     from pipeline.errors import (
         AccountBusy,
         AccountError,
         DownloadError,
         DownloadTooLarge,
+        ExportError,
         FinalError,
         ManifestDamaged,
         ManifestError,
@@ -72,6 +75,8 @@ __all__ = [
     "AccountError",
     "DownloadError",
     "DownloadTooLarge",
+    "ExportError",
+    "Exported",
     "FinalError",
     "Job",
     "JobRecord",
@@ -98,6 +103,7 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "__version__",
+    "export",
     "load_spec",
     "open_manifest",
     "parse_spec",
@@ -111,7 +117,8 @@ __all__ = [
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "pipeline.errors": (
-        "AccountBusy", "AccountError", "DownloadError", "DownloadTooLarge", "FinalError",
+        "AccountBusy", "AccountError", "DownloadError", "DownloadTooLarge", "ExportError",
+        "FinalError",
         "ManifestDamaged", "ManifestError", "PipelineError", "ProviderError", "RateLimited",
         "ResponseTooLarge", "RunLocked", "SpecError", "SubmitRefused",
         "SubmitUnknown", "TransientError", "UsageError", "VerificationError",
@@ -121,6 +128,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "RunSettings", "Spec",
     ),
     "pipeline.manifest": ("Manifest",),
+    "pipeline.dataset": ("Exported",),
     "pipeline.runner": ("RunSummary",),
     "pipeline.commands": ("summary_text",),
 }  # fmt: skip
@@ -369,3 +377,27 @@ def report(
     root = Path(target) if isinstance(target, str | os.PathLike) else target.output.root
     chosen = None if states is None else [JobState(state) for state in states]
     return report_sheet(root, _path_or_none(dest), rows=rows, cols=cols, states=chosen)
+
+
+def export(
+    target: Spec | PathLike,
+    *,
+    format: str,
+    dest: PathLike | TextIO,
+    states: Iterable[str] | None = None,
+    columns: Sequence[str] | None = None,
+    force: bool = False,
+) -> Exported:
+    """``pipeline export``: the outputs of an output folder (a spec file's, a Spec's) as
+    ``format`` ``hf`` (a folder `datasets.load_dataset` reads), ``csv``, ``parquet``
+    (needs pyarrow) or ``jsonl`` (the manifest as it is), written to ``dest`` (a path;
+    a text stream for csv and jsonl). One row per output file of the jobs in ``states``
+    (default ``["done"]``; ``"all"``), with ``columns`` (default: every one that is
+    ever set). An ``hf`` folder replaces only an earlier export, unless ``force``."""
+    from pathlib import Path
+
+    from pipeline.commands import export_to
+
+    where = Path(target) if isinstance(target, str | os.PathLike) else target.output.root
+    out = Path(dest) if isinstance(dest, str | os.PathLike) else dest
+    return export_to(where, format=format, dest=out, states=states, columns=columns, force=force)

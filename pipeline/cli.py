@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, only_pipeline_errors
@@ -136,11 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
-    export = commands.add_parser("export", help="print the manifest as JSON lines")
-    export.add_argument("target", type=Path, help="an output directory or a spec file")
-    export.add_argument("--format", choices=["jsonl"], default="jsonl")
-    export.add_argument("--output", "-o", type=Path, help="write to a file instead of stdout")
-    export.set_defaults(handler=cmd_export)
+    add_export(commands)
 
     add_report(commands)
 
@@ -196,6 +192,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     providers.set_defaults(handler=cmd_providers)
     return parser
+
+
+def add_export(commands: Any) -> None:
+    """``pipeline export``'s arguments."""
+    export = commands.add_parser(
+        "export",
+        help="the outputs as a dataset (hf, csv, parquet) or the manifest as JSON lines",
+        description="jsonl (default): the manifest, one job a line. hf: a folder in the "
+        "Hugging Face imagefolder/videofolder layout (files hard-linked, metadata.jsonl, "
+        "no sidecars) that datasets.load_dataset(DEST) loads. csv, parquet: one row per "
+        "output file, file_name relative to the output folder (parquet needs "
+        "pip install 'pipeline[parquet]').",
+    )
+    export.add_argument("target", type=Path, help="an output directory or a spec file")
+    export.add_argument("--format", choices=["jsonl", "hf", "csv", "parquet"], default="jsonl")
+    export.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="where to write: a file, or the folder for hf (needed for hf and parquet; "
+        "jsonl and csv go to stdout without it)",
+    )
+    export.add_argument(
+        "--state",
+        metavar="STATES",
+        help="hf/csv/parquet: the job states to export, comma-separated, or all "
+        "(default done; other states have no files, but a csv of failed jobs has their "
+        "errors)",
+    )
+    export.add_argument(
+        "--columns",
+        metavar="NAMES",
+        help="hf/csv/parquet: the columns, comma-separated, in this order (default: every "
+        "column set in some row; hf always keeps file_name)",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="hf: replace DEST even if it is a non-empty folder that is not an earlier export",
+    )
+    export.set_defaults(handler=cmd_export)
 
 
 def add_report(commands: Any) -> None:
@@ -333,15 +370,20 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.commands import open_manifest_for
+    from pipeline.commands import export_text, export_to
 
-    with open_manifest_for(args.target) as manifest:
-        if args.output is None:
-            manifest.export_jsonl(sys.stdout)
-        else:
-            from pipeline.fsio import write_atomic_text
-
-            write_atomic_text(args.output, lambda file: manifest.export_jsonl(cast(TextIO, file)))
+    done = export_to(
+        args.target,
+        format=args.format,
+        dest=sys.stdout if args.output is None else args.output,
+        states=_comma_list(args.state),
+        columns=_comma_list(args.columns),
+        force=args.force,
+    )
+    if done.format != "jsonl":  # the manifest's own lines stay as they always were
+        to = sys.stdout if done.dest is not None else sys.stderr  # stdout may be the data
+        for line in export_text(done):
+            print(line, file=to)
     return EXIT_OK
 
 
@@ -352,6 +394,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     dest = report_sheet(args.target, args.output, rows=args.rows, cols=args.cols, states=states)
     print(dest)
     return EXIT_OK
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def cmd_recover(args: argparse.Namespace) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import anyio
 
@@ -33,6 +33,9 @@ from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
 from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode, emulators
 from pipeline.units import parse_duration
+
+if TYPE_CHECKING:
+    from pipeline.dataset import Exported
 
 __all__ = [
     "check_params",
@@ -683,6 +686,48 @@ def report_sheet(
     with open_manifest_for(target) as manifest:
         manifest.limit_to_spec()
         return write_sheet(manifest, dest, rows=rows, cols=cols, states=states)
+
+
+def export_to(
+    target: Path,
+    *,
+    format: str,
+    dest: Path | TextIO,
+    states: Iterable[str] | None = None,
+    columns: Sequence[str] | None = None,
+    force: bool = False,
+) -> Exported:
+    """``pipeline export``: the output folder of ``target`` (a folder or a spec file)."""
+    from pipeline.dataset import export_dataset
+
+    with open_manifest_for(target) as manifest:
+        return export_dataset(
+            manifest, format=format, dest=dest, states=states, columns=columns, force=force
+        )
+
+
+def export_text(done: Exported) -> Iterator[str]:
+    """What ``pipeline export`` says about an export it wrote to a file or folder."""
+    where = "" if done.dest is None else f" to {done.dest}"
+    folders = {"image": "images", "video": "videos", "file": "other files"}
+    kinds = ", ".join(f"{folders.get(kind, kind)} {n}" for kind, n in sorted(done.kinds.items()))
+    yield f"wrote {done.rows} rows{where}" + (f" ({kinds})" if kinds else "")
+    if done.format == "hf":
+        how = [f"{n} {what}" for n, what in ((done.linked, "hard-linked"), (done.copied, "copied"))]
+        yield f"  files: {', '.join(h for h in how if not h.startswith('0 '))}; no sidecars"
+        loads = {"all": "every row as a table", "images": "the images", "videos": "the videos"}
+        yield f'  datasets.load_dataset("{done.dest}") gives {loads.get(done.default or "", "")}'
+        for kind, folder in (("image", "images"), ("video", "videos")):
+            if done.kinds.get(kind) and done.default != folder:
+                yield f'  datasets.load_dataset("{done.dest}/{folder}") gives the {folder}'
+    if done.missing_count:
+        shown = ", ".join(done.missing)
+        more = "" if done.missing_count == len(done.missing) else ", …"
+        yield (f"  {done.missing_count} output(s) not on disk as recorded, left out: {shown}{more}")
+    if done.not_in_spec:
+        yield (
+            f"  {done.not_in_spec} job(s) the spec no longer lists left out (see `pipeline status`)"
+        )
 
 
 def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:

@@ -18,9 +18,11 @@
     │   └── SubmitUnknown         a submit was sent but its outcome is unknown (timeout,
     │                             dropped connection, a 5xx, an unreadable answer, any
     │                             error not known to be a refusal): never retried blindly
-    └── DownloadError             an output could not be fetched or did not verify
-        ├── VerificationError     bytes arrived but do not match what was promised
-        └── DownloadTooLarge      the output passed the byte cap (final for that URL)
+    ├── DownloadError             an output could not be fetched or did not verify
+    │   ├── VerificationError     bytes arrived but do not match what was promised
+    │   └── DownloadTooLarge      the output passed the byte cap (final for that URL)
+    └── ExportError               an export cannot be written as asked (exit 2): a state
+                                  or column that does not exist, a folder not ours…
 
 Foreign exceptions (httpx, sqlite3, yaml) are translated where they enter, with
 ``raise … from`` so the cause stays visible in debug output. Messages that can quote a
@@ -39,6 +41,7 @@ __all__ = [
     "AccountError",
     "DownloadError",
     "DownloadTooLarge",
+    "ExportError",
     "FinalError",
     "ManifestDamaged",
     "ManifestError",
@@ -204,6 +207,12 @@ class DownloadTooLarge(DownloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=False)
+
+
+class ExportError(PipelineError):
+    """``pipeline export`` cannot do what was asked; nothing was written in its place."""
+
+    exit_code = 2
 
 
 def only_pipeline_errors(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:

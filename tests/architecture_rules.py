@@ -132,8 +132,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("http", ("http",)),
     ("providers", ("providers",)),
     ("manifest|outputs|completion", ("manifest", "outputs", "completion")),
+    ("dataset|review", ("dataset", "review")),
     ("runner", ("runner",)),
-    ("review", ("review",)),
     ("commands", ("commands",)),
     ("library API", ("",)),
     ("cli", ("cli",)),
@@ -143,15 +143,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 API; ``__version__`` is its metadata, which any module may read). A module may import its
 own layer or lower."""
 
-APART = frozenset({"manifest|outputs|completion"})
-"""Layers whose parts may not import each other (manifest, outputs, completion)."""
+APART = frozenset({"manifest|outputs|completion", "dataset|review"})
+"""Layers whose parts may not import each other (manifest, outputs, completion; the
+export and the contact sheet)."""
 
 ONLY = {
     "manifest": ("core", "support"),
+    "dataset": ("core", "support", "manifest|outputs|completion"),
     "review": ("core", "support", "manifest|outputs|completion"),
 }
 """Parts held below their layer's ceiling: the manifest knows no HTTP and no provider;
-the contact sheet (review) reads the manifest and knows no HTTP, provider or run."""
+the dataset export and the contact sheet (review) read the manifest and the files, and
+know no HTTP, provider or run."""
 
 LAYER_RANK = {layer: rank for rank, (layer, _) in enumerate(LAYERS)}
 PART_LAYER = {part: layer for layer, parts in LAYERS for part in parts}
@@ -168,6 +171,7 @@ DOORS = {
     "outputs": {"pipeline.outputs"},
     "http": {"pipeline.http"},
     "runner": {"pipeline.runner"},
+    "dataset": {"pipeline.dataset"},
     "review": {"pipeline.review"},
     "providers": {"pipeline.providers", "pipeline.providers.base", "pipeline.providers.registry"},
 }
@@ -220,6 +224,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "graphql": ("pipeline.emulators",),
     "PIL": ("pipeline.emulators",),
     "av": ("pipeline.emulators",),
+    "pyarrow": ("pipeline.dataset.parquet",),  # the optional `parquet` extra
 }
 """Each third-party library (and sqlite3) and the modules or rooms it may be imported in;
 a library not listed here has no room yet, so importing it anywhere is a violation."""

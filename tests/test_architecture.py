@@ -3,7 +3,7 @@ catching a planted import (a rule that cannot fail protects nothing).
 
 Layers, lowest first: core (errors, redact, models, identity, units, prompts, matrix,
 spec) < support (fsio, failpoints, retry, limits) < http < providers < manifest | outputs |
-completion < runner < review < commands < the library API (``pipeline/__init__``) < cli <
+completion < dataset | review < runner < commands < the library API (``pipeline/__init__``) < cli <
 __main__. The rules themselves live in ``tests/architecture_rules.py``.
 """
 
@@ -48,6 +48,13 @@ def test_the_real_tree_keeps_the_rule(real: Graph, rule: str) -> None:
 
 PLANTS = [
     # rule, importer, imported, what the message must say
+    (
+        "layers",
+        "pipeline.dataset.export",
+        "pipeline.http",
+        "pipeline/dataset/export.py imports pipeline.http (layer http) but dataset may "
+        "import only core, support, manifest|outputs|completion",
+    ),
     (
         "layers",
         "pipeline.matrix",
@@ -121,7 +128,13 @@ PLANTS = [
         "layers",
         "pipeline.manifest.store",
         "pipeline.review",
-        "pipeline/manifest/store.py imports pipeline.review (layer review) but manifest",
+        "pipeline/manifest/store.py imports pipeline.review (layer dataset|review) but manifest",
+    ),
+    (
+        "layers",
+        "pipeline.review.sheet",
+        "pipeline.dataset",
+        "imports pipeline.dataset (layer dataset|review) but review may import only core",
     ),
     (
         "doors",
