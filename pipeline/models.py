@@ -389,6 +389,7 @@ class Job:
     params: Mapping[str, Any]
     replicate: int = 0
     prompt_slug: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
