@@ -194,6 +194,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "pydantic": ("pipeline.spec",),
     "pydantic_core": ("pipeline.spec",),
     "yaml": ("pipeline.spec.source",),
+    "anyascii": ("pipeline.identity",),  # transliterated prompt slugs
     "sqlite3": ("pipeline.manifest", "pipeline.emulators.persist"),
     "tqdm": ("pipeline.runner.progress",),
     "httpx_aiohttp": ("pipeline.http.transport",),

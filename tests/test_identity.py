@@ -137,7 +137,16 @@ def test_job_id_changes_with_anything_sent(changed: dict[str, Any]) -> None:
     [
         ("A Fox, at Dawn!", "a-fox-at-dawn"),
         ("Crème brûlée  -- café", "creme-brulee-cafe"),
-        ("日本の猫", "prompt"),
+        ("Ünïcödé café", "unicode-cafe"),
+        ("東京の夜景", "dong-jingno-ye-jing"),
+        ("日本の猫", "ri-benno-mao"),
+        ("Tokyo東京 at night", "tokyo-dong-jing-at-night"),
+        ("Привет, мир", "privet-mir"),
+        ("Straße", "strasse"),
+        ("🦊", "fox"),
+        ("🦊🌙", "fox-crescent-moon"),
+        ("CAFÉ", "cafe"),
+        ("\u200b", "prompt"),
         ("", "prompt"),
         ("---", "prompt"),
     ],
@@ -148,6 +157,22 @@ def test_slugify_examples(text: str, slug: str) -> None:
 
 def test_slugify_caps_length_without_trailing_dash() -> None:
     assert slugify("ab " * 50, max_len=9) == "ab-ab-ab"
+
+
+def _slug_before_transliteration(text: str, max_len: int = 60) -> str:
+    """The slug of every earlier version: accents dropped by NFKD, other letters lost."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)), st.integers(1, 80))
+def test_ascii_prompts_keep_the_slugs_they_always_had(text: str, max_len: int) -> None:
+    assert slugify(text, max_len=max_len) == _slug_before_transliteration(text, max_len)
+
+
+def test_slugify_is_stable_for_an_emoji_prompt() -> None:
+    assert slugify("🦊🦊") == slugify("🦊🦊") == "fox-fox"
 
 
 @given(st.text(), st.integers(min_value=1, max_value=80))
@@ -167,10 +192,21 @@ def test_slugify_is_always_a_safe_non_empty_slug(text: str, max_len: int) -> Non
         DEFAULT_TEMPLATE,
         "{name}/{model}/{seed}/{replicate}/{job_id}_{index}.{ext}",
         "flat/{job_id}-{index}.{ext}",
+        "{provider}/{prompt_slug}/seed{seed}-{job_id}-{index}.{ext}",
+        "{job_id}/{index}.{ext}",
+        "{job_id}/{style}-{index}.{ext}",
+        "{meta.id}_{job_id}_{index}.{ext}",
+        "{provider}/{aspect_ratio}/{style}/{job_id}-{index}.{ext}",
+        "{index}-{job_id}",
     ],
 )
 def test_good_templates_pass(template: str) -> None:
     check_path_template(template)
+
+
+def test_check_names_the_parameter_and_metadata_fields_used() -> None:
+    used = check_path_template("{provider}/{aspect_ratio}/{meta.category}/{job_id}-{index}.{ext}")
+    assert used == {"aspect_ratio", "meta.category"}
 
 
 @pytest.mark.parametrize(
@@ -189,6 +225,17 @@ def test_good_templates_pass(template: str) -> None:
         ("{provider:05d}/{job_id}-{index}", "format specs"),
         ("{job_id}-{index:03d}", "write {index}. Allowed fields: ext, index, job_id"),
         ("{job_id:>2000000000}-{index}", "no format specs, conversions or widths"),
+        ("{meta.}/{job_id}-{index}", "plain names"),
+        ("{meta.a.b}/{job_id}-{index}", "plain names"),
+        ("{a[0]}/{job_id}-{index}", "plain names"),
+        # uniqueness: the job id and output index must be readable back from every path
+        ("{style}/{prompt_slug}.{ext}", "must contain {job_id}"),
+        ("{job_id}-{index}-{style}.{ext}", "after every other field"),
+        ("{style}{job_id}{index}.{ext}", "after every other field"),
+        ("{job_id}{index}.{ext}", "after every other field"),
+        ("{job_id}-{index}{ext}", "after every other field"),
+        ("{job_id}x/{style}-{index}.{ext}", "after every other field"),
+        ("{job_id}-{index}-" + "x" * 41 + ".{ext}", "at most 40 characters"),
     ],
 )
 def test_bad_templates_say_what_is_wrong(template: str, complaint: str) -> None:
@@ -318,3 +365,149 @@ def test_template_field_names_are_the_documented_set() -> None:
         "name",
     } == OUTPUT_FIELDS
     assert all(set(name) <= set(string.ascii_lowercase + "_") for name in OUTPUT_FIELDS)
+
+
+# --- parameters and metadata in templates -----------------------------------------------
+
+PARAM_TEMPLATE = "{provider}/{aspect_ratio}/{style}/{meta.category}/{job_id}-{index}.{ext}"
+
+
+def test_render_parameters_and_metadata() -> None:
+    job = make_job(
+        params={"prompt": "a cat", "aspect_ratio": "16:9", "style": "anime"},
+        meta={"category": "Birds/Owls"},
+    )
+    path = render_output_path(PARAM_TEMPLATE, job, index=2, ext="png", spec_name="s")
+    assert path == PurePosixPath("pixai/16x9/anime/Birds_Owls/0123456789abcdef-2.png")
+
+
+def test_render_missing_parameters_and_metadata_as_none() -> None:
+    path = render_output_path(PARAM_TEMPLATE, make_job(), index=0, ext="png", spec_name="s")
+    assert path == PurePosixPath("pixai/none/none/none/0123456789abcdef-0.png")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("4:3", "4x3"),
+        ("2.39:1", "2.39x1"),
+        ("a:b", "a_b"),
+        (True, "true"),
+        (False, "false"),
+        (None, "none"),
+        (1.0, "1"),
+        (0.25, "0.25"),
+        (7, "7"),
+        (["a", 1], "a+1"),
+        ({"k": "v"}, "{_k___v_}"),
+        ("", "_"),
+        ("..", "_"),
+        ("CON", "_CON"),
+    ],
+)
+def test_parameter_values_render_readably_and_safely(value: object, text: str) -> None:
+    job = make_job(params={"prompt": "x", "v": value})
+    path = render_output_path("{v}/{job_id}-{index}", job, index=0, ext="", spec_name="")
+    assert path.parts[0] == text
+
+
+def test_capping_a_long_file_name_keeps_its_job_id_and_index() -> None:
+    job = make_job(meta={"title": "t" * 200}, params={"prompt": "x", "style": "é" * 200})
+    template = "{meta.title}{style}-{job_id}-{index}.{ext}"
+    path = render_output_path(template, job, index=12, ext="png", spec_name="")
+    assert len(path.name) <= 120 and len(path.name.encode()) <= 240
+    assert path.name.endswith("-0123456789abcdef-12.png")
+
+
+HEX = "0123456789abcdef"
+job_ids = st.text(alphabet=HEX, min_size=16, max_size=16)
+ACCEPTED = [
+    DEFAULT_TEMPLATE,
+    PARAM_TEMPLATE,
+    "{style}-{job_id}-{index}.{ext}",
+    "{meta.category}{style}_{job_id}_{index}.{ext}",
+    "{style}/{job_id}/{meta.category}-{index}.{ext}",
+    "{index}-{job_id}",
+    "{style} {job_id}.{index}.{ext} ",
+]
+
+
+@st.composite
+def hostile_jobs(draw: st.DrawFn, own_id: str, other_id: str) -> Job:
+    """A job whose values are hostile, some spelling out another job's id and index."""
+    forged = st.sampled_from(
+        [
+            *(f"-{other_id}-0", other_id, f"x_{other_id}_1", f"{other_id}-0.png", ""),
+            *(f"{other_id}.0", other_id[:1], other_id[1:], other_id[:-1], f"{other_id}1", "1"),
+        ]
+    )
+    value = hostile_text | forged | json_scalars
+    params = {"prompt": draw(hostile_text), "style": draw(value)}
+    if draw(st.booleans()):
+        params["aspect_ratio"] = draw(value)
+    meta = {"category": draw(value)} if draw(st.booleans()) else {}
+    slug = draw(st.just("") | hostile_text | forged)
+    return make_job(id=own_id, params=params, meta=meta, prompt_slug=slug)
+
+
+exts = hostile_text | st.sampled_from(["png", "1png", "11", "0", "mp4", "1.png"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data(), template=st.sampled_from(ACCEPTED))
+def test_distinct_outputs_never_share_a_path(data: st.DataObject, template: str) -> None:
+    check_path_template(template)
+    id_a, id_b = data.draw(job_ids), data.draw(job_ids)
+    first = data.draw(hostile_jobs(id_a, id_b))
+    same_job = data.draw(st.booleans())  # then two outputs of one job (one id, one set of values)
+    second = first if same_job else data.draw(hostile_jobs(id_b, id_a))
+    index_a, index_b = data.draw(st.integers(0, 12)), data.draw(st.integers(0, 12))
+    a = render_output_path(template, first, index=index_a, ext=data.draw(exts), spec_name="s")
+    b = render_output_path(template, second, index=index_b, ext=data.draw(exts), spec_name="s")
+    if (first.id, index_a) != (second.id, index_b):
+        assert a != b, (template, first, second)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.dictionaries(st.sampled_from(["style", "aspect_ratio", "quality"]), json_values),
+    meta=st.dictionaries(st.just("category"), json_scalars | hostile_text),
+    template=st.sampled_from(ACCEPTED),
+)
+def test_any_parameter_value_renders_inside_the_root(
+    values: dict[str, Any], meta: dict[str, Any], template: str
+) -> None:
+    job = make_job(params={"prompt": "x", **values}, meta=meta)
+    rel = render_output_path(template, job, index=0, ext="png", spec_name="s")
+    for part in rel.parts:
+        assert part not in ("", ".", "..")
+        assert len(part) <= 120 and len(part.encode()) <= 240
+        assert not any(ch in part for ch in "\\/:*?<>|")
+        assert not any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for ch in part)
+    root = Path("/srv/out")
+    assert resolve_inside(root, rel).is_relative_to(root)
+
+
+@pytest.mark.parametrize(
+    ("template", "first", "second"),
+    [  # (job id, index, ext, slug) of two outputs that the template would put in one file
+        ("{job_id}-{index}{ext}", (HEX, 1, "1png", "a"), (HEX, 11, "png", "a")),
+        (
+            "{prompt_slug}{job_id}{index}.{ext}",
+            (HEX, 11, "png", "a"),
+            (HEX[1:] + "1", 1, "png", "a" + HEX[0]),
+        ),
+    ],
+)
+def test_a_refused_template_really_loses_outputs(
+    template: str, first: tuple[str, int, str, str], second: tuple[str, int, str, str]
+) -> None:
+    paths = [
+        render_output_path(
+            template, make_job(id=job, prompt_slug=slug), index=index, ext=ext, spec_name=""
+        )
+        for job, index, ext, slug in (first, second)
+    ]
+    assert paths[0] == paths[1]  # two outputs, one file: why check_path_template refuses it
+    with pytest.raises(ValueError, match="after every other field"):
+        check_path_template(template)

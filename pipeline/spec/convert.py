@@ -9,6 +9,7 @@ that change shape on the way are converted by hand.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,21 @@ __all__ = ["build_spec"]
 _PROVIDER_NAME = re.compile(r"[a-z0-9_-]+")
 _RESERVED_PARAMS = ("prompt",)  # set from the prompt itself
 PROVIDER_KEY = "provider"
+COMMON_PARAMS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "aspect_ratio",
+    "seed",
+    "model",
+    "style",
+    "count",
+    "duration",
+    "quality",
+)
+"""``providers.base.COMMON_PARAMS``, which this core room may not import (a test keeps the
+two equal): a template may name one of these even where the spec does not set it."""
 
 
 def build_spec(
@@ -155,11 +171,61 @@ def _pass_through(
 
 def _output(model: SpecModel, name: str, parsed: ParsedYaml) -> OutputSettings:
     try:
-        identity.check_path_template(model.output.path)
+        used = identity.check_path_template(model.output.path)
     except ValueError as exc:
         raise parsed.error(str(exc), ("output", "path")) from None
+    _check_template_names(used, model, parsed)
     root = Path(model.output.root if model.output.root is not None else f"out/{name}")
     return _settings(OutputSettings, model.output, root=root.expanduser().absolute())
+
+
+def _check_template_names(used: Collection[str], model: SpecModel, parsed: ParsedYaml) -> None:
+    """Each parameter a template names is set somewhere in the spec or is a common one;
+    each ``{meta.KEY}`` is a key of an inline prompt's ``meta``, unless a prompt file
+    (whose keys only its lines know) may carry it. A job without it renders ``none``."""
+    params = _params_set(model) | set(COMMON_PARAMS)
+    meta_keys, from_files = _meta_keys(model, parsed)
+    for name in sorted(used):
+        key = name.removeprefix(identity.META_PREFIX)
+        is_meta = key != name
+        if name in params or (is_meta and (from_files or key in meta_keys)):
+            continue
+        known = [*identity.OUTPUT_FIELDS, *params, *(f"meta.{k}" for k in meta_keys)]
+        close = difflib.get_close_matches(name, known, n=1)
+        where = "no prompt sets metadata" if is_meta else "no provider, matrix or prompt sets"
+        raise parsed.error(
+            f"unknown field {{{name}}}: {where} {key!r}"
+            + (f"; did you mean {{{close[0]}}}?" if close else ""),
+            ("output", "path"),
+            "fields: "
+            + ", ".join(f"{{{field}}}" for field in sorted(set(known) - {"prompt"}))
+            + ", and {meta.KEY} for a key of prompts' meta",
+        )
+
+
+def _params_set(model: SpecModel) -> set[str]:
+    """Every parameter name the spec sets: provider defaults, matrix, prompts' params."""
+    names = {key for provider in model.providers.values() for key in provider.params}
+    names |= set(model.matrix.model_extra or {})
+    names |= {key for entry in model.matrix.include for key in entry}
+    names |= {key for item in model.prompts if not isinstance(item, str) for key in item.params}
+    if model.seeds is not None:
+        names.add("seed")
+    return names - {PROVIDER_KEY}
+
+
+def _meta_keys(model: SpecModel, parsed: ParsedYaml) -> tuple[set[str], bool]:
+    """The metadata keys inline prompts declare (``meta:``), and whether a prompt file
+    may carry others."""
+    from_files = any(isinstance(item, FileItem) for item in model.prompts)
+    raw = parsed.data.get("prompts") if isinstance(parsed.data, Mapping) else None
+    keys = {
+        str(key)
+        for item in (raw if isinstance(raw, list) else [])
+        if isinstance(item, Mapping) and isinstance(item.get("meta"), Mapping)
+        for key in item["meta"]
+    }
+    return keys, from_files
 
 
 def _run(model: SpecModel) -> RunSettings:
