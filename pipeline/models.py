@@ -202,8 +202,10 @@ class OutputSettings:
         default="{provider}/{prompt_slug}/{job_id}-{index}.{ext}",
         metadata=_doc(
             "Template of each output's path under root. Fields: {provider}, {model}, "
-            "{prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}; must "
-            "contain {job_id} and {index}. Fields take no format specs or widths."
+            "{prompt_slug}, {job_id}, {index}, {replicate}, {seed}, {ext}, {name}, any job "
+            "parameter ({style}, {aspect_ratio}…) and {meta.KEY}. {job_id} and {index} must "
+            "each end a folder or the file name, after every other field. Fields take no "
+            "format specs or widths."
         ),
     )
 

@@ -124,11 +124,14 @@ def iter_prompts(source: PromptSource) -> Iterator[Prompt]:
 def _template_prompts(source: TemplatePrompt) -> Iterator[Prompt]:
     names = list(source.vars)
     for combination in itertools.product(*(source.vars[name] for name in names)):
-        yield Prompt(
-            render_template(source.text, dict(zip(names, combination, strict=True))),
-            source.params,
-            source.meta,
-        )
+        values = dict(zip(names, combination, strict=True))
+        labels = {name: value for name, value in values.items() if _is_scalar(value)}
+        yield Prompt(render_template(source.text, values), source.params, {**labels, **source.meta})
+
+
+def _is_scalar(value: Any) -> bool:
+    """A template variable's value that can be metadata as it is (lists and maps cannot)."""
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def _txt_prompts(source: PromptFile) -> Iterator[Prompt]:

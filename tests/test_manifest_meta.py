@@ -72,3 +72,23 @@ def test_a_schema_3_manifest_opens_and_migrates_with_empty_meta(tmp_path: Path) 
         assert records[0].state is JobState.SUBMITTING
         manifest.add_jobs([replace(make_job(5), meta={"id": 5})])
         assert manifest.get(make_job(5).id).job.meta == {"id": 5}  # type: ignore[union-attr]
+
+
+def test_recover_keeps_where_a_job_failed(tmp_path: Path) -> None:
+    job = make_job(0)
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job])
+        manifest.transition(job.id, JobState.SUBMITTING, expect=JobState.PENDING)
+        manifest.transition(job.id, JobState.SUBMITTED, expect=JobState.SUBMITTING, remote_id="r1")
+        manifest.transition(
+            job.id, JobState.FAILED, expect=JobState.SUBMITTED, error="gone", failure="download"
+        )
+        before = manifest.get(job.id)
+        manifest.write_snapshot()
+    (tmp_path / DB_NAME).write_bytes(b"")
+    recover(tmp_path)
+    with Manifest.open(tmp_path) as manifest:
+        after = manifest.get(job.id)
+    assert before is not None and after is not None
+    assert (after.state, after.remote_id, after.failure) == (JobState.FAILED, "r1", "download")
+    assert before.failure == "download"

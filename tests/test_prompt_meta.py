@@ -87,8 +87,8 @@ def test_inline_meta_on_a_prompt_and_on_every_prompt_of_a_template(tmp_path: Pat
     """
     jobs = jobs_by_prompt(spec_text, tmp_path)
     assert jobs["a cat"][0].meta == {"category": "animals", "id": 1}
-    assert jobs["a corgi astronaut"][0].meta == {"category": "space"}
-    assert jobs["a fox astronaut"][0].meta == {"category": "space"}
+    assert jobs["a corgi astronaut"][0].meta == {"animal": "corgi", "category": "space"}
+    assert jobs["a fox astronaut"][0].meta == {"animal": "fox", "category": "space"}
     assert jobs["a plain prompt"][0].meta == {}
     assert all("category" not in job.params for js in jobs.values() for job in js)
 
@@ -186,3 +186,18 @@ def test_plan_shows_the_metadata_apart_from_the_request(tmp_path: Path) -> None:
     job_lines = [line.strip() for line in lines if line.startswith("      ")]
     assert job_lines[1] == 'meta:    {"id": 71} (recorded, not sent)'
     assert job_lines[2].startswith("request:") and "71" not in job_lines[2]
+
+
+def test_a_template_records_its_vars_as_metadata_and_its_own_meta_wins(tmp_path: Path) -> None:
+    spec_text = """
+        providers: {pixai: {}}
+        output: {path: "{provider}/{meta.animal}/{job_id}-{index}.{ext}"}
+        prompts:
+          - text: "a {animal} on {planet}"
+            vars: {animal: [corgi, fox], planet: [Mars]}
+            meta: {planet: the red one}
+    """
+    jobs = jobs_by_prompt(spec_text, tmp_path)
+    assert jobs["a corgi on Mars"][0].meta == {"animal": "corgi", "planet": "the red one"}
+    assert jobs["a fox on Mars"][0].meta == {"animal": "fox", "planet": "the red one"}
+    assert all("animal" not in job.params for js in jobs.values() for job in js)

@@ -25,7 +25,7 @@ from pipeline.errors import ManifestDamaged, ManifestError
 from pipeline.fsio import fsync_dir, replace_durably
 from pipeline.manifest.schema import DB_NAME, check_existing, translated
 from pipeline.manifest.store import SNAPSHOT_NAME, Manifest
-from pipeline.models import JobState
+from pipeline.models import FAILURES, JobState
 
 __all__ = ["Recovered", "recover"]
 
@@ -104,9 +104,10 @@ def _snapshot_row(line: str) -> dict[str, Any]:
 
 _INSERT_JOB = (
     "INSERT INTO jobs (id, provider, model, params, replicate, prompt_slug, state, "
-    "remote_id, attempts, error, created_at, updated_at, submitted_at, finished_at, meta) "
-    "VALUES (:id, :provider, :model, :params, :replicate, :prompt_slug, :state, :remote_id, "
-    ":attempts, :error, :created_at, :updated_at, :submitted_at, :finished_at, :meta)"
+    "remote_id, attempts, error, created_at, updated_at, submitted_at, finished_at, failure, "
+    "meta) VALUES (:id, :provider, :model, :params, :replicate, :prompt_slug, :state, "
+    ":remote_id, :attempts, :error, :created_at, :updated_at, :submitted_at, :finished_at, "
+    ":failure, :meta)"
 )
 _INSERT_OUTPUT = (
     "INSERT INTO outputs (job_id, idx, path, size, sha256, url, content_type) "
@@ -156,6 +157,7 @@ def _job_params(row: dict[str, Any], now: float) -> dict[str, Any]:
         "updated_at": row.get("updated_at") or now,
         "submitted_at": row.get("submitted_at"),
         "finished_at": row.get("finished_at"),
+        "failure": row.get("failure") if row.get("failure") in FAILURES else None,
         "meta": json.dumps(row.get("meta") or {}, separators=(",", ":"), ensure_ascii=False),
     }
 

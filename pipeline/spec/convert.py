@@ -215,15 +215,17 @@ def _params_set(model: SpecModel) -> set[str]:
 
 
 def _meta_keys(model: SpecModel, parsed: ParsedYaml) -> tuple[set[str], bool]:
-    """The metadata keys inline prompts declare (``meta:``), and whether a prompt file
-    may carry others."""
+    """The metadata keys inline prompts declare (``meta:``, and a template's ``vars``,
+    which are recorded as its metadata), and whether a prompt file may carry others."""
     from_files = any(isinstance(item, FileItem) for item in model.prompts)
     raw = parsed.data.get("prompts") if isinstance(parsed.data, Mapping) else None
     keys = {
         str(key)
         for item in (raw if isinstance(raw, list) else [])
-        if isinstance(item, Mapping) and isinstance(item.get("meta"), Mapping)
-        for key in item["meta"]
+        if isinstance(item, Mapping)
+        for section in ("meta", "vars")
+        if isinstance(item.get(section), Mapping)
+        for key in item[section]
     }
     return keys, from_files
 
