@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
+    add_cancel(commands)
+
     add_export(commands)
 
     add_report(commands)
@@ -192,6 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     providers.set_defaults(handler=cmd_providers)
     return parser
+
+
+def add_cancel(commands: Any) -> None:
+    """``pipeline cancel``'s arguments."""
+    cancel = commands.add_parser(
+        "cancel",
+        help="stop remote tasks where the API can and mark unsubmitted jobs cancelled",
+        description="Stop a spec's in-flight remote tasks where the API can cancel (PixAI) "
+        "and mark the jobs not yet submitted cancelled, so runs leave them; "
+        "`run --retry-failed` takes them up again. A task the provider did not stop stays "
+        "followed (it may still be paid). Refused while a run uses the output folder: "
+        "stop the run first.",
+    )
+    cancel.add_argument("target", type=Path, help="a spec file or an output directory")
+    cancel.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    cancel.add_argument(
+        "--provider",
+        action="append",
+        dest="providers",
+        default=[],
+        metavar="NAME",
+        help="only this provider entry (repeatable; default: all)",
+    )
+    cancel.set_defaults(handler=cmd_cancel)
 
 
 def add_export(commands: Any) -> None:
@@ -367,6 +393,14 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
                 f"{failure['error']}",
                 file=out,
             )
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from pipeline.commands import cancel_target, cancel_text
+
+    for line in cancel_text(cancel_target(args.target, providers=args.providers, out=args.out)):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

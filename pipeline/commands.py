@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -17,7 +18,7 @@ import anyio
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
 from pipeline.errors import ManifestError, PipelineError, SpecError
-from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
+from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, find_manifest, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import (
     TERMINAL_STATES,
@@ -31,13 +32,23 @@ from pipeline.models import (
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
-from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode, emulators
+from pipeline.runner import (
+    Cancelled,
+    RunOptions,
+    RunSummary,
+    Scheduler,
+    cancel_jobs,
+    completion_mode,
+    emulators,
+)
 from pipeline.units import parse_duration
 
 if TYPE_CHECKING:
     from pipeline.dataset import Exported
 
 __all__ = [
+    "cancel_target",
+    "cancel_text",
     "check_params",
     "load_checked_spec",
     "open_manifest_for",
@@ -518,6 +529,67 @@ def prune_spec(spec: Spec, *, include_paid: bool, delete_files: bool, adopt: boo
             _delete_outputs(spec.output.root, pruned.output_paths)
         manifest.write_snapshot()
     return pruned
+
+
+def cancel_target(
+    target: Path, *, providers: Sequence[str] = (), out: Path | None = None
+) -> Cancelled:
+    """``pipeline cancel``: a spec file, or an output directory whose recorded spec is
+    read. Refused while a run holds the output root (its lock): cancel after stopping it."""
+    spec = _spec_of_target(target, out=out)
+    unknown = [name for name in providers if name not in spec.providers]
+    if unknown:
+        raise SpecError(
+            f"no provider entry {', '.join(unknown)} in the spec",
+            file=str(spec.source),
+            hint=f"entries: {', '.join(spec.providers)}",
+        )
+    root = spec.output.root
+    if find_manifest(root) is None:
+        raise ManifestError(f"no manifest in {root}: nothing was run there")
+    with hold_run_lock(root, what="pipeline cancel"), Manifest.open(root) as manifest:
+        _check_owner(spec, manifest.meta(), adopt=False)
+        manifest.limit_to_spec()
+        done = run_blocking(partial(cancel_jobs, spec, manifest, providers=providers))
+        manifest.write_snapshot()
+    return done
+
+
+def _spec_of_target(target: Path, *, out: Path | None) -> Spec:
+    """The spec of ``target``: the file itself, or the spec recorded in an output folder."""
+    if target.is_dir():
+        if find_manifest(target) is None:
+            raise ManifestError(f"no manifest in {target}: nothing was run there")
+        with Manifest.open(target, readonly=True) as manifest:
+            recorded = manifest.meta().get(SPEC_PATH_KEY)
+        if recorded is None or not Path(recorded).is_file():
+            raise SpecError(
+                f"{target} does not tell which spec file wrote it (or it is gone): "
+                f"{recorded or 'not recorded'}",
+                hint="give the spec file instead: pipeline cancel SPEC --out DIR",
+            )
+        target, out = Path(recorded), out or target
+    return load_checked_spec(target, out=out, check_jobs=False)
+
+
+def cancel_text(done: Cancelled) -> Iterator[str]:
+    """What ``pipeline cancel`` did, scrubbed of keys (it quotes provider errors)."""
+    lines = [f"cancelled {done.pending} job(s) not yet submitted"]
+    if done.stopped:
+        lines.append(f"stopped {len(done.stopped)} remote task(s) (remote ids kept):")
+        lines += [f"  {job} {remote}" for job, remote in sorted(done.stopped.items())]
+    if done.kept:
+        lines.append(
+            f"{len(done.kept)} remote task(s) still running, may still be paid and are "
+            "followed by the next run:"
+        )
+        lines += [f"  {job}: {why}" for job, why in sorted(done.kept.items())]
+    if done.left:
+        cells = ", ".join(f"{state} {n}" for state, n in sorted(done.left.items()))
+        lines.append(f"left as they were: {cells}")
+    if done.pending or done.stopped:
+        lines.append("`pipeline run SPEC --retry-failed` takes the cancelled jobs up again")
+    return map(scrub, lines)
 
 
 def _delete_outputs(root: Path, paths: Sequence[str]) -> None:
