@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="dry run: jobs per provider and the requests, nothing sent"
     )
     plan.add_argument("spec", type=Path)
+    plan.add_argument("--out", type=Path, help="output root (overrides output.root)")
     plan.add_argument(
         "--show",
         type=int,
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts per provider and state, and failures")
     status.add_argument("target", type=Path, help="a spec file or an output directory")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--out", type=Path, help="output root of a spec (overrides output.root)")
     status.set_defaults(handler=cmd_status)
 
     add_cancel(commands)
@@ -313,7 +315,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec, plan_text
 
-    spec = load_checked_spec(args.spec)
+    spec = load_checked_spec(args.spec, out=args.out)
     for line in plan_text(spec, show=args.show):
         print(line)
     return EXIT_OK
@@ -362,7 +364,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.commands import open_manifest_for, status_report
 
-    with open_manifest_for(args.target) as manifest:
+    with open_manifest_for(args.target, out=args.out) as manifest:
         report = status_report(manifest)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -17,7 +17,7 @@ import anyio
 
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
-from pipeline.errors import ManifestError, PipelineError, SpecError
+from pipeline.errors import ManifestError, PipelineError, SpecError, UsageError
 from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, find_manifest, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import (
@@ -83,7 +83,7 @@ def load_checked_spec(
     spec = load_spec(path, known_providers=registry.available(), env=env, content=content)
     register_secrets(s.api_key for s in spec.providers.values())
     if out is not None:
-        spec = replace(spec, output=replace(spec.output, root=out))
+        spec = replace(spec, output=replace(spec.output, root=out.expanduser().absolute()))
     if check_jobs:
         check_params(spec)
     else:
@@ -699,9 +699,12 @@ class _LenientEnv(dict[str, str]):
 
 
 @contextmanager
-def open_manifest_for(target: Path) -> Iterator[Manifest]:
-    """Open read-only the manifest of an output directory, or of a spec's output root."""
+def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Manifest]:
+    """Open read-only the manifest of an output directory, or of a spec's output root
+    (``out``, if given, as for ``run --out``)."""
     root = target
+    if out is not None and not target.is_file():
+        raise UsageError(f"--out goes with a spec file; {target} is not one")
     if target.is_file():
         from pipeline.spec import load_spec
 
@@ -709,7 +712,7 @@ def open_manifest_for(target: Path) -> Iterator[Manifest]:
         register_secrets(
             s.api_key for s in spec.providers.values() if "${" not in (s.api_key or "")
         )
-        root = spec.output.root
+        root = spec.output.root if out is None else out
     with Manifest.open(root, readonly=True) as manifest:
         yield manifest
 
