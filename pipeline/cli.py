@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cancel(commands)
 
+    add_init(commands)
+
     add_export(commands)
 
     add_report(commands)
@@ -198,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_init(commands: Any) -> None:
+    """``pipeline init`` and ``pipeline schema``."""
+    init = commands.add_parser(
+        "init", help="write a starter spec (runs as it is on the built-in emulator)"
+    )
+    init.add_argument(
+        "path", type=Path, nargs="?", help="where (default ./spec.yaml; never overwritten)"
+    )
+    init.set_defaults(handler=cmd_init)
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(handler=cmd_schema)
+
+
 def add_cancel(commands: Any) -> None:
     """``pipeline cancel``'s arguments."""
     cancel = commands.add_parser(
@@ -231,7 +246,7 @@ def add_export(commands: Any) -> None:
         "Hugging Face imagefolder/videofolder layout (files hard-linked, metadata.jsonl, "
         "no sidecars) that datasets.load_dataset(DEST) loads. csv, parquet: one row per "
         "output file, file_name relative to the output folder (parquet needs "
-        "pip install 'pipeline[parquet]').",
+        "pip install 'genmedia-pipeline[parquet]').",
     )
     export.add_argument("target", type=Path, help="an output directory or a spec file")
     export.add_argument("--format", choices=["jsonl", "hf", "csv", "parquet"], default="jsonl")
@@ -395,6 +410,21 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
                 f"{failure['error']}",
                 file=out,
             )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.commands import init_spec
+
+    path = init_spec(args.path)
+    print(f"wrote {path}; next: pipeline plan {path}, then pipeline run {path}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.commands import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ __all__ = [
     "cancel_target",
     "cancel_text",
     "check_params",
+    "init_spec",
     "load_checked_spec",
     "open_manifest_for",
     "parse_knobs",
@@ -60,6 +61,7 @@ __all__ = [
     "run_blocking",
     "run_spec",
     "run_spec_async",
+    "schema_text",
     "status_report",
     "summary_text",
 ]
@@ -822,6 +824,43 @@ def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
         f"from the snapshot of {when}: anything submitted after it is not in it, and "
         "such a job is pending again; check the provider before the next run"
     )
+
+
+STARTER_NAME = "spec.yaml"
+SCHEMA_LINE = "# yaml-language-server: $schema="
+
+
+def schema_text() -> str:
+    """The spec's JSON Schema, as shipped in the package."""
+    from importlib.resources import files
+
+    return (files("pipeline") / "schema.json").read_text(encoding="utf-8")
+
+
+def init_spec(path: Path | None = None) -> Path:
+    """Write the starter spec at ``path`` (a folder: ``spec.yaml`` in it), never over an
+    existing file; its first line points editors at the installed JSON Schema."""
+    from importlib.resources import files
+
+    target = Path(STARTER_NAME) if path is None else path
+    if target.is_dir():
+        target = target / STARTER_NAME
+    text = (files("pipeline") / "starter.yaml").read_text(encoding="utf-8")
+    schema = Path(str(files("pipeline") / "schema.json"))
+    if schema.is_file():  # an installed package on disk (not inside a zip)
+        rest = text.partition("\n")[2]
+        text = f"{SCHEMA_LINE}{schema.absolute().as_uri()}\n{rest}"
+    text = text.replace("THIS_FILE", str(target))
+    try:
+        with target.open("x", encoding="utf-8") as out:
+            out.write(text)
+    except FileExistsError:
+        raise UsageError(
+            f"{target} exists; pipeline init never overwrites a file: give another path"
+        ) from None
+    except OSError as exc:
+        raise PipelineError(f"cannot write {target}: {exc.strerror}") from exc
+    return target
 
 
 def parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def emulators() -> ModuleType:
     except ImportError as exc:
         raise PipelineError(
             f"the built-in emulators need extra packages ({exc.name} is missing): "
-            "pip install 'pipeline[emulators]'"
+            "pip install 'genmedia-pipeline[emulators]'"
         ) from exc
 
 

@@ -5,7 +5,8 @@ structural validation (pydantic models in ``spec.schema``) → meaning checks an
 conversion to frozen dataclasses (here). Every user mistake becomes a
 ``SpecError(message, file=, line=, path=, hint=)``; nothing escapes as a traceback.
 
-Run ``python -m pipeline.spec.load > specs/schema.json`` to regenerate the JSON Schema.
+Run ``python -m pipeline.spec.load > pipeline/schema.json`` to regenerate the JSON Schema
+(shipped in the wheel: ``pipeline schema`` prints it).
 """
 
 from __future__ import annotations
