@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from pipeline import __version__
 from pipeline.errors import PipelineError, only_pipeline_errors
 from pipeline.models import JobState
+from pipeline.shell import Parser
 
 __all__ = ["main"]
 
@@ -63,8 +64,8 @@ def _stdout_gone() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="pipeline",
         description="Run large batches of generative-media jobs from a YAML spec: "
         "prompts x providers x parameters -> verified files, resumable.",
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_init(commands)
 
+    add_completion(commands)
+
     add_export(commands)
 
     add_report(commands)
@@ -211,6 +214,20 @@ def add_init(commands: Any) -> None:
     init.set_defaults(handler=cmd_init)
     schema = commands.add_parser("schema", help="print the spec's JSON Schema")
     schema.set_defaults(handler=cmd_schema)
+
+
+def add_completion(commands: Any) -> None:
+    """``pipeline completion``'s arguments."""
+    from pipeline.shell import SHELLS
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script for the commands and flags",
+        description='Print a completion script: add eval "$(pipeline completion bash)" to '
+        "~/.bashrc (zsh: the same with zsh, in ~/.zshrc).",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=cmd_completion)
 
 
 def add_cancel(commands: Any) -> None:
@@ -424,6 +441,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from pipeline.commands import schema_text
 
     sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from pipeline.shell import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
     return EXIT_OK
 
 
