@@ -116,3 +116,40 @@ def test_cancel_refuses_while_a_run_holds_the_folder(tmp_path):
         refused = run_cli("cancel", str(spec), cwd=tmp_path, env=ENV)
     assert refused.returncode == 1, refused.stderr
     assert "in use by another pipeline run" in refused.stderr, refused.stderr
+
+
+def test_cancel_reaches_the_spec_in_process_emulator(tmp_path):
+    """`emulate:` entries: cancel serves the emulator from the folder's saved state, as
+    the run did, so the task it left in flight is found and stopped."""
+    spec = write_spec(
+        tmp_path,
+        f"""
+        name: cancel-emulated
+        output: {{root: {tmp_path / "out"}}}
+        providers:
+          pixai: {{emulate: {{task_seconds: 600, render: false}}, concurrency: 1,
+                  options: {{completion: poll}}}}
+        prompts: [a lighthouse at dusk, a paper boat]
+        seeds: [1]
+        """,
+    )
+    root = tmp_path / "out"
+    runner = start_runner(spec, tmp_path, dict(os.environ), capture=False)
+    try:
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:
+            try:
+                found = records(root).values()
+            except Exception:  # not created yet
+                found = []  # type: ignore[assignment]
+            if any(state in (JobState.SUBMITTED, JobState.RUNNING) for _, state, _ in found):
+                break
+            time.sleep(0.1)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=60)
+    cancelled = run_cli("cancel", str(root), cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "stopped 1 remote task(s)" in cancelled.stdout, cancelled.stdout
+    assert "cancelled 1 job(s) not yet submitted" in cancelled.stdout
+    assert {state for _, state, _ in records(root).values()} == {JobState.CANCELLED}

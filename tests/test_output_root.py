@@ -57,6 +57,9 @@ def test_relative_root_is_relative_to_where_each_command_runs(tmp_path):
     cancel = run_cli("cancel", str(spec), "--out", "../here/out/roots", cwd=elsewhere)
     assert cancel.returncode == 0, cancel.stderr
     assert "cancelled 0 job(s)" in cancel.stdout
+    by_folder = run_cli("cancel", "../here/out/roots", cwd=elsewhere)  # its recorded spec
+    assert by_folder.returncode == 0, by_folder.stderr
+    assert "cancelled 0 job(s)" in by_folder.stdout
 
 
 def test_spec_dir_ties_the_root_to_the_spec_file(tmp_path):
