@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from pipeline import __version__
 from pipeline.errors import PipelineError, only_pipeline_errors
 from pipeline.models import JobState
+from pipeline.shell import Parser
 
 __all__ = ["main"]
 
@@ -63,8 +64,8 @@ def _stdout_gone() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="pipeline",
         description="Run large batches of generative-media jobs from a YAML spec: "
         "prompts x providers x parameters -> verified files, resumable.",
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="dry run: jobs per provider and the requests, nothing sent"
     )
     plan.add_argument("spec", type=Path)
+    plan.add_argument("--out", type=Path, help="output root (overrides output.root)")
     plan.add_argument(
         "--show",
         type=int,
@@ -134,7 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts per provider and state, and failures")
     status.add_argument("target", type=Path, help="a spec file or an output directory")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--out", type=Path, help="output root of a spec (overrides output.root)")
     status.set_defaults(handler=cmd_status)
+
+    add_cancel(commands)
+
+    add_init(commands)
+
+    add_completion(commands)
 
     add_export(commands)
 
@@ -194,6 +203,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_init(commands: Any) -> None:
+    """``pipeline init`` and ``pipeline schema``."""
+    init = commands.add_parser(
+        "init", help="write a starter spec (runs as it is on the built-in emulator)"
+    )
+    init.add_argument(
+        "path", type=Path, nargs="?", help="where (default ./spec.yaml; never overwritten)"
+    )
+    init.set_defaults(handler=cmd_init)
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema")
+    schema.set_defaults(handler=cmd_schema)
+
+
+def add_completion(commands: Any) -> None:
+    """``pipeline completion``'s arguments."""
+    from pipeline.shell import SHELLS
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script for the commands and flags",
+        description='Print a completion script: add eval "$(pipeline completion bash)" to '
+        "~/.bashrc (zsh: the same with zsh, in ~/.zshrc).",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=cmd_completion)
+
+
+def add_cancel(commands: Any) -> None:
+    """``pipeline cancel``'s arguments."""
+    cancel = commands.add_parser(
+        "cancel",
+        help="stop remote tasks where the API can and mark unsubmitted jobs cancelled",
+        description="Stop a spec's in-flight remote tasks where the API can cancel (PixAI) "
+        "and mark the jobs not yet submitted cancelled, so runs leave them; "
+        "`run --retry-failed` takes them up again. A task the provider did not stop stays "
+        "followed (it may still be paid). Refused while a run uses the output folder: "
+        "stop the run first.",
+    )
+    cancel.add_argument("target", type=Path, help="a spec file or an output directory")
+    cancel.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    cancel.add_argument(
+        "--provider",
+        action="append",
+        dest="providers",
+        default=[],
+        metavar="NAME",
+        help="only this provider entry (repeatable; default: all)",
+    )
+    cancel.set_defaults(handler=cmd_cancel)
+
+
 def add_export(commands: Any) -> None:
     """``pipeline export``'s arguments."""
     export = commands.add_parser(
@@ -203,7 +263,7 @@ def add_export(commands: Any) -> None:
         "Hugging Face imagefolder/videofolder layout (files hard-linked, metadata.jsonl, "
         "no sidecars) that datasets.load_dataset(DEST) loads. csv, parquet: one row per "
         "output file, file_name relative to the output folder (parquet needs "
-        "pip install 'pipeline[parquet]').",
+        "pip install 'genmedia-pipeline[parquet]').",
     )
     export.add_argument("target", type=Path, help="an output directory or a spec file")
     export.add_argument("--format", choices=["jsonl", "hf", "csv", "parquet"], default="jsonl")
@@ -287,7 +347,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec, plan_text
 
-    spec = load_checked_spec(args.spec)
+    spec = load_checked_spec(args.spec, out=args.out)
     for line in plan_text(spec, show=args.show):
         print(line)
     return EXIT_OK
@@ -336,7 +396,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.commands import open_manifest_for, status_report
 
-    with open_manifest_for(args.target) as manifest:
+    with open_manifest_for(args.target, out=args.out) as manifest:
         report = status_report(manifest)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -367,6 +427,36 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
                 f"{failure['error']}",
                 file=out,
             )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.commands import init_spec
+
+    path = init_spec(args.path)
+    print(f"wrote {path}; next: pipeline plan {path}, then pipeline run {path}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.commands import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from pipeline.shell import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from pipeline.commands import cancel_target, cancel_text
+
+    for line in cancel_text(cancel_target(args.target, providers=args.providers, out=args.out)):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -16,8 +17,8 @@ import anyio
 
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
-from pipeline.errors import ManifestError, PipelineError, SpecError
-from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
+from pipeline.errors import ManifestError, PipelineError, SpecError, UsageError
+from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, find_manifest, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import (
     TERMINAL_STATES,
@@ -31,14 +32,25 @@ from pipeline.models import (
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
-from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode, emulators
+from pipeline.runner import (
+    Cancelled,
+    RunOptions,
+    RunSummary,
+    Scheduler,
+    cancel_jobs,
+    completion_mode,
+    emulators,
+)
 from pipeline.units import parse_duration
 
 if TYPE_CHECKING:
     from pipeline.dataset import Exported
 
 __all__ = [
+    "cancel_target",
+    "cancel_text",
     "check_params",
+    "init_spec",
     "load_checked_spec",
     "open_manifest_for",
     "parse_knobs",
@@ -49,6 +61,7 @@ __all__ = [
     "run_blocking",
     "run_spec",
     "run_spec_async",
+    "schema_text",
     "status_report",
     "summary_text",
 ]
@@ -72,7 +85,7 @@ def load_checked_spec(
     spec = load_spec(path, known_providers=registry.available(), env=env, content=content)
     register_secrets(s.api_key for s in spec.providers.values())
     if out is not None:
-        spec = replace(spec, output=replace(spec.output, root=out))
+        spec = replace(spec, output=replace(spec.output, root=out.expanduser().absolute()))
     if check_jobs:
         check_params(spec)
     else:
@@ -520,6 +533,67 @@ def prune_spec(spec: Spec, *, include_paid: bool, delete_files: bool, adopt: boo
     return pruned
 
 
+def cancel_target(
+    target: Path, *, providers: Sequence[str] = (), out: Path | None = None
+) -> Cancelled:
+    """``pipeline cancel``: a spec file, or an output directory whose recorded spec is
+    read. Refused while a run holds the output root (its lock): cancel after stopping it."""
+    spec = _spec_of_target(target, out=out)
+    unknown = [name for name in providers if name not in spec.providers]
+    if unknown:
+        raise SpecError(
+            f"no provider entry {', '.join(unknown)} in the spec",
+            file=str(spec.source),
+            hint=f"entries: {', '.join(spec.providers)}",
+        )
+    root = spec.output.root
+    if find_manifest(root) is None:
+        raise ManifestError(f"no manifest in {root}: nothing was run there")
+    with hold_run_lock(root, what="pipeline cancel"), Manifest.open(root) as manifest:
+        _check_owner(spec, manifest.meta(), adopt=False)
+        manifest.limit_to_spec()
+        done = run_blocking(partial(cancel_jobs, spec, manifest, providers=providers))
+        manifest.write_snapshot()
+    return done
+
+
+def _spec_of_target(target: Path, *, out: Path | None) -> Spec:
+    """The spec of ``target``: the file itself, or the spec recorded in an output folder."""
+    if target.is_dir():
+        if find_manifest(target) is None:
+            raise ManifestError(f"no manifest in {target}: nothing was run there")
+        with Manifest.open(target, readonly=True) as manifest:
+            recorded = manifest.meta().get(SPEC_PATH_KEY)
+        if recorded is None or not Path(recorded).is_file():
+            raise SpecError(
+                f"{target} does not tell which spec file wrote it (or it is gone): "
+                f"{recorded or 'not recorded'}",
+                hint="give the spec file instead: pipeline cancel SPEC --out DIR",
+            )
+        target, out = Path(recorded), out or target
+    return load_checked_spec(target, out=out, check_jobs=False)
+
+
+def cancel_text(done: Cancelled) -> Iterator[str]:
+    """What ``pipeline cancel`` did, scrubbed of keys (it quotes provider errors)."""
+    lines = [f"cancelled {done.pending} job(s) not yet submitted"]
+    if done.stopped:
+        lines.append(f"stopped {len(done.stopped)} remote task(s) (remote ids kept):")
+        lines += [f"  {job} {remote}" for job, remote in sorted(done.stopped.items())]
+    if done.kept:
+        lines.append(
+            f"{len(done.kept)} remote task(s) still running, may still be paid and are "
+            "followed by the next run:"
+        )
+        lines += [f"  {job}: {why}" for job, why in sorted(done.kept.items())]
+    if done.left:
+        cells = ", ".join(f"{state} {n}" for state, n in sorted(done.left.items()))
+        lines.append(f"left as they were: {cells}")
+    if done.pending or done.stopped:
+        lines.append("`pipeline run SPEC --retry-failed` takes the cancelled jobs up again")
+    return map(scrub, lines)
+
+
 def _delete_outputs(root: Path, paths: Sequence[str]) -> None:
     from pathlib import PurePosixPath
 
@@ -627,9 +701,12 @@ class _LenientEnv(dict[str, str]):
 
 
 @contextmanager
-def open_manifest_for(target: Path) -> Iterator[Manifest]:
-    """Open read-only the manifest of an output directory, or of a spec's output root."""
+def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Manifest]:
+    """Open read-only the manifest of an output directory, or of a spec's output root
+    (``out``, if given, as for ``run --out``)."""
     root = target
+    if out is not None and not target.is_file():
+        raise UsageError(f"--out goes with a spec file; {target} is not one")
     if target.is_file():
         from pipeline.spec import load_spec
 
@@ -637,7 +714,7 @@ def open_manifest_for(target: Path) -> Iterator[Manifest]:
         register_secrets(
             s.api_key for s in spec.providers.values() if "${" not in (s.api_key or "")
         )
-        root = spec.output.root
+        root = spec.output.root if out is None else out
     with Manifest.open(root, readonly=True) as manifest:
         yield manifest
 
@@ -747,6 +824,43 @@ def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
         f"from the snapshot of {when}: anything submitted after it is not in it, and "
         "such a job is pending again; check the provider before the next run"
     )
+
+
+STARTER_NAME = "spec.yaml"
+SCHEMA_LINE = "# yaml-language-server: $schema="
+
+
+def schema_text() -> str:
+    """The spec's JSON Schema, as shipped in the package."""
+    from importlib.resources import files
+
+    return (files("pipeline") / "schema.json").read_text(encoding="utf-8")
+
+
+def init_spec(path: Path | None = None) -> Path:
+    """Write the starter spec at ``path`` (a folder: ``spec.yaml`` in it), never over an
+    existing file; its first line points editors at the installed JSON Schema."""
+    from importlib.resources import files
+
+    target = Path(STARTER_NAME) if path is None else path
+    if target.is_dir():
+        target = target / STARTER_NAME
+    text = (files("pipeline") / "starter.yaml").read_text(encoding="utf-8")
+    schema = Path(str(files("pipeline") / "schema.json"))
+    if schema.is_file():  # an installed package on disk (not inside a zip)
+        rest = text.partition("\n")[2]
+        text = f"{SCHEMA_LINE}{schema.absolute().as_uri()}\n{rest}"
+    text = text.replace("THIS_FILE", str(target))
+    try:
+        with target.open("x", encoding="utf-8") as out:
+            out.write(text)
+    except FileExistsError:
+        raise UsageError(
+            f"{target} exists; pipeline init never overwrites a file: give another path"
+        ) from None
+    except OSError as exc:
+        raise PipelineError(f"cannot write {target}: {exc.strerror}") from exc
+    return target
 
 
 def parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:

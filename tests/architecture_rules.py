@@ -136,7 +136,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runner", ("runner",)),
     ("commands", ("commands",)),
     ("library API", ("",)),
-    ("cli", ("cli",)),
+    ("cli", ("cli", "shell")),
     ("main", ("__main__",)),
 )
 """Parts of ``pipeline`` by layer, lowest first (``""`` is the package itself, the library

@@ -331,6 +331,6 @@ def test_a_new_export_is_never_loaded_from_a_stale_cache(tmp_path):
 def test_parquet_without_pyarrow_names_the_extra(small, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ExportError, match=r"pip install 'pipeline\[parquet\]'"):
+    with pytest.raises(ExportError, match=r"pip install 'genmedia-pipeline\[parquet\]'"):
         pipeline.export(small, format="parquet", dest=tmp_path / "s.parquet")
     assert not list(tmp_path.glob("*.parquet"))

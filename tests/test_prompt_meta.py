@@ -173,7 +173,7 @@ def test_meta_key_descriptions_are_the_dataclasses() -> None:
         info = model.model_fields["meta"]
         spec_field = next(f for f in cls.__dataclass_fields__.values() if f.name == "meta")
         assert info.description == spec_field.metadata["description"]
-    schema = json.loads((REPO / "specs" / "schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((REPO / "pipeline" / "schema.json").read_text(encoding="utf-8"))
     assert "meta" in schema["$defs"]["TemplateItem"]["properties"]
     assert "meta" in schema["$defs"]["FileItem"]["properties"]
 

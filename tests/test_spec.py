@@ -535,8 +535,8 @@ def test_parse_duration_compound(hours: int, minutes: int, seconds: int) -> None
 
 
 def test_committed_schema_is_current() -> None:
-    """Regenerate with: .venv/bin/python -m pipeline.spec.load > specs/schema.json"""
-    committed = json.loads((REPO / "specs" / "schema.json").read_text(encoding="utf-8"))
+    """Regenerate with: .venv/bin/python -m pipeline.spec.load > pipeline/schema.json"""
+    committed = json.loads((REPO / "pipeline" / "schema.json").read_text(encoding="utf-8"))
     assert committed == spec_json_schema()
 
 

@@ -27,7 +27,7 @@ def require_pyarrow() -> None:
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
         raise ExportError(
-            "--format parquet needs pyarrow: pip install 'pipeline[parquet]' "
+            "--format parquet needs pyarrow: pip install 'genmedia-pipeline[parquet]' "
             "(or pyarrow); --format csv needs nothing"
         ) from exc
 

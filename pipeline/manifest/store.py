@@ -488,11 +488,12 @@ class Manifest:
         *,
         provider: str | None = None,
         note: str = "reset",
+        error: str | None = None,
     ) -> int:
         """Move every job in ``from_states`` (of ``provider``, if given) to ``to``, as
         ``transition`` would, in one transaction; one event per job (``note`` its
-        detail). Returns the count."""
-        return self._reset(from_states, to, provider=provider, note=note)
+        detail; ``error``, if given, its recorded reason). Returns the count."""
+        return self._reset(from_states, to, provider=provider, note=note, error=error)
 
     def retry_failed(self) -> int:
         """--retry-failed: a job that never got a task is submitted anew (``pending``);
@@ -513,11 +514,12 @@ class Manifest:
         provider: str | None = None,
         only: str | None = None,
         note: str = "reset",
+        error: str | None = None,
     ) -> int:
         events, update, params = reset_sql(
             from_states, to, provider=provider, only=only, scope=self._scope
         )
-        params |= {"now": self._clock(), "note": note}
+        params |= {"now": self._clock(), "note": note, "error": error}
         with self._write("reset") as conn:
             conn.execute(events, params)
             return conn.execute(update, params).rowcount

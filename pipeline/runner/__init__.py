@@ -1,18 +1,29 @@
 """Room: a run: the scheduler that joins manifest, lanes, followers and downloads; the
 session that holds every lane open; the progress display (tqdm lives only here)."""
 
+from pipeline.runner.cancel import Cancelled, cancel_jobs
 from pipeline.runner.progress import make_progress
 from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
-from pipeline.runner.session import Lane, Session, completion_mode, emulators, open_session
+from pipeline.runner.session import (
+    Lane,
+    Session,
+    completion_mode,
+    emulators,
+    open_adapters,
+    open_session,
+)
 
 __all__ = [
+    "Cancelled",
     "Lane",
     "RunOptions",
     "RunSummary",
     "Scheduler",
     "Session",
+    "cancel_jobs",
     "completion_mode",
     "emulators",
     "make_progress",
+    "open_adapters",
     "open_session",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "EMULATOR_STATE_DIR",
     "Lane",
     "Session",
+    "open_adapters",
     "open_session",
     "prepaid_requests",
 ]
@@ -111,7 +112,7 @@ def emulators() -> ModuleType:
     except ImportError as exc:
         raise PipelineError(
             f"the built-in emulators need extra packages ({exc.name} is missing): "
-            "pip install 'pipeline[emulators]'"
+            "pip install 'genmedia-pipeline[emulators]'"
         ) from exc
 
 
@@ -178,6 +179,36 @@ async def _open_lane(
         and entry.concurrency > adapter_type.max_concurrency
     ):
         entry = replace(entry, concurrency=adapter_type.max_concurrency)
+    adapter, limiter = await _open_adapter(stack, entry, spec)
+    mode = completion_mode(entry, adapter_type)
+    if services:
+        from pipeline.completion import attach_callbacks
+
+        attach_callbacks(services, entry.name, adapter, mode)
+    context = FollowContext(adapter, entry, run, background, services)
+    follower = make_follower(mode, context)
+    return Lane(entry, adapter, limiter, follower)
+
+
+@asynccontextmanager
+async def open_adapters(spec: Spec) -> AsyncIterator[dict[str, Provider]]:
+    """Each provider entry's adapter with its rate-limited API client, and the spec's
+    built-in emulators, but no follower, receiver or downloads: for one-off requests to
+    a spec's providers (``pipeline cancel``)."""
+    register_secrets(entry.api_key for entry in spec.providers.values())
+    async with AsyncExitStack() as stack:
+        settings, _ = await _start_emulators(stack, spec)
+        adapters = {}
+        for entry in settings.values():
+            adapters[entry.name], _ = await _open_adapter(stack, entry, spec)
+        yield adapters
+
+
+async def _open_adapter(
+    stack: AsyncExitStack, entry: ProviderSettings, spec: Spec
+) -> tuple[Provider, ProviderLimiter]:
+    run = spec.run
+    adapter_type = registry.get(entry.type)
     limiter = ProviderLimiter(entry.concurrency, entry.rate, max_wait=run.max_retry_after)
 
     async def on_request(request: httpx.Request) -> None:
@@ -200,14 +231,7 @@ async def _open_lane(
     await stack.enter_async_context(client)
     adapter = adapter_type(entry, client)
     adapter.max_retry_after = run.max_retry_after
-    mode = completion_mode(entry, adapter_type)
-    if services:
-        from pipeline.completion import attach_callbacks
-
-        attach_callbacks(services, entry.name, adapter, mode)
-    context = FollowContext(adapter, entry, run, background, services)
-    follower = make_follower(mode, context)
-    return Lane(entry, adapter, limiter, follower)
+    return adapter, limiter
 
 
 def _rate_headers(headers: httpx.Headers) -> dict[str, str]:

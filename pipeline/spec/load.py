@@ -5,13 +5,15 @@ structural validation (pydantic models in ``spec.schema``) → meaning checks an
 conversion to frozen dataclasses (here). Every user mistake becomes a
 ``SpecError(message, file=, line=, path=, hint=)``; nothing escapes as a traceback.
 
-Run ``python -m pipeline.spec.load > specs/schema.json`` to regenerate the JSON Schema.
+Run ``python -m pipeline.spec.load > pipeline/schema.json`` to regenerate the JSON Schema
+(shipped in the wheel: ``pipeline schema`` prints it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import ChainMap
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,12 +53,21 @@ def load_spec(
             (),
             "see specs/quickstart.yaml for a small example",
         )
-    data = expand_env(parsed, os.environ if env is None else env)
+    data = expand_env(parsed, with_spec_dir(os.environ if env is None else env, path))
     try:
         model = SpecModel.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(exc, parsed) from None
     return build_spec(model, parsed, source=path, known_providers=known_providers)
+
+
+SPEC_DIR = "SPEC_DIR"
+"""``${SPEC_DIR}`` in a spec: the absolute folder of the spec file (``root: ${SPEC_DIR}/out``
+ties the outputs to the spec wherever a command runs from)."""
+
+
+def with_spec_dir(env: Mapping[str, str], path: Path) -> Mapping[str, str]:
+    return ChainMap({SPEC_DIR: str(Path(path).absolute().parent)}, dict(env))
 
 
 def _parse(path: Path, file: str, content: str | Mapping[str, Any] | None) -> ParsedYaml:

@@ -2,7 +2,7 @@
 
 Only ``pipeline.spec.load`` uses these; everything else sees the frozen dataclasses of
 ``pipeline.models``. Each field's ``description`` is the user documentation of that field
-(it ends up in ``specs/schema.json``). A key that is a field of those dataclasses is
+(it ends up in ``pipeline/schema.json``). A key that is a field of those dataclasses is
 declared with ``setting()``: its default and description are the dataclass field's, so
 they are written once; here a key adds only its spec type and its checks.
 """
