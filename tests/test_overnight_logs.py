@@ -185,3 +185,60 @@ def unique_prefix(job_id: str, ids: list[str]) -> str:
         if sum(other.startswith(job_id[:size]) for other in ids) == 1:
             return job_id[:size]
     return job_id
+
+
+# -- the pieces, without a run -----------------------------------------------------------
+
+
+def test_event_line_quotes_what_would_break_a_logfmt_line() -> None:
+    from pipeline.manifest.store import Event
+    from pipeline.models import JobState
+    from pipeline.runner.progress import event_line
+
+    event = Event(
+        7, "3f2a", 0.25, "transition", JobState.RUNNING, JobState.FAILED,
+        'policy "nsfw"\nsecond line', "pixai",
+    )  # fmt: skip
+    line = event_line(event)
+    assert "\n" not in line
+    assert line == (
+        "ts=1970-01-01T00:00:00.250Z job=3f2a provider=pixai event=transition from=running "
+        'to=failed reason="policy \\"nsfw\\"\\nsecond line"'
+    )
+    assert logfmt(line)["to"] == "failed"
+
+
+def test_status_lines_count_rate_and_eta_on_a_fake_clock() -> None:
+    import io
+
+    from pipeline.runner.progress import StatusLines
+
+    now = [1000.0]
+    stream = io.StringIO()
+    status = StatusLines(stream, 30.0, clock=lambda: now[0])
+    status.start({"pixai": 10})
+    for _ in range(4):
+        status.advance("pixai", "done")
+    now[0] += 120  # 4 jobs in 2 minutes: 2/min, 6 left: 3 minutes
+    status.status({"pixai": {"done": 4, "running": 2, "pending": 4, "failed": 0}})
+    (line,) = stream.getvalue().splitlines()
+    assert line == (
+        "1970-01-01T00:18:40Z pixai: done 4, pending 4, running 2 · 2.0 jobs/min · ETA 3m00s"
+    )
+
+
+def test_verbose_lines_go_to_stderr_even_when_quiet(tmp_path: Path) -> None:
+    import io
+
+    from pipeline.manifest.store import Event
+    from pipeline.runner.progress import ProgressOptions, make_progress
+
+    stream = io.StringIO()
+    log = tmp_path / "run.log"
+    options = ProgressOptions(quiet=True, verbose=True, log_file=log)
+    progress = make_progress(stream=stream, options=options)
+    assert progress.follows_events and progress.status_every is None
+    progress.events([Event(1, "ab", 0.0, "retry", None, None, "Bearer sk-secret-123", "x")])
+    progress.close()
+    for text in (stream.getvalue(), log.read_text(encoding="utf-8")):
+        assert "event=retry" in text and "sk-secret-123" not in text
