@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,31 @@ def test_sighup_ends_a_run_with_its_summary_and_it_resumes(tmp_path: Path) -> No
     rerun = run_cli("run", str(spec), cwd=tmp_path, env={"PIXELLABS_API_KEY": FAKE_KEY})
     assert rerun.returncode == 0, rerun.stderr
     assert states(root) == {"done": 12}
+
+
+@pytest.mark.timeout(120)
+def test_sighup_is_left_ignored_under_nohup(tmp_path: Path) -> None:
+    """``nohup pipeline run …`` ignores SIGHUP so that closing the terminal does not end
+    the run: the run must not undo that by handling it."""
+    spec = slow_spec(tmp_path, jobs=6, task_seconds=0.5)
+    root = tmp_path / "out"
+    nohup = shutil.which("nohup")
+    if nohup is None:
+        pytest.skip("no nohup here")
+    runner = subprocess.Popen(
+        [nohup, sys.executable, "-m", "pipeline", "run", str(spec)],
+        cwd=tmp_path, env={**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}, text=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (root / "manifest.sqlite").exists() and states(root).get("done", 0) >= 1:
+            break
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGHUP)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, out + err
+    assert states(root) == {"done": 6}
 
 
 def test_log_command_shows_a_job_history_by_prefix(tmp_path: Path) -> None:

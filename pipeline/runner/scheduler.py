@@ -48,10 +48,6 @@ __all__ = ["RunOptions", "RunSummary", "Scheduler"]
 S = JobState
 Submitted = tuple[str, float | None]  # remote id, and when the manifest recorded it
 IN_FLIGHT = (S.SUBMITTED, S.RUNNING, S.SUCCEEDED, S.DOWNLOADING)
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-"""Each ends a run cleanly with its summary (SIGHUP: the terminal of a run went away)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,7 @@ class Scheduler:
             self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        with anyio.open_signal_receiver(*_stop_signals()) as signals:
             async for _ in signals:
                 self.summary.interrupted = True
                 scope.cancel()
@@ -649,6 +645,17 @@ class Scheduler:
             )
 
         return log
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The signals that end a run cleanly with its summary: SIGINT, SIGTERM, and SIGHUP
+    (its terminal went away) unless it is ignored, as under nohup, which must keep the
+    run going when the terminal closes."""
+    stops = [signal.SIGINT, signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        stops.append(hangup)
+    return stops
 
 
 def _gone(exc: Exception) -> str | None:
