@@ -268,3 +268,19 @@ def test_verbose_lines_go_to_stderr_even_when_quiet(tmp_path: Path) -> None:
     progress.close()
     for text in (stream.getvalue(), log.read_text(encoding="utf-8")):
         assert "event=retry" in text and "sk-secret-123" not in text
+
+
+def test_a_stderr_reader_going_away_does_not_stop_the_run(tmp_path: Path) -> None:
+    """``pipeline run SPEC 2>&1 | head -1``: status lines to a closed pipe are dropped;
+    the run goes on to the end."""
+    spec = slow_spec(tmp_path, jobs=6, task_seconds=0.5)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(spec), "--status-every", "0.2"],
+        cwd=tmp_path, env={**os.environ, "PIXELLABS_API_KEY": FAKE_KEY}, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert runner.stderr is not None
+    assert STATUS.match(runner.stderr.readline().rstrip("\n"))
+    runner.stderr.close()  # the reader leaves
+    assert runner.wait(timeout=60) == 0
+    assert states(tmp_path / "out") == {"done": 6}

@@ -139,7 +139,7 @@ class StatusLines(NullProgress):
     def __init__(
         self, stream: TextIO, every: float, clock: Callable[[], float] = time.time
     ) -> None:
-        self._stream = stream
+        self._write_line = _line_to(stream)
         self.status_every = every
         self._clock = clock
         self._started = clock()
@@ -171,8 +171,7 @@ class StatusLines(NullProgress):
             )
 
     def _write(self, line: str) -> None:
-        self._stream.write(scrub(line) + "\n")
-        self._stream.flush()
+        self._write_line(scrub(line))
 
 
 class LoggedProgress(NullProgress):
@@ -288,8 +287,18 @@ def make_progress(
 
 
 def _line_to(stream: TextIO) -> Callable[[str], None]:
+    """Write and flush a line; a stream that fails (its reader gone, a full disk) is
+    given up, silently: reporting must never stop a run that pays for jobs."""
+    broken = False
+
     def write(line: str) -> None:
-        stream.write(line + "\n")
-        stream.flush()
+        nonlocal broken
+        if broken:
+            return
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            broken = True
 
     return write

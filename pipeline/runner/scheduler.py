@@ -134,9 +134,11 @@ class Scheduler:
                 outer.cancel_scope.cancel()
         finally:
             self._settle()
-            with contextlib.suppress(ManifestError):
-                self._pass_events()
-            self.progress.close()
+            try:
+                with contextlib.suppress(ManifestError):
+                    self._pass_events()  # the settling resets too
+            finally:
+                self.progress.close()
             self.summary.states = self.manifest.counts()
             self.summary.stopped = {
                 name: lane.stopped for name, lane in self.session.lanes.items() if lane.stopped
