@@ -1,7 +1,7 @@
 """Command line: argument parsing, exit codes and human output. Nothing imports it.
 
 Exit codes: 0 success · 1 some jobs did not finish (failed, unknown…) or a runtime
-error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM) · 141 stdout closed
+error · 2 bad spec or bad usage · 130 interrupted (Ctrl-C / SIGTERM / SIGHUP) · 141 stdout closed
 by its reader (``pipeline status | head``).
 """
 
@@ -76,7 +76,7 @@ def build_parser() -> Parser:
     run = commands.add_parser("run", help="run a spec (resumes where the last run stopped)")
     run.add_argument("spec", type=Path, help="the YAML spec")
     run.add_argument("--out", type=Path, help="output root (overrides output.root)")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     run.add_argument(
         "--retry-failed",
         action="store_true",
@@ -96,24 +96,10 @@ def build_parser() -> Parser:
         help="take over an output folder another spec file wrote (its jobs this spec "
         "does not list are left as they are)",
     )
+    add_run_logging(run)
     run.set_defaults(handler=cmd_run)
 
-    prune = commands.add_parser(
-        "prune", help="remove from the manifest the jobs the spec no longer lists"
-    )
-    prune.add_argument("spec", type=Path, help="the YAML spec")
-    prune.add_argument("--out", type=Path, help="output root (overrides output.root)")
-    prune.add_argument(
-        "--delete-files", action="store_true", help="delete their output files and sidecars too"
-    )
-    prune.add_argument(
-        "--include-paid",
-        action="store_true",
-        help="also remove jobs whose paid remote task may still deliver (their remote ids "
-        "are printed and kept in the event log)",
-    )
-    prune.add_argument("--adopt", action="store_true", help="as for run")
-    prune.set_defaults(handler=cmd_prune)
+    add_prune(commands)
 
     plan = commands.add_parser(
         "plan", help="dry run: jobs per provider and the requests, nothing sent"
@@ -148,6 +134,8 @@ def build_parser() -> Parser:
     add_export(commands)
 
     add_report(commands)
+
+    add_log(commands)
 
     recover = commands.add_parser(
         "recover",
@@ -254,6 +242,26 @@ def add_cancel(commands: Any) -> None:
     cancel.set_defaults(handler=cmd_cancel)
 
 
+def add_prune(commands: Any) -> None:
+    """``pipeline prune``'s arguments."""
+    prune = commands.add_parser(
+        "prune", help="remove from the manifest the jobs the spec no longer lists"
+    )
+    prune.add_argument("spec", type=Path, help="the YAML spec")
+    prune.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    prune.add_argument(
+        "--delete-files", action="store_true", help="delete their output files and sidecars too"
+    )
+    prune.add_argument(
+        "--include-paid",
+        action="store_true",
+        help="also remove jobs whose paid remote task may still deliver (their remote ids "
+        "are printed and kept in the event log)",
+    )
+    prune.add_argument("--adopt", action="store_true", help="as for run")
+    prune.set_defaults(handler=cmd_prune)
+
+
 def add_export(commands: Any) -> None:
     """``pipeline export``'s arguments."""
     export = commands.add_parser(
@@ -328,6 +336,46 @@ def add_report(commands: Any) -> None:
     report.set_defaults(handler=cmd_report)
 
 
+def add_run_logging(run: argparse.ArgumentParser) -> None:
+    """``pipeline run``'s status lines and run log."""
+    run.add_argument(
+        "--status-every",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal: a status line per provider this often (default 30)",
+    )
+    run.add_argument(
+        "--verbose", "-v", action="store_true", help="a log line per state change on stderr"
+    )
+    run.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="FILE",
+        help="append a logfmt line per state change (job, provider, from, to, reason) to FILE",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def add_log(commands: Any) -> None:
+    """``pipeline log``'s arguments."""
+    log = commands.add_parser(
+        "log", help="a job's event history from the manifest, or the run's last events"
+    )
+    log.add_argument("target", type=Path, help="a spec file or an output directory")
+    log.add_argument("job", nargs="?", help="a job id or an unambiguous prefix of one")
+    log.add_argument(
+        "--last", type=int, default=20, metavar="N", help="without JOB: events to show (20)"
+    )
+    log.set_defaults(handler=cmd_log)
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -355,6 +403,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec, run_spec, summary_text
+    from pipeline.runner import ProgressOptions
 
     spec = load_checked_spec(args.spec, out=args.out, check_jobs=False)
     summary = run_spec(
@@ -364,6 +413,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         resubmit_unknown=args.resubmit_unknown,
         params_checked=False,  # checked in the run, unless the manifest has this expansion
         adopt=args.adopt,
+        progress=ProgressOptions(
+            quiet=args.quiet,
+            status_every=args.status_every,
+            verbose=args.verbose,
+            log_file=args.log_file,
+        ),
     )
     for line in summary_text(spec, summary):
         print(line)
@@ -488,6 +543,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _comma_list(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from pipeline.commands import log_text
+
+    for line in log_text(args.target, args.job, last=args.last):
+        print(line)
+    return EXIT_OK
 
 
 def cmd_recover(args: argparse.Namespace) -> int:

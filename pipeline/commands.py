@@ -34,6 +34,7 @@ from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
 from pipeline.runner import (
     Cancelled,
+    ProgressOptions,
     RunOptions,
     RunSummary,
     Scheduler,
@@ -350,15 +351,18 @@ def run_spec(
     handle_signals: bool = True,
     params_checked: bool = True,
     adopt: bool = False,
+    progress: ProgressOptions | None = None,
 ) -> RunSummary:
     """Run (or resume) ``spec``: exactly its jobs are submitted; jobs of the manifest it
     no longer lists are left as they are. With ``params_checked=False`` the jobs'
     parameters are checked here first — unless the manifest already holds this exact
-    expansion. ``adopt``: take over an output folder another spec file wrote."""
+    expansion. ``adopt``: take over an output folder another spec file wrote. ``progress``:
+    status lines and the run log (default: bars or status lines unless ``quiet``)."""
     options = RunOptions(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
-    return anyio.run(_run, spec, options, quiet, params_checked, adopt)
+    display = progress or ProgressOptions(quiet=quiet)
+    return anyio.run(_run, spec, options, display, params_checked, adopt)
 
 
 def run_blocking(function: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -390,7 +394,7 @@ async def run_spec_async(
     options = RunOptions(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
-    return await _run(spec, options, quiet, params_checked, adopt)
+    return await _run(spec, options, ProgressOptions(quiet=quiet), params_checked, adopt)
 
 
 EXPANSION_KEY = "expansion"
@@ -492,7 +496,7 @@ def _check_owner(spec: Spec, meta: Mapping[str, str], *, adopt: bool) -> None:
 
 
 async def _run(
-    spec: Spec, options: RunOptions, quiet: bool, params_checked: bool, adopt: bool
+    spec: Spec, options: RunOptions, display: ProgressOptions, params_checked: bool, adopt: bool
 ) -> RunSummary:
     from pipeline.runner import make_progress, open_session
 
@@ -505,7 +509,11 @@ async def _run(
             adopt_unrecorded(manifest)  # paid tasks a failed write left unrecorded
             async with open_session(spec) as session:
                 scheduler = Scheduler(
-                    spec, manifest, session, options=options, progress=make_progress(quiet=quiet)
+                    spec,
+                    manifest,
+                    session,
+                    options=options,
+                    progress=make_progress(options=display),
                 )
                 summary = await scheduler.run()
         except Exception:
@@ -746,6 +754,40 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
         ],
         "not_in_spec": manifest.outside_spec_counts(),
     }
+
+
+def log_text(target: Path, job: str | None = None, *, last: int = 20) -> Iterator[str]:
+    """``pipeline log``: one job's event history (its id or an unambiguous prefix), or
+    the last ``last`` events of the manifest; one line per event, oldest first."""
+    with open_manifest_for(target) as manifest:
+        if job is None:
+            events = manifest.last_events(last)
+        else:
+            events = manifest.events(_job_by_prefix(manifest, job))
+    for event in events:
+        moved = f"{_state_name(event.from_state)} → {_state_name(event.to_state)}"
+        what = event.kind if event.to_state is None else moved
+        who = "" if job is not None else f"{event.job_id} [{event.provider or '?'}] "
+        stamp = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        reason = f"  {scrub(event.detail)}" if event.detail else ""
+        yield f"{stamp} {who}{what}{reason}"
+
+
+def _job_by_prefix(manifest: Manifest, prefix: str) -> str:
+    from pipeline.errors import UsageError
+
+    found = manifest.job_ids_starting(prefix)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        what, hint = "no job", "`pipeline log` without JOB lists recent ids"
+    else:
+        what, hint = "more than one job", "give more of the id"
+    raise UsageError(f"{what} with an id starting {prefix!r} in {manifest.path} ({hint})")
+
+
+def _state_name(state: JobState | None) -> str:
+    return "?" if state is None else state.value
 
 
 def report_sheet(

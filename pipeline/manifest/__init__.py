@@ -5,10 +5,11 @@ sqlite3 lives only here."""
 from pipeline.manifest.group_commit import GroupCommit, group_commits
 from pipeline.manifest.lock import RunLocked, hold_run_lock
 from pipeline.manifest.recover import Recovered, recover
-from pipeline.manifest.store import Manifest, Pruned, find_manifest
+from pipeline.manifest.store import Event, Manifest, Pruned, find_manifest
 from pipeline.manifest.unrecorded import adopt_unrecorded
 
 __all__ = [
+    "Event",
     "GroupCommit",
     "Manifest",
     "Pruned",

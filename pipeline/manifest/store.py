@@ -108,6 +108,7 @@ class Event:
     from_state: JobState | None
     to_state: JobState | None
     detail: str | None
+    provider: str | None = None
 
 
 def find_manifest(path: Path) -> Path | None:
@@ -117,6 +118,12 @@ def find_manifest(path: Path) -> Path | None:
         return path
     candidate = path / DB_NAME
     return candidate if candidate.is_file() else None
+
+
+_EVENT_JOIN = (
+    "SELECT e.id, e.job_id, e.at, e.kind, e.from_state, e.to_state, e.detail, j.provider "
+    "FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
+)
 
 
 class Manifest:
@@ -611,6 +618,35 @@ class Manifest:
                 (job_id,),
             ).fetchall()
         return [Event(r[0], r[1], r[2], r[3], opt_state(r[4]), opt_state(r[5]), r[6]) for r in rows]
+
+    def events_after(self, after: int, *, limit: int = 1000) -> list[Event]:
+        """Events with an id above ``after``, oldest first, with their job's provider:
+        a run's log follows the event table with it."""
+        return self._event_rows(f"{_EVENT_JOIN} WHERE e.id > ? ORDER BY e.id LIMIT ?", after, limit)
+
+    def last_events(self, count: int) -> list[Event]:
+        """The last ``count`` events of the manifest, oldest first, with providers."""
+        rows = self._event_rows(f"{_EVENT_JOIN} ORDER BY e.id DESC LIMIT ?", count)
+        return rows[::-1]
+
+    def job_ids_starting(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` job ids starting with ``prefix`` (a prefix names a job when
+        exactly one matches)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._read("find job") as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+                (pattern, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def _event_rows(self, sql: str, *params: Any) -> list[Event]:
+        with self._read("read events") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            Event(r[0], r[1], r[2], r[3], opt_state(r[4]), opt_state(r[5]), r[6], r[7])
+            for r in rows
+        ]
 
     def export_jsonl(self, out: TextIO) -> int:
         """Write one JSON object per job, in rowid order, to ``out``; return how many.

@@ -2,7 +2,7 @@
 session that holds every lane open; the progress display (tqdm lives only here)."""
 
 from pipeline.runner.cancel import Cancelled, cancel_jobs
-from pipeline.runner.progress import make_progress
+from pipeline.runner.progress import ProgressOptions, make_progress
 from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.runner.session import (
     Lane,
@@ -16,6 +16,7 @@ from pipeline.runner.session import (
 __all__ = [
     "Cancelled",
     "Lane",
+    "ProgressOptions",
     "RunOptions",
     "RunSummary",
     "Scheduler",

@@ -105,11 +105,13 @@ class Scheduler:
         for lane in session.lanes.values():
             lane.limiter.on_capped = self._note_capped_wait(lane.name)
         self._lanes_scope: anyio.CancelScope | None = None  # while the lanes run
+        self._event_cursor = 0  # the last event passed to the progress display
 
     # -- the run ----------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
         started = self.clock()
+        self._event_cursor = self._last_event_id()  # the log starts with this run's events
         self._prepare_manifest()
         self.summary.already_done = self._count(S.DONE)
         self.progress.start(self._runnable_totals())
@@ -117,6 +119,8 @@ class Scheduler:
             async with anyio.create_task_group() as outer:
                 if self.options.handle_signals:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
+                if self.progress.follows_events or self.progress.status_every is not None:
+                    outer.start_soon(self._report)
                 try:
                     async with (
                         group_commits(self.manifest) as self._commits,
@@ -129,8 +133,12 @@ class Scheduler:
                     self._commits = None
                 outer.cancel_scope.cancel()
         finally:
-            self.progress.close()
             self._settle()
+            try:
+                with contextlib.suppress(ManifestError):
+                    self._pass_events()  # the settling resets too
+            finally:
+                self.progress.close()
             self.summary.states = self.manifest.counts()
             self.summary.stopped = {
                 name: lane.stopped for name, lane in self.session.lanes.items() if lane.stopped
@@ -147,11 +155,38 @@ class Scheduler:
             self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(*_stop_signals()) as signals:
             async for _ in signals:
                 self.summary.interrupted = True
                 scope.cancel()
                 return
+
+    async def _report(self) -> None:
+        """The one hook for the run log and the status lines: the manifest's event log
+        (every state change, with its reason) is passed on as it grows, and the counts
+        at the display's interval."""
+        every = self.progress.status_every
+        last_status = self.clock()
+        while True:
+            await anyio.sleep(min(every or 1.0, 1.0))
+            with contextlib.suppress(ManifestError):  # a failed manifest stops the run
+                self._pass_events()
+                if every is not None and self.clock() - last_status >= every:
+                    last_status = self.clock()
+                    self.progress.status(self.manifest.counts())
+
+    def _last_event_id(self) -> int:
+        if not self.progress.follows_events:
+            return 0
+        last = self.manifest.last_events(1)
+        return last[0].id if last else 0
+
+    def _pass_events(self) -> None:
+        if not self.progress.follows_events:
+            return
+        while events := self.manifest.events_after(self._event_cursor):
+            self._event_cursor = events[-1].id
+            self.progress.events(events)
 
     def _prepare_manifest(self) -> None:
         """Reconcile what a previous run left half-done, and apply the retry options."""
@@ -612,6 +647,17 @@ class Scheduler:
             )
 
         return log
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The signals that end a run cleanly with its summary: SIGINT, SIGTERM, and SIGHUP
+    (its terminal went away) unless it is ignored, as under nohup, which must keep the
+    run going when the terminal closes."""
+    stops = [signal.SIGINT, signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        stops.append(hangup)
+    return stops
 
 
 def _gone(exc: Exception) -> str | None:
