@@ -142,3 +142,23 @@ def test_manifest_writes_and_reads_never_carry_a_key(tmp_path) -> None:
         report = status_report(manifest)
     assert "legacy-12345678" not in out.getvalue()
     assert report["failures"][0]["error"] == "Authorization: Bearer [redacted]"
+
+
+def test_an_error_kept_without_a_state_change_is_stored_scrubbed(tmp_path) -> None:
+    import sqlite3
+
+    from pipeline.manifest.store import Manifest
+    from pipeline.models import Job
+
+    register_secrets(["rk-test-5d1e0a9c44"])
+    job = Job(id="j1", provider="p", model=None, params={"prompt": "x"}, replicate=0)
+    with Manifest.open(tmp_path) as manifest:
+        manifest.add_jobs([job])
+        manifest.record_error("j1", "crashed while holding rk-test-5d1e0a9c44")
+    with sqlite3.connect(tmp_path / "manifest.sqlite") as conn:
+        stored = [
+            *conn.execute("SELECT error FROM jobs"),
+            *conn.execute("SELECT detail FROM events"),
+        ]
+    conn.close()
+    assert stored and all("rk-test" not in (text or "") for (text,) in stored)

@@ -474,6 +474,7 @@ class Manifest:
 
     def record_error(self, job_id: str, error: str) -> None:
         """Keep ``error`` as the job's reason and log it, without a state change."""
+        error = scrub(error)  # contract 5: no key is stored
         now = self._clock()
         with self._write("record error") as conn:
             conn.execute(
