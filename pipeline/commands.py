@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -16,6 +17,7 @@ import anyio
 
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
+from pipeline.cost import Costs, plan_lines, spending_lines, spent_on
 from pipeline.errors import ManifestError, PipelineError, SpecError
 from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
@@ -31,7 +33,14 @@ from pipeline.models import (
 from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
-from pipeline.runner import RunOptions, RunSummary, Scheduler, completion_mode, emulators
+from pipeline.runner import (
+    BUDGET_STOPPED,
+    RunOptions,
+    RunSummary,
+    Scheduler,
+    completion_mode,
+    emulators,
+)
 from pipeline.units import parse_duration
 
 if TYPE_CHECKING:
@@ -50,6 +59,7 @@ __all__ = [
     "run_spec",
     "run_spec_async",
     "status_report",
+    "status_spending",
     "summary_text",
 ]
 
@@ -317,6 +327,24 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
             f"{settings.concurrency}{rate}, via {where}"
         )
         yield from shown[name]
+    yield from _plan_costs(spec)
+
+
+def _plan_costs(spec: Spec) -> Iterator[str]:
+    """The cost of the plan, when the spec gives prices, and what was already spent."""
+    costs = Costs.of_spec(spec)
+    if costs.priced:
+        yield from plan_lines(costs, iter_jobs(spec), _spent_so_far(spec, costs))
+
+
+def _spent_so_far(spec: Spec, costs: Costs) -> dict[str, Decimal] | None:
+    """What the manifest of ``spec``'s output root says was spent; None without one."""
+    try:
+        with Manifest.open(spec.output.root, readonly=True) as manifest:
+            manifest.limit_to_spec()
+            return dict(spent_on(costs, manifest.iter_records()))
+    except ManifestError:
+        return None
 
 
 def _rate_text(rate: Rate) -> str:
@@ -585,7 +613,9 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
             )
             yield f"    {name:<{width}}  {cells}"
     for name, reason in summary.stopped.items():
-        yield f"  {name}: submits stopped: {reason}"
+        if reason != BUDGET_STOPPED:  # said once, below
+            yield f"  {name}: submits stopped: {reason}"
+    yield from _spending(spec, summary)
     for note in summary.notes:
         yield f"  {note}"
     if summary.errors:
@@ -601,6 +631,14 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
     if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
         yield "  failures: pipeline status " + str(spec.output.root)
     yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+def _spending(spec: Spec, summary: RunSummary) -> Iterator[str]:
+    costs = Costs.of_spec(spec)
+    if summary.budget_stop is not None:
+        yield f"  {summary.budget_stop}"
+    if costs.priced:
+        yield from ("  " + line for line in spending_lines(costs, summary.spent))
 
 
 def _outside_note(spec: Spec, summary: RunSummary) -> Iterator[str]:
@@ -629,17 +667,32 @@ class _LenientEnv(dict[str, str]):
 @contextmanager
 def open_manifest_for(target: Path) -> Iterator[Manifest]:
     """Open read-only the manifest of an output directory, or of a spec's output root."""
-    root = target
-    if target.is_file():
-        from pipeline.spec import load_spec
-
-        spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
-        register_secrets(
-            s.api_key for s in spec.providers.values() if "${" not in (s.api_key or "")
-        )
-        root = spec.output.root
-    with Manifest.open(root, readonly=True) as manifest:
+    spec = _lenient_spec(target)
+    with Manifest.open(target if spec is None else spec.output.root, readonly=True) as manifest:
         yield manifest
+
+
+def _lenient_spec(target: Path) -> Spec | None:
+    """The spec ``target`` names, its variables left as written when unset; None for a
+    directory."""
+    if not target.is_file():
+        return None
+    from pipeline.spec import load_spec
+
+    spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
+    register_secrets(s.api_key for s in spec.providers.values() if "${" not in (s.api_key or ""))
+    return spec
+
+
+def status_spending(target: Path) -> list[str]:
+    """For ``status SPEC``: what each priced provider and the run spent, against its
+    budget (prices live in the spec, so an output directory alone says nothing)."""
+    spec = _lenient_spec(target)
+    costs = None if spec is None else Costs.of_spec(spec)
+    if spec is None or costs is None or not costs.priced:
+        return []
+    spent = _spent_so_far(spec, costs)
+    return [] if spent is None else spending_lines(costs, spent)
 
 
 def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
