@@ -338,12 +338,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with open_manifest_for(args.target) as manifest:
         report = status_report(manifest)
-    report["spending"] = status_spending(args.target)
+    report["spending"], spending = status_spending(args.target)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK
     _print_status(report, sys.stdout)
-    for line in report["spending"]:
+    for line in spending:
         print(line)
     return EXIT_OK
 

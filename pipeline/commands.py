@@ -684,15 +684,22 @@ def _lenient_spec(target: Path) -> Spec | None:
     return spec
 
 
-def status_spending(target: Path) -> list[str]:
+def status_spending(target: Path) -> tuple[dict[str, Any] | None, list[str]]:
     """For ``status SPEC``: what each priced provider and the run spent, against its
-    budget (prices live in the spec, so an output directory alone says nothing)."""
+    budget, as JSON and as lines (prices live in the spec, so a folder says nothing)."""
     spec = _lenient_spec(target)
     costs = None if spec is None else Costs.of_spec(spec)
-    if spec is None or costs is None or not costs.priced:
-        return []
-    spent = _spent_so_far(spec, costs)
-    return [] if spent is None else spending_lines(costs, spent)
+    spent = None if spec is None or costs is None else _spent_so_far(spec, costs)
+    if costs is None or spent is None or not costs.priced:
+        return None, []
+    budgets = {name: str(cap) for name, cap in costs.budgets.items()}
+    report = {
+        "currency": costs.currency,
+        "spent": {name: str(spent.get(name, Decimal(0))) for name in costs.prices},
+        "budgets": budgets,
+        "run_budget": None if costs.run_budget is None else str(costs.run_budget),
+    }
+    return report, spending_lines(costs, spent)
 
 
 def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:

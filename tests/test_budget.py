@@ -7,6 +7,7 @@ against the emulators' charge ledgers, over real HTTP on loopback.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,13 @@ def test_no_submit_crosses_the_budget_at_concurrency_64(
 
     status = run_cli("status", str(spec), cwd=tmp_path, env=ENV)
     assert "pixellabs: spent 3.70 USD of budget 3.70 USD" in status.stdout.splitlines()
+    as_json = json.loads(run_cli("status", "--json", str(spec), cwd=tmp_path, env=ENV).stdout)
+    assert as_json["spending"] == {
+        "currency": "USD",
+        "spent": {"pixellabs": "3.7"},
+        "budgets": {"pixellabs": "3.7"},
+        "run_budget": None,
+    }
     plan = run_cli("plan", str(spec), cwd=tmp_path, env=ENV)
     assert "  already pixellabs: spent 3.70 USD of budget 3.70 USD" in plan.stdout.splitlines()
 
