@@ -635,8 +635,8 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
 
 def _spending(spec: Spec, summary: RunSummary) -> Iterator[str]:
     costs = Costs.of_spec(spec)
-    if summary.budget_stop is not None:
-        yield f"  {summary.budget_stop}"
+    for text in summary.budget_stops.values():
+        yield f"  {text}"
     if costs.priced:
         yield from ("  " + line for line in spending_lines(costs, summary.spent))
 

@@ -236,6 +236,24 @@ def test_the_run_budget_caps_every_provider_together(tmp_path: Path, emulator_fa
     assert result.stdout.count("budget reached: run.budget is 4.00 USD") == 1, result.stdout
 
 
+def test_each_provider_stops_at_its_own_budget_and_says_so_once(
+    tmp_path: Path, emulator_factory: Any
+) -> None:
+    emulator = emulator_factory(["pixellabs", "apixo"], task_seconds=0.2)
+    spec = two_provider_spec(tmp_path, emulator.urls, extra="budget: 1")
+    text = spec.read_text(encoding="utf-8").replace(
+        "nano-banana: 0.05}}}", "nano-banana: 0.05}}}\n    budget: 0.5"
+    )
+    spec.write_text(text, encoding="utf-8")
+
+    result = run_cli("run", "--quiet", str(spec), cwd=tmp_path, env=ENV)
+    assert result.returncode == 1, result.stderr
+    assert len(emulator.ledger("pixellabs")) == 10
+    assert len(emulator.ledger("apixo")) == 10
+    for key in ("providers.pixellabs.budget is 1.00", "providers.apixo.budget is 0.50"):
+        assert result.stdout.count(f"budget reached: {key} USD") == 1, result.stdout
+
+
 def test_unknown_submits_count_as_spent(tmp_path: Path, emulator_factory: Any) -> None:
     """A 5xx after the task was created: `unknown`, maybe paid, so counted; even when
     they are resubmitted later, the budget they took is not given back."""

@@ -15,15 +15,21 @@ from decimal import Decimal
 from pipeline.cost import Costs, spent_on
 from pipeline.models import Job, JobRecord
 
-__all__ = ["BudgetGate", "Refusal"]
+__all__ = ["RUN_BUDGET", "BudgetGate", "Refusal"]
+
+RUN_BUDGET = "run.budget"
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a submit may not go: its text, and whether the whole run's budget stops it."""
+    """Why a submit may not go: the budget's key in the spec, and the message."""
 
+    key: str  # providers.NAME.budget or run.budget
     text: str
-    whole_run: bool
+
+    @property
+    def whole_run(self) -> bool:
+        return self.key == RUN_BUDGET
 
 
 class BudgetGate:
@@ -41,11 +47,12 @@ class BudgetGate:
         mine = self.spent.get(job.provider, Decimal(0))
         cap = self.costs.budgets.get(job.provider)
         if cap is not None and mine + cost > cap:
-            return Refusal(self._text(f"providers.{job.provider}.budget", cap, mine, cost), False)
+            key = f"providers.{job.provider}.budget"
+            return Refusal(key, self._text(key, cap, mine, cost))
         total = sum(self.spent.values(), Decimal(0))
         run_cap = self.costs.run_budget
         if run_cap is not None and total + cost > run_cap:
-            return Refusal(self._text("run.budget", run_cap, total, cost), True)
+            return Refusal(RUN_BUDGET, self._text(RUN_BUDGET, run_cap, total, cost))
         self.spent[job.provider] = mine + cost
         return None
 

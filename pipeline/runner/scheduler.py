@@ -76,7 +76,7 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)  # things the user should know, once each
     outside_spec: dict[str, dict[str, int]] = field(default_factory=dict)  # left as they were
     spent: dict[str, Decimal] = field(default_factory=dict)  # priced providers, at end
-    budget_stop: str | None = None  # why submits stopped for a budget, the first time
+    budget_stops: dict[str, str] = field(default_factory=dict)  # budget key → why, once
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -496,11 +496,11 @@ class Scheduler:
 
     def _stop_for_budget(self, lane: Lane, refusal: Refusal) -> None:
         """No more submits on this lane (on every lane for the run's budget); jobs in
-        flight are still followed and downloaded. Said once."""
+        flight are still followed and downloaded. Said once per budget."""
         for other in self.session.lanes.values() if refusal.whole_run else (lane,):
             other.stopped = other.stopped or BUDGET_STOPPED
-        if self.summary.budget_stop is None:
-            self.summary.budget_stop = refusal.text
+        if refusal.key not in self.summary.budget_stops:
+            self.summary.budget_stops[refusal.key] = refusal.text
             self.progress.note(lane.name, refusal.text)
 
     def _note_busy(self, provider: str, busy: AccountBusy) -> None:
