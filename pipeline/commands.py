@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -17,6 +18,7 @@ import anyio
 
 from pipeline import __version__
 from pipeline.completion import wants_callbacks
+from pipeline.cost import Costs, plan_lines, spending_lines, spent_on
 from pipeline.errors import ManifestError, PipelineError, SpecError, UsageError
 from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, find_manifest, hold_run_lock
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
@@ -33,6 +35,7 @@ from pipeline.providers import registry
 from pipeline.providers.base import COMMON_OPTIONS, OptionInfo, Provider
 from pipeline.redact import register_secrets, scrub
 from pipeline.runner import (
+    BUDGET_STOPPED,
     Cancelled,
     ProgressOptions,
     RunOptions,
@@ -64,6 +67,7 @@ __all__ = [
     "run_spec_async",
     "schema_text",
     "status_report",
+    "status_spending",
     "summary_text",
 ]
 
@@ -331,6 +335,24 @@ def plan_text(spec: Spec, *, show: int = 3) -> Iterator[str]:
             f"{settings.concurrency}{rate}, via {where}"
         )
         yield from shown[name]
+    yield from _plan_costs(spec)
+
+
+def _plan_costs(spec: Spec) -> Iterator[str]:
+    """The cost of the plan, when the spec gives prices, and what was already spent."""
+    costs = Costs.of_spec(spec)
+    if costs.priced:
+        yield from plan_lines(costs, iter_jobs(spec), _spent_so_far(spec, costs))
+
+
+def _spent_so_far(spec: Spec, costs: Costs) -> dict[str, Decimal] | None:
+    """What the manifest of ``spec``'s output root says was spent; None without one."""
+    try:
+        with Manifest.open(spec.output.root, readonly=True) as manifest:
+            manifest.limit_to_spec()
+            return dict(spent_on(costs, manifest.iter_records()))
+    except ManifestError:
+        return None
 
 
 def _rate_text(rate: Rate) -> str:
@@ -667,7 +689,9 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
             )
             yield f"    {name:<{width}}  {cells}"
     for name, reason in summary.stopped.items():
-        yield f"  {name}: submits stopped: {reason}"
+        if reason != BUDGET_STOPPED:  # said once, below
+            yield f"  {name}: submits stopped: {reason}"
+    yield from _spending(spec, summary)
     for note in summary.notes:
         yield f"  {note}"
     if summary.errors:
@@ -683,6 +707,14 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
     if any(summary.count(s) for s in TERMINAL_STATES if s is not JobState.DONE):
         yield "  failures: pipeline status " + str(spec.output.root)
     yield f"  outputs: {spec.output.root}  (manifest: {spec.output.root / 'manifest.jsonl'})"
+
+
+def _spending(spec: Spec, summary: RunSummary) -> Iterator[str]:
+    costs = Costs.of_spec(spec)
+    for text in summary.budget_stops.values():
+        yield f"  {text}"
+    if costs.priced:
+        yield from ("  " + line for line in spending_lines(costs, summary.spent))
 
 
 def _outside_note(spec: Spec, summary: RunSummary) -> Iterator[str]:
@@ -712,19 +744,47 @@ class _LenientEnv(dict[str, str]):
 def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Manifest]:
     """Open read-only the manifest of an output directory, or of a spec's output root
     (``out``, if given, as for ``run --out``)."""
-    root = target
     if out is not None and not target.is_file():
         raise UsageError(f"--out goes with a spec file; {target} is not one")
-    if target.is_file():
-        from pipeline.spec import load_spec
-
-        spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
-        register_secrets(
-            s.api_key for s in spec.providers.values() if "${" not in (s.api_key or "")
-        )
-        root = spec.output.root if out is None else out
+    spec = _lenient_spec(target)
+    root = target if spec is None else (spec.output.root if out is None else out)
     with Manifest.open(root, readonly=True) as manifest:
         yield manifest
+
+
+def _lenient_spec(target: Path) -> Spec | None:
+    """The spec ``target`` names, its variables left as written when unset; None for a
+    directory."""
+    if not target.is_file():
+        return None
+    from pipeline.spec import load_spec
+
+    spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
+    register_secrets(s.api_key for s in spec.providers.values() if "${" not in (s.api_key or ""))
+    return spec
+
+
+def status_spending(
+    target: Path, *, out: Path | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """For ``status SPEC``: what each priced provider and the run spent, against its
+    budget, as JSON and as lines (prices live in the spec, so a folder says nothing);
+    ``out`` as for ``run --out``."""
+    spec = _lenient_spec(target)
+    if spec is not None and out is not None:
+        spec = replace(spec, output=replace(spec.output, root=out))
+    costs = None if spec is None else Costs.of_spec(spec)
+    spent = None if spec is None or costs is None else _spent_so_far(spec, costs)
+    if costs is None or spent is None or not costs.priced:
+        return None, []
+    budgets = {name: str(cap) for name, cap in costs.budgets.items()}
+    report = {
+        "currency": costs.currency,
+        "spent": {name: str(spent.get(name, Decimal(0))) for name in costs.prices},
+        "budgets": budgets,
+        "run_budget": None if costs.run_budget is None else str(costs.run_budget),
+    }
+    return report, spending_lines(costs, spent)
 
 
 def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:

@@ -32,6 +32,7 @@ __all__ = [
     "OutputSettings",
     "PlainPrompt",
     "PollAdvice",
+    "Price",
     "PromptFile",
     "PromptSource",
     "ProviderSettings",
@@ -127,6 +128,28 @@ def _doc(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Price:
+    """What one job of a provider costs, in ``run.currency``: ``per_job``, or
+    ``per_output`` times the job's ``count`` parameter (1 when unset). ``by`` names one
+    parameter (or ``model``) whose listed values have their own unit price."""
+
+    per_job: float | None = field(
+        default=None, metadata=_doc("Price of one job (one submit), whatever it returns.")
+    )
+    per_output: float | None = field(
+        default=None,
+        metadata=_doc("Price of one output; a job costs this times its `count` (default 1)."),
+    )
+    by: Mapping[str, Mapping[str, float]] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "One parameter (or `model`) whose values have their own unit price, e.g. "
+            "{quality: {high: 0.05, standard: 0.02}}; values not listed cost the base price."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """One entry of ``providers:`` in the spec, validated and with ``${VAR}`` resolved.
 
@@ -183,6 +206,20 @@ class ProviderSettings:
             "Parameters to send though this API's adapter does not declare them (e.g. a "
             "model's own inputs): a list of names, or true for any. `validate` refuses "
             "every other undeclared parameter."
+        ),
+    )
+    price: Price | None = field(
+        default=None,
+        metadata=_doc(
+            "What a job costs, for `plan` and budgets: {per_job: 0.04}, or {per_output: "
+            "0.02, by: {quality: {high: 0.05}}}. An estimate the API does not confirm."
+        ),
+    )
+    budget: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Most this provider may spend (in run.currency), counting jobs already paid "
+            "and `unknown` ones; submits stop before one would go over. Needs `price`."
         ),
     )
     allow_private_downloads: bool = field(
@@ -253,6 +290,18 @@ class RunSettings:
             "The longest wait a server may ask for (Retry-After, a rate-limit reset); a "
             "longer one is cut to this, and the run says so."
         ),
+    )
+    budget: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Most the whole run may spend (in currency), over every provider, counting jobs "
+            "already paid and `unknown` ones; submits stop before one would go over. Needs "
+            "a price for every provider."
+        ),
+    )
+    currency: str = field(
+        default="USD",
+        metadata=_doc("The unit prices and budgets are written in; a label, never converted."),
     )
     poll_defaults: frozenset[str] = frozenset()
 

@@ -125,7 +125,7 @@ def build_graph(root: Path) -> Graph:
 
 # --- the architecture --------------------------------------------------------------------
 
-CORE = ("errors", "redact", "models", "identity", "units", "prompts", "matrix", "spec")
+CORE = ("errors", "redact", "models", "identity", "units", "prompts", "matrix", "cost", "spec")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", (*CORE, "__version__")),
     ("support", ("fsio", "failpoints", "retry", "limits")),

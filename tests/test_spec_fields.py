@@ -12,11 +12,19 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pipeline.models import OutputSettings, ProviderSettings, RunSettings, Spec, WebhookSettings
+from pipeline.models import (
+    OutputSettings,
+    Price,
+    ProviderSettings,
+    RunSettings,
+    Spec,
+    WebhookSettings,
+)
 from pipeline.spec import convert, schema
 from pipeline.spec.schema import (
     LimitsModel,
     OutputModel,
+    PriceModel,
     ProviderModel,
     RunModel,
     SpecModel,
@@ -26,6 +34,7 @@ from tests.test_spec import MINIMAL, load
 
 PAIRS: list[tuple[type[BaseModel], Any]] = [
     (OutputModel, OutputSettings),
+    (PriceModel, Price),
     (LimitsModel, ProviderSettings),
     (ProviderModel, ProviderSettings),
     (RunModel, RunSettings),
@@ -159,6 +168,8 @@ providers:
     pass_through: [samplingSteps]
     limits: {max_response_bytes: 4096, max_download_bytes: 8192}
     allow_private_downloads: true
+    price: {per_job: 0.5}
+    budget: 3
 prompts: [a cat]
 seeds: [7]
 repeats: 3
@@ -168,6 +179,8 @@ run:
   http_timeout: 5s
   retries: 1
   max_retry_after: 9s
+  budget: 10
+  currency: credits
 webhooks: {host: 0.0.0.0, port: 8080, public_url: https://hooks.example}
 """
 

@@ -3,7 +3,7 @@ session that holds every lane open; the progress display (tqdm lives only here).
 
 from pipeline.runner.cancel import Cancelled, cancel_jobs
 from pipeline.runner.progress import ProgressOptions, make_progress
-from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
+from pipeline.runner.scheduler import BUDGET_STOPPED, RunOptions, RunSummary, Scheduler
 from pipeline.runner.session import (
     Lane,
     Session,
@@ -14,6 +14,7 @@ from pipeline.runner.session import (
 )
 
 __all__ = [
+    "BUDGET_STOPPED",
     "Cancelled",
     "Lane",
     "ProgressOptions",

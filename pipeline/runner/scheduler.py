@@ -19,10 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from pipeline.cost import Costs
 from pipeline.errors import (
     AccountBusy,
     AccountError,
@@ -40,6 +42,7 @@ from pipeline.models import Job, JobRecord, JobState, RemoteStatus, RemoteTask, 
 from pipeline.outputs import fetch_outputs
 from pipeline.providers.base import submit_outcome
 from pipeline.retry import Backoff, ask_status
+from pipeline.runner.budget import BudgetGate, Refusal
 from pipeline.runner.progress import NullProgress, Progress
 from pipeline.runner.session import Lane, Session, prepaid_requests
 
@@ -48,6 +51,7 @@ __all__ = ["RunOptions", "RunSummary", "Scheduler"]
 S = JobState
 Submitted = tuple[str, float | None]  # remote id, and when the manifest recorded it
 IN_FLIGHT = (S.SUBMITTED, S.RUNNING, S.SUCCEEDED, S.DOWNLOADING)
+BUDGET_STOPPED = "budget reached"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)  # unexpected local errors, per job
     notes: list[str] = field(default_factory=list)  # things the user should know, once each
     outside_spec: dict[str, dict[str, int]] = field(default_factory=dict)  # left as they were
+    spent: dict[str, Decimal] = field(default_factory=dict)  # priced providers, at end
+    budget_stops: dict[str, str] = field(default_factory=dict)  # budget key → why, once
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -106,12 +112,16 @@ class Scheduler:
             lane.limiter.on_capped = self._note_capped_wait(lane.name)
         self._lanes_scope: anyio.CancelScope | None = None  # while the lanes run
         self._event_cursor = 0  # the last event passed to the progress display
+        self._budget = BudgetGate(Costs.of_spec(spec), ())  # counted from the manifest in run
 
     # -- the run ----------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
         started = self.clock()
         self._event_cursor = self._last_event_id()  # the log starts with this run's events
+        costs = self._budget.costs
+        if costs.priced:  # what earlier runs spent counts, before unknown jobs are retried
+            self._budget = BudgetGate(costs, self.manifest.iter_records())
         self._prepare_manifest()
         self.summary.already_done = self._count(S.DONE)
         self.progress.start(self._runnable_totals())
@@ -144,6 +154,7 @@ class Scheduler:
                 name: lane.stopped for name, lane in self.session.lanes.items() if lane.stopped
             }
             self.summary.elapsed = self.clock() - started
+            self.summary.spent = dict(self._budget.spent)
             self.manifest.write_snapshot()
         return self.summary
 
@@ -468,9 +479,7 @@ class Scheduler:
             await lane.limiter.request(submit=True)  # cancellable wait, outside the shield
             sent += 1
             client_ref = f"{job.id}.{record.attempts + sent}"
-            if not self.manifest.transition(
-                job.id, S.SUBMITTING, expect=S.PENDING, client_ref=client_ref
-            ):
+            if not self._reserve_and_record(lane, job, client_ref):
                 return None
             outcome = await self._submit_shielded(lane, job)
             if isinstance(outcome, tuple):
@@ -507,6 +516,27 @@ class Scheduler:
                 job.id, "retry", f"submit refused ({outcome.reason()}); retrying in {delay:.1f}s"
             )
             await anyio.sleep(delay)
+
+    def _reserve_and_record(self, lane: Lane, job: Job, client_ref: str) -> bool:
+        """Reserve the job's cost and record the intent to submit, with no await in
+        between, so no other worker can take the same money. False: neither is held."""
+        refusal = self._budget.reserve(job)
+        if refusal is not None:
+            self._stop_for_budget(lane, refusal)
+            return False
+        if self.manifest.transition(job.id, S.SUBMITTING, expect=S.PENDING, client_ref=client_ref):
+            return True
+        self._budget.release(job)
+        return False
+
+    def _stop_for_budget(self, lane: Lane, refusal: Refusal) -> None:
+        """No more submits on this lane (on every lane for the run's budget); jobs in
+        flight are still followed and downloaded. Said once per budget."""
+        for other in self.session.lanes.values() if refusal.whole_run else (lane,):
+            other.stopped = other.stopped or BUDGET_STOPPED
+        if refusal.key not in self.summary.budget_stops:
+            self.summary.budget_stops[refusal.key] = refusal.text
+            self.progress.note(lane.name, refusal.text)
 
     def _note_busy(self, provider: str, busy: AccountBusy) -> None:
         if provider in self._busy_said:
@@ -549,6 +579,8 @@ class Scheduler:
             )
             self.summary.submitted += 1
             return remote_id, at
+        if isinstance(error, RateLimited | SubmitRefused | AccountError | FinalError):
+            self._budget.release(job)  # provably nothing was created: nothing paid
         if isinstance(error, RateLimited | SubmitRefused):
             self.manifest.transition(
                 job_id, S.PENDING, expect=S.SUBMITTING, detail=f"refused: {error.reason()}"

@@ -22,6 +22,7 @@ from pipeline.models import (
     MatrixSpec,
     OutputSettings,
     PlainPrompt,
+    Price,
     PromptFile,
     PromptSource,
     ProviderSettings,
@@ -34,6 +35,7 @@ from pipeline.prompts import META_KEY, meta_value_problem, read_csv_header, temp
 from pipeline.spec.schema import (
     FileItem,
     MatrixModel,
+    PriceModel,
     ProviderModel,
     SeedRange,
     SpecModel,
@@ -72,6 +74,7 @@ def build_spec(
     """The ``Spec`` of a structurally valid spec file, or a SpecError."""
     name = _spec_name(model.name, source, parsed)
     providers = _providers(model.providers, parsed, known_providers)
+    _check_budgets(model, parsed)
     base_dir = source.absolute().parent
     return Spec(
         source=source.absolute(),
@@ -155,7 +158,32 @@ def _provider(
         type=api_type,
         rate=parse_rate(item.rate) if item.rate is not None else None,
         pass_through=_pass_through(item.pass_through, (*at, "pass_through"), parsed),
+        price=_price(item.price),
     )
+
+
+def _price(model: PriceModel | None) -> Price | None:
+    """Value keys as text: a job's parameter value is matched by its text (``1024``)."""
+    if model is None:
+        return None
+    by = {name: {str(k): v for k, v in prices.items()} for name, prices in model.by.items()}
+    return _settings(Price, model, by=by)
+
+
+def _check_budgets(model: SpecModel, parsed: ParsedYaml) -> None:
+    """A budget counts money, so what it counts must have a price."""
+    for name, item in model.providers.items():
+        if item.budget is not None and item.price is None:
+            raise parsed.error(
+                "a budget needs a price", ("providers", name, "budget"),
+                "set providers." + name + ".price, e.g. {per_job: 0.04}",
+            )  # fmt: skip
+    unpriced = [name for name, item in model.providers.items() if item.price is None]
+    if model.run.budget is not None and unpriced:
+        raise parsed.error(
+            f"run.budget needs a price for every provider; none for {', '.join(unpriced)}",
+            ("run", "budget"),
+        )
 
 
 def _pass_through(

@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.models import (
     OutputSettings,
+    Price,
     PromptFile,
     ProviderSettings,
     RunSettings,
@@ -41,6 +42,7 @@ __all__ = [
     "LimitsModel",
     "MatrixModel",
     "OutputModel",
+    "PriceModel",
     "ProviderModel",
     "RunModel",
     "SeedRange",
@@ -189,6 +191,23 @@ class LimitsModel(_Section):
     max_download_bytes: int = setting(ProviderSettings, "max_download_bytes", ge=1024)
 
 
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class PriceModel(_Section):
+    per_job: Money | None = setting(Price, "per_job")
+    per_output: Money | None = setting(Price, "per_output")
+    by: dict[str, dict[str | int | float | bool, Money]] = setting(Price, "by")
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> PriceModel:
+        if (self.per_job is None) == (self.per_output is None):
+            raise PydanticCustomError("price_unit", "a price has per_job or per_output (one)")
+        if len(self.by) > 1:
+            raise PydanticCustomError("price_by", "price.by names one parameter")
+        return self
+
+
 class ProviderModel(_Section):
     type: str | None = Field(
         None, description="The API this provider speaks. Default: the provider's key."
@@ -206,6 +225,8 @@ class ProviderModel(_Section):
         description="Byte caps on API answers and downloads.",
     )
     allow_private_downloads: bool = setting(ProviderSettings, "allow_private_downloads")
+    price: PriceModel | None = setting(ProviderSettings, "price")
+    budget: Money | None = setting(ProviderSettings, "budget")
 
 
 class TemplateItem(_Section):
@@ -340,6 +361,8 @@ class RunModel(_Section):
     http_timeout: Duration = setting(RunSettings, "http_timeout")
     retries: int = setting(RunSettings, "retries", ge=0)
     max_retry_after: Duration = setting(RunSettings, "max_retry_after")
+    budget: Money | None = setting(RunSettings, "budget")
+    currency: str = setting(RunSettings, "currency", min_length=1)
 
 
 class WebhooksModel(_Section):
