@@ -39,13 +39,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_params",
+    "failure_lines",
     "load_checked_spec",
+    "needed_env",
     "open_manifest_for",
     "parse_knobs",
     "plan_text",
     "prune_spec",
     "recover_text",
     "report_sheet",
+    "require_env",
     "run_blocking",
     "run_spec",
     "run_spec_async",
@@ -63,14 +66,23 @@ def load_checked_spec(
     env: Mapping[str, str] | None = None,
     check_jobs: bool = True,
     content: str | Mapping[str, Any] | None = None,
+    require_env: bool = True,
 ) -> Spec:
     """Load and validate a spec, including (unless ``check_jobs`` is False) every job's
     parameters against its API; the provider options are always checked. ``content``:
-    the spec's YAML text or data, when it is not read from ``path``."""
+    the spec's YAML text or data, when it is not read from ``path``. ``require_env=False``
+    (plan, validate): unset ``${VAR}``s outside the jobs stay as written, ``needed_env``
+    names them, and a run refuses the spec."""
     from pipeline.spec import load_spec
 
-    spec = load_spec(path, known_providers=registry.available(), env=env, content=content)
-    register_secrets(s.api_key for s in spec.providers.values())
+    spec = load_spec(
+        path,
+        known_providers=registry.available(),
+        env=env,
+        content=content,
+        require_env=require_env,
+    )
+    register_secrets(s.api_key for s in spec.providers.values() if not _unexpanded(s.api_key))
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out))
     if check_jobs:
@@ -78,6 +90,25 @@ def load_checked_spec(
     else:
         check_options(spec)
     return spec
+
+
+def _unexpanded(value: str | None) -> bool:
+    return value is not None and "${" in value
+
+
+def needed_env(spec: Spec) -> str | None:
+    """``run needs: A, B (not set)`` for a spec loaded without its ``${VAR}``s."""
+    if not spec.unset_env:
+        return None
+    return f"run needs: {', '.join(sorted(spec.unset_env))} (not set)"
+
+
+def require_env(spec: Spec) -> None:
+    """A run needs every ``${VAR}`` of its spec: the first unset one is a SpecError."""
+    for name, path in spec.unset_env.items():
+        raise spec_error(
+            spec, f"environment variable {name} is not set", path, f"export {name}=... first"
+        )
 
 
 def check_params(spec: Spec) -> None:
@@ -483,6 +514,7 @@ async def _run(
 ) -> RunSummary:
     from pipeline.runner import make_progress, open_session
 
+    require_env(spec)
     fingerprint = expansion_fingerprint(spec)
     if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
         check_params(spec)  # before anything is written
@@ -664,11 +696,47 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
                 "failure": r.failure,
                 "error": None if r.error is None else scrub(r.error),
                 "remote_id": r.remote_id,
+                "prompt": r.job.prompt,
+                "params": {k: v for k, v in r.job.params.items() if k != "prompt"},
             }
             for r in manifest.failures(limit=failures)
         ],
         "not_in_spec": manifest.outside_spec_counts(),
     }
+
+
+_RETRYABLE = ("failed", "timed_out", "cancelled")
+
+
+def failure_lines(failures: Sequence[Mapping[str, Any]], target: str) -> Iterator[str]:
+    """``status``'s jobs that are not done: each with its reason, prompt and parameters,
+    then what a rerun can do about them (``--retry-failed``, ``--resubmit-unknown``)."""
+    if not failures:
+        return
+    yield f"{len(failures)} not done:"
+    for failure in failures:
+        kind = f" ({failure['failure']})" if failure.get("failure") else ""
+        yield (
+            f"  {failure['id']} [{failure['provider']}] {failure['state']}{kind}: "
+            f"{failure['error']}"
+        )
+        params = json.dumps(failure.get("params") or {}, ensure_ascii=False, default=str)
+        yield f"      prompt: {json.dumps(failure.get('prompt', ''), ensure_ascii=False)}"
+        yield f"      params: {params}"
+    states = {failure["state"] for failure in failures}
+    if states & set(_RETRYABLE):
+        yield (
+            f"to try the failed ones again: pipeline run {target} --retry-failed (a job "
+            "with a recorded task is asked about first; only a task the provider says "
+            "failed or is gone is submitted, and paid for, again)"
+        )
+    if "unknown" in states:
+        yield (
+            "unknown: the submit was sent but no answer came back, so the task may exist "
+            "on the provider and may be paid for. A rerun leaves these jobs alone; check "
+            f"the provider's dashboard, and only then `pipeline run {target} "
+            "--resubmit-unknown` submits them again (which pays twice if the task exists)"
+        )
 
 
 def report_sheet(
