@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -120,10 +121,11 @@ def check_params(spec: Spec) -> None:
     check_options(spec)
     seeds = job_seeds(spec)
     seen: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], SpecError] = {}
     for provider, prompt, merged in iter_param_sets(spec):
         settings = spec.providers[provider]
         adapter = registry.get(settings.type)
-        _raise_problems(spec, provider, adapter.validate_prompt(prompt.text))
+        _add_problems(found, spec, provider, adapter.validate_prompt(prompt.text))
         signature = (provider, json.dumps(merged, sort_keys=True, default=str))
         if signature in seen:
             continue
@@ -134,8 +136,12 @@ def check_params(spec: Spec) -> None:
             if model is not None:
                 params["model"] = model
             undeclared = adapter.undeclared_params(params, settings.pass_through)
-            _raise_problems(spec, provider, undeclared, hint=_undeclared_hint(spec, provider))
-            _raise_problems(spec, provider, adapter.validate_params(params))
+            _add_problems(found, spec, provider, undeclared, _undeclared_hint(spec, provider))
+            _add_problems(found, spec, provider, adapter.validate_params(params))
+    if found:
+        from pipeline.spec import combined
+
+        raise combined(list(found.values()))
 
 
 def _undeclared_hint(spec: Spec, provider: str) -> str:
@@ -147,49 +153,71 @@ def _undeclared_hint(spec: Spec, provider: str) -> str:
     )
 
 
-def _raise_problems(
-    spec: Spec, provider: str, problems: Sequence[tuple[str, str]], hint: str | None = None
+def _add_problems(
+    found: dict[tuple[str, str], SpecError],
+    spec: Spec,
+    provider: str,
+    problems: Sequence[tuple[str, str]],
+    hint: str | None = None,
 ) -> None:
+    """Each problem once (by where and what), so a spec's mistakes are all shown."""
     settings = spec.providers[provider]
     for key, message in problems:
-        raise spec_error(
+        error = spec_error(
             spec,
             f"{message} (provider {provider!r}, type {settings.type})",
             _param_origin(spec, provider, key),
             hint=hint or f"see `pipeline providers` for what {settings.type} accepts",
         )
+        found.setdefault((error.path or "", error.message), error)
 
 
 def check_options(spec: Spec) -> None:
     """Each provider's ``options``: known names, values of the right kind, a completion
-    mode the API offers, and whatever the adapter itself checks when it is built."""
-    for name, settings in spec.providers.items():
-        adapter = registry.get(settings.type)
-        known = {**COMMON_OPTIONS, **adapter.options}
-        for key, value in settings.options.items():
-            at = ("providers", name, "options", key)
-            if key not in known:
-                allowed = ", ".join(sorted(known))
-                raise spec_error(
-                    spec, f"unknown option {key!r}; {settings.type} knows: {allowed}", at
-                )
-            problem = _option_problem(known[key], value)
-            if problem:
-                raise spec_error(spec, problem, at)
-        mode = completion_mode(settings, adapter)
-        if mode not in adapter.completion_modes:
-            raise spec_error(
-                spec,
-                f"{settings.type} cannot complete by {mode!r}; it offers "
-                + ", ".join(adapter.completion_modes),
-                ("providers", name, "options", "completion"),
-            )
+    mode the API offers, and whatever the adapter itself checks when it is built. Every
+    provider is checked; their problems are shown together."""
+    problems: list[SpecError] = []
+    for name in spec.providers:
         try:
-            adapter(settings)
+            _check_provider_options(spec, name)
         except SpecError as exc:
-            raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
-        _check_emulator(spec, name)
-        _check_callback_scheme(spec, name, adapter, mode)
+            problems.extend((exc, *exc.more))
+    if problems:
+        from pipeline.spec import combined
+
+        raise combined(problems)
+
+
+def _check_provider_options(spec: Spec, name: str) -> None:
+    settings = spec.providers[name]
+    adapter = registry.get(settings.type)
+    known = {**COMMON_OPTIONS, **adapter.options}
+    for key, value in settings.options.items():
+        at = ("providers", name, "options", key)
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            close = difflib.get_close_matches(key, list(known), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise spec_error(
+                spec, f"unknown option {key!r}{guess}; {settings.type} knows: {allowed}", at
+            )
+        problem = _option_problem(known[key], value)
+        if problem:
+            raise spec_error(spec, problem, at)
+    mode = completion_mode(settings, adapter)
+    if mode not in adapter.completion_modes:
+        raise spec_error(
+            spec,
+            f"{settings.type} cannot complete by {mode!r}; it offers "
+            + ", ".join(adapter.completion_modes),
+            ("providers", name, "options", "completion"),
+        )
+    try:
+        adapter(settings)
+    except SpecError as exc:
+        raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
+    _check_emulator(spec, name)
+    _check_callback_scheme(spec, name, adapter, mode)
 
 
 def _check_emulator(spec: Spec, name: str) -> None:

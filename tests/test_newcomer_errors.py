@@ -300,3 +300,30 @@ def test_status_says_an_unknown_job_may_be_paid(tmp_path: Path) -> None:
     assert "may exist on the provider and may be paid for" in result.stdout
     assert "pipeline run SPEC --resubmit-unknown" in result.stdout
     assert "--retry-failed" not in result.stdout
+
+
+def test_every_parameter_and_option_problem_is_shown(tmp_path: Path) -> None:
+    """The checks against each API run after loading: they too show all their problems."""
+    spec = write_spec(
+        tmp_path,
+        """
+        providers:
+          pixellabs:
+            base_url: http://127.0.0.1:9
+            params: {stlye: anime}
+          apixo:
+            params: {model: flux2}
+            options: {completoin: poll}
+        prompts: ["a"]
+        matrix: {style: [animee]}
+        """,
+    )
+    result = run_cli("validate", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    stderr = result.stderr
+    assert "unknown option 'completoin'; did you mean 'completion'?" in stderr, stderr
+    spec.write_text(spec.read_text().replace("completoin", "completion"))
+    stderr = run_cli("validate", str(spec), cwd=tmp_path).stderr
+    assert f"{spec}:4: providers.pixellabs.params.stlye:" in stderr, stderr
+    assert "did you mean 'style'?" in stderr
+    assert f"{spec}:9: matrix.style:" in stderr and "did you mean 'anime'?" in stderr
