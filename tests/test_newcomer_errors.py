@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from pipeline.spec import load_spec
 from .conftest import run_cli, write_spec
 
 KNOWN = ("pixai", "apixo", "pixellabs")
-NO_KEYS = {"PIXAI_API_KEY": "", "APIXO_API_KEY": ""}
+KEY_VARS = ("PIXAI_API_KEY", "APIXO_API_KEY")
 
 TWO_KEYS = """
 name: keys
@@ -30,19 +32,14 @@ prompts: ["a fox"]
 """
 
 
-def _unset_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in NO_KEYS}
-
-
-def _run(*args: str, cwd: Path) -> object:
-    import subprocess
-    import sys
-
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` with the providers' key variables removed from the environment
+    (``run_cli`` can only add variables; an empty one counts as set)."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         check=False,
         cwd=cwd,
-        env=_unset_env(),
+        env={k: v for k, v in os.environ.items() if k not in KEY_VARS},
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,16 +53,16 @@ def _run(*args: str, cwd: Path) -> object:
 def test_dry_runs_work_without_the_keys_and_name_them(tmp_path: Path, command: str) -> None:
     spec = write_spec(tmp_path, TWO_KEYS.format(root=tmp_path / "out"))
     result = _run(command, str(spec), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
-    assert "run needs: APIXO_API_KEY, PIXAI_API_KEY (not set)" in result.stdout  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stderr
+    assert "run needs: APIXO_API_KEY, PIXAI_API_KEY (not set)" in result.stdout
     assert not (tmp_path / "out").exists()
 
 
 def test_run_still_requires_the_keys(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, TWO_KEYS.format(root=tmp_path / "out"))
     result = _run("run", str(spec), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr  # type: ignore[attr-defined]
-    stderr = result.stderr  # type: ignore[attr-defined]
+    assert result.returncode == 2, result.stderr
+    stderr = result.stderr
     assert (
         f"{spec}:5: providers.pixai.api_key: environment variable PIXAI_API_KEY is not set"
         in stderr
@@ -84,8 +81,8 @@ def test_a_variable_that_changes_the_jobs_is_needed_even_for_a_plan(tmp_path: Pa
     )
     result = _run("plan", str(spec), cwd=tmp_path)
     assert result.returncode == 2
-    assert "prompts[0]: environment variable ANIMAL is not set" in result.stderr  # type: ignore[attr-defined]
-    assert "changes the jobs" in result.stderr  # type: ignore[attr-defined]
+    assert "prompts[0]: environment variable ANIMAL is not set" in result.stderr
+    assert "changes the jobs" in result.stderr
 
 
 def test_library_plans_without_secrets_and_run_refuses(tmp_path: Path) -> None:
@@ -327,3 +324,12 @@ def test_every_parameter_and_option_problem_is_shown(tmp_path: Path) -> None:
     assert f"{spec}:4: providers.pixellabs.params.stlye:" in stderr, stderr
     assert "did you mean 'style'?" in stderr
     assert f"{spec}:9: matrix.style:" in stderr and "did you mean 'anime'?" in stderr
+
+
+def test_an_unset_variable_in_a_number_says_to_set_it(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "providers: {pixai: {concurrency: '${CONC}'}}\nprompts: [x]\n")
+    result = _run("plan", str(spec), cwd=tmp_path)
+    assert result.returncode == 2
+    stderr = result.stderr
+    assert "expected a whole number, got '${CONC}'" in stderr
+    assert "needed even by plan and validate: export it" in stderr

@@ -152,7 +152,10 @@ def _spec_error(exc: ValidationError, parsed: ParsedYaml) -> SpecError:
     for error in exc.errors(include_url=False):
         field_path = _field_path(error)
         if field_path not in problems:
-            message, hint = _message(error, _raw_at(parsed.data, field_path))
+            raw = _raw_at(parsed.data, field_path)
+            message, hint = _message(error, raw)
+            if _left_unexpanded(raw, error.get("input")):
+                hint = "a ${VAR} here is needed even by plan and validate: export it"
             problems[field_path] = parsed.error(message, field_path, hint)
     return combined(list(problems.values()))
 
@@ -166,6 +169,11 @@ def _field_path(error: ErrorDetails) -> FieldPath:
         if key is not None:
             parts.append(str(key))
     return tuple(parts)
+
+
+def _left_unexpanded(raw: Any, value: Any) -> bool:
+    """The value is a ``${VAR}`` a dry run left as written, since it is unset."""
+    return isinstance(raw, str) and isinstance(value, str) and "${" in raw and "${" in value
 
 
 def _raw_at(data: Any, path: FieldPath) -> Any:
