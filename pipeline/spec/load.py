@@ -17,7 +17,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -149,7 +149,7 @@ _BOUNDS = {
 def _spec_error(exc: ValidationError, parsed: ParsedYaml) -> SpecError:
     """Every problem pydantic found, once per field, in the order of the file."""
     problems: dict[FieldPath, SpecError] = {}
-    for error in exc.errors(include_url=False):
+    for error in _each_unknown_key(exc.errors(include_url=False), parsed):
         field_path = _field_path(error)
         if field_path not in problems:
             raw = _raw_at(parsed.data, field_path)
@@ -158,6 +158,25 @@ def _spec_error(exc: ValidationError, parsed: ParsedYaml) -> SpecError:
                 hint = "a ${VAR} here is needed even by plan and validate: export it"
             problems[field_path] = parsed.error(message, field_path, hint)
     return combined(list(problems.values()))
+
+
+def _each_unknown_key(errors: list[ErrorDetails], parsed: ParsedYaml) -> list[ErrorDetails]:
+    """The schema names a section's first unknown key: name each one, at its own line."""
+    out: list[ErrorDetails] = []
+    for error in errors:
+        out.append(error)
+        ctx = error.get("ctx") or {}
+        if error["type"] != "unknown_key":
+            continue
+        allowed = set(str(ctx["allowed"]).split(", "))
+        section = _raw_at(parsed.data, _field_path(error)[:-1])
+        for key in section if isinstance(section, dict) else ():
+            if str(key) not in allowed and str(key) != str(ctx["key"]):
+                other = dict(error)
+                other["ctx"] = {**ctx, "key": str(key)}
+                other["msg"] = f"unknown key '{key}'; allowed keys: {ctx['allowed']}"
+                out.append(cast(ErrorDetails, other))
+    return out
 
 
 def _field_path(error: ErrorDetails) -> FieldPath:
