@@ -753,17 +753,20 @@ def failure_lines(failures: Sequence[Mapping[str, Any]], target: str) -> Iterato
         yield f"      params: {params}"
     states = {failure["state"] for failure in failures}
     if states & set(_RETRYABLE):
+        yield f"failed: try them again with `pipeline run {target} --retry-failed`"
         yield (
-            f"to try the failed ones again: pipeline run {target} --retry-failed (a job "
-            "with a recorded task is asked about first; only a task the provider says "
-            "failed or is gone is submitted, and paid for, again)"
+            "  (a job with a recorded task is asked about first; only a task the provider "
+            "says failed or is gone is submitted, and paid for, again)"
         )
     if "unknown" in states:
         yield (
-            "unknown: the submit was sent but no answer came back, so the task may exist "
-            "on the provider and may be paid for. A rerun leaves these jobs alone; check "
-            f"the provider's dashboard, and only then `pipeline run {target} "
-            "--resubmit-unknown` submits them again (which pays twice if the task exists)"
+            "unknown: the submit was sent but its outcome is unknown, so the task may exist "
+            "on the provider and may be paid for."
+        )
+        yield (
+            "  A rerun leaves these jobs alone. Check the provider's dashboard first: "
+            f"`pipeline run {target} --resubmit-unknown` submits them again (paying twice "
+            "for any task that does exist)"
         )
 
 

@@ -280,7 +280,7 @@ def test_status_lists_failures_with_prompt_params_and_retry_hint(tmp_path: Path)
     assert "failed" in result.stdout
     assert 'prompt: "a red fox"' in result.stdout
     assert '"style": "anime"' in result.stdout
-    assert f"pipeline run {spec} --retry-failed" in result.stdout
+    assert f"`pipeline run {spec} --retry-failed`" in result.stdout
     assert "--resubmit-unknown" not in result.stdout
     report = json.loads(run_cli("status", "--json", str(spec), cwd=tmp_path).stdout)
     assert report["failures"][0]["prompt"] == "a red fox"
