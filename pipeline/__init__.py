@@ -161,12 +161,14 @@ def load_spec(
 ) -> Spec:
     """Load and check the spec file at ``path``, every job's parameters included, as
     ``pipeline validate`` does. ``out`` overrides ``output.root``; ``${VAR}``s come from
-    ``env`` (default: ``os.environ``). Its API keys are redacted from then on."""
+    ``env`` (default: ``os.environ``). Its API keys are redacted from then on. An unset
+    ``${VAR}`` is no error here unless it changes the jobs: ``Spec.unset_env`` names it,
+    ``plan`` works without it, and ``run`` refuses the spec until it is set."""
     from pathlib import Path
 
     from pipeline.commands import load_checked_spec
 
-    return load_checked_spec(Path(path), out=_path_or_none(out), env=env)
+    return load_checked_spec(Path(path), out=_path_or_none(out), env=env, require_env=False)
 
 
 def parse_spec(
@@ -184,7 +186,9 @@ def parse_spec(
 
     from pipeline.commands import load_checked_spec
 
-    return load_checked_spec(Path(path), out=_path_or_none(out), env=env, content=content)
+    return load_checked_spec(
+        Path(path), out=_path_or_none(out), env=env, content=content, require_env=False
+    )
 
 
 def _path_or_none(path: PathLike | None) -> Path | None:
@@ -193,13 +197,13 @@ def _path_or_none(path: PathLike | None) -> Path | None:
     return None if path is None else Path(path)
 
 
-def _spec_of(spec: Spec | PathLike, *, check_jobs: bool = True) -> Spec:
+def _spec_of(spec: Spec | PathLike, *, check_jobs: bool = True, require_env: bool = True) -> Spec:
     if isinstance(spec, str | os.PathLike):
         from pathlib import Path
 
         from pipeline.commands import load_checked_spec
 
-        return load_checked_spec(Path(spec), check_jobs=check_jobs)
+        return load_checked_spec(Path(spec), check_jobs=check_jobs, require_env=require_env)
     return spec
 
 
@@ -247,7 +251,7 @@ def plan(spec: Spec | PathLike) -> Plan:
     """The jobs of ``spec`` (a Spec, or a spec file, loaded as ``pipeline plan`` does)."""
     from pipeline.matrix import count_unique_jobs
 
-    spec = _spec_of(spec)
+    spec = _spec_of(spec, require_env=False)
     count = count_unique_jobs(spec)
     return Plan(spec, count.per_provider, count.duplicates)
 

@@ -383,21 +383,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec
     from pipeline.matrix import count_unique_jobs
 
-    spec = load_checked_spec(args.spec)
+    spec = load_checked_spec(args.spec, require_env=False)
     count = count_unique_jobs(spec)
     print(
         f"{args.spec}: ok — {count.total} jobs{count.merged_note()} across "
         f"{len(spec.providers)} provider(s), outputs under {spec.output.root}"
     )
+    _print_needed_env(spec)
     return EXIT_OK
+
+
+def _print_needed_env(spec: Any) -> None:
+    from pipeline.commands import needed_env
+
+    needed = needed_env(spec)
+    if needed:
+        print(needed)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec, plan_text
 
-    spec = load_checked_spec(args.spec, out=args.out)
+    spec = load_checked_spec(args.spec, out=args.out, require_env=False)
     for line in plan_text(spec, show=args.show):
         print(line)
+    _print_needed_env(spec)
     return EXIT_OK
 
 
@@ -457,13 +467,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK
-    _print_status(report, sys.stdout)
+    target = str(args.target) if args.target.is_file() else "SPEC"  # run takes a spec
+    _print_status(report, sys.stdout, target=target)
     for line in spending:
         print(line)
     return EXIT_OK
 
 
-def _print_status(report: dict[str, Any], out: TextIO) -> None:
+def _print_status(report: dict[str, Any], out: TextIO, *, target: str = "SPEC") -> None:
+    from pipeline.commands import failure_lines
+
     print(f"{report['jobs']} jobs in {report['manifest']}", file=out)
     for name, states in sorted(report["providers"].items()):
         cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
@@ -475,16 +488,8 @@ def _print_status(report: dict[str, Any], out: TextIO) -> None:
         for name, states in sorted(outside.items()):
             cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
             print(f"  {name}: {cells}", file=out)
-    failures = report["failures"]
-    if failures:
-        print(f"{len(failures)} not done:", file=out)
-        for failure in failures:
-            kind = f" ({failure['failure']})" if failure.get("failure") else ""
-            print(
-                f"  {failure['id']} [{failure['provider']}] {failure['state']}{kind}: "
-                f"{failure['error']}",
-                file=out,
-            )
+    for line in failure_lines(report["failures"], target):
+        print(line, file=out)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

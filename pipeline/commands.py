@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -54,14 +55,17 @@ __all__ = [
     "cancel_target",
     "cancel_text",
     "check_params",
+    "failure_lines",
     "init_spec",
     "load_checked_spec",
+    "needed_env",
     "open_manifest_for",
     "parse_knobs",
     "plan_text",
     "prune_spec",
     "recover_text",
     "report_sheet",
+    "require_env",
     "run_blocking",
     "run_spec",
     "run_spec_async",
@@ -81,14 +85,23 @@ def load_checked_spec(
     env: Mapping[str, str] | None = None,
     check_jobs: bool = True,
     content: str | Mapping[str, Any] | None = None,
+    require_env: bool = True,
 ) -> Spec:
     """Load and validate a spec, including (unless ``check_jobs`` is False) every job's
     parameters against its API; the provider options are always checked. ``content``:
-    the spec's YAML text or data, when it is not read from ``path``."""
+    the spec's YAML text or data, when it is not read from ``path``. ``require_env=False``
+    (plan, validate): unset ``${VAR}``s outside the jobs stay as written, ``needed_env``
+    names them, and a run refuses the spec."""
     from pipeline.spec import load_spec
 
-    spec = load_spec(path, known_providers=registry.available(), env=env, content=content)
-    register_secrets(s.api_key for s in spec.providers.values())
+    spec = load_spec(
+        path,
+        known_providers=registry.available(),
+        env=env,
+        content=content,
+        require_env=require_env,
+    )
+    register_secrets(s.api_key for s in spec.providers.values() if not _unexpanded(s.api_key))
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out.expanduser().absolute()))
     if check_jobs:
@@ -96,6 +109,25 @@ def load_checked_spec(
     else:
         check_options(spec)
     return spec
+
+
+def _unexpanded(value: str | None) -> bool:
+    return value is not None and "${" in value
+
+
+def needed_env(spec: Spec) -> str | None:
+    """``run needs: A, B (not set)`` for a spec loaded without its ``${VAR}``s."""
+    if not spec.unset_env:
+        return None
+    return f"run needs: {', '.join(sorted(spec.unset_env))} (not set)"
+
+
+def require_env(spec: Spec) -> None:
+    """A run needs every ``${VAR}`` of its spec: the first unset one is a SpecError."""
+    for name, path in spec.unset_env.items():
+        raise spec_error(
+            spec, f"environment variable {name} is not set", path, f"export {name}=... first"
+        )
 
 
 def check_params(spec: Spec) -> None:
@@ -107,10 +139,11 @@ def check_params(spec: Spec) -> None:
     check_options(spec)
     seeds = job_seeds(spec)
     seen: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], SpecError] = {}
     for provider, prompt, merged in iter_param_sets(spec):
         settings = spec.providers[provider]
         adapter = registry.get(settings.type)
-        _raise_problems(spec, provider, adapter.validate_prompt(prompt.text))
+        _add_problems(found, spec, provider, adapter.validate_prompt(prompt.text))
         signature = (provider, json.dumps(merged, sort_keys=True, default=str))
         if signature in seen:
             continue
@@ -121,8 +154,12 @@ def check_params(spec: Spec) -> None:
             if model is not None:
                 params["model"] = model
             undeclared = adapter.undeclared_params(params, settings.pass_through)
-            _raise_problems(spec, provider, undeclared, hint=_undeclared_hint(spec, provider))
-            _raise_problems(spec, provider, adapter.validate_params(params))
+            _add_problems(found, spec, provider, undeclared, _undeclared_hint(spec, provider))
+            _add_problems(found, spec, provider, adapter.validate_params(params))
+    if found:
+        from pipeline.spec import combined
+
+        raise combined(list(found.values()))
 
 
 def _undeclared_hint(spec: Spec, provider: str) -> str:
@@ -134,49 +171,71 @@ def _undeclared_hint(spec: Spec, provider: str) -> str:
     )
 
 
-def _raise_problems(
-    spec: Spec, provider: str, problems: Sequence[tuple[str, str]], hint: str | None = None
+def _add_problems(
+    found: dict[tuple[str, str], SpecError],
+    spec: Spec,
+    provider: str,
+    problems: Sequence[tuple[str, str]],
+    hint: str | None = None,
 ) -> None:
+    """Each problem once (by where and what), so a spec's mistakes are all shown."""
     settings = spec.providers[provider]
     for key, message in problems:
-        raise spec_error(
+        error = spec_error(
             spec,
             f"{message} (provider {provider!r}, type {settings.type})",
             _param_origin(spec, provider, key),
             hint=hint or f"see `pipeline providers` for what {settings.type} accepts",
         )
+        found.setdefault((error.path or "", error.message), error)
 
 
 def check_options(spec: Spec) -> None:
     """Each provider's ``options``: known names, values of the right kind, a completion
-    mode the API offers, and whatever the adapter itself checks when it is built."""
-    for name, settings in spec.providers.items():
-        adapter = registry.get(settings.type)
-        known = {**COMMON_OPTIONS, **adapter.options}
-        for key, value in settings.options.items():
-            at = ("providers", name, "options", key)
-            if key not in known:
-                allowed = ", ".join(sorted(known))
-                raise spec_error(
-                    spec, f"unknown option {key!r}; {settings.type} knows: {allowed}", at
-                )
-            problem = _option_problem(known[key], value)
-            if problem:
-                raise spec_error(spec, problem, at)
-        mode = completion_mode(settings, adapter)
-        if mode not in adapter.completion_modes:
-            raise spec_error(
-                spec,
-                f"{settings.type} cannot complete by {mode!r}; it offers "
-                + ", ".join(adapter.completion_modes),
-                ("providers", name, "options", "completion"),
-            )
+    mode the API offers, and whatever the adapter itself checks when it is built. Every
+    provider is checked; their problems are shown together."""
+    problems: list[SpecError] = []
+    for name in spec.providers:
         try:
-            adapter(settings)
+            _check_provider_options(spec, name)
         except SpecError as exc:
-            raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
-        _check_emulator(spec, name)
-        _check_callback_scheme(spec, name, adapter, mode)
+            problems.extend((exc, *exc.more))
+    if problems:
+        from pipeline.spec import combined
+
+        raise combined(problems)
+
+
+def _check_provider_options(spec: Spec, name: str) -> None:
+    settings = spec.providers[name]
+    adapter = registry.get(settings.type)
+    known = {**COMMON_OPTIONS, **adapter.options}
+    for key, value in settings.options.items():
+        at = ("providers", name, "options", key)
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            close = difflib.get_close_matches(key, list(known), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise spec_error(
+                spec, f"unknown option {key!r}{guess}; {settings.type} knows: {allowed}", at
+            )
+        problem = _option_problem(known[key], value)
+        if problem:
+            raise spec_error(spec, problem, at)
+    mode = completion_mode(settings, adapter)
+    if mode not in adapter.completion_modes:
+        raise spec_error(
+            spec,
+            f"{settings.type} cannot complete by {mode!r}; it offers "
+            + ", ".join(adapter.completion_modes),
+            ("providers", name, "options", "completion"),
+        )
+    try:
+        adapter(settings)
+    except SpecError as exc:
+        raise spec_error(spec, exc.message, ("providers", name, "options"), exc.hint) from None
+    _check_emulator(spec, name)
+    _check_callback_scheme(spec, name, adapter, mode)
 
 
 def _check_emulator(spec: Spec, name: str) -> None:
@@ -522,6 +581,7 @@ async def _run(
 ) -> RunSummary:
     from pipeline.runner import make_progress, open_session
 
+    require_env(spec)
     fingerprint = expansion_fingerprint(spec)
     if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
         check_params(spec)  # before anything is written
@@ -809,6 +869,8 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
                 "failure": r.failure,
                 "error": None if r.error is None else scrub(r.error),
                 "remote_id": r.remote_id,
+                "prompt": r.job.prompt,
+                "params": {k: v for k, v in r.job.params.items() if k != "prompt"},
             }
             for r in manifest.failures(limit=failures)
         ],
@@ -848,6 +910,43 @@ def _job_by_prefix(manifest: Manifest, prefix: str) -> str:
 
 def _state_name(state: JobState | None) -> str:
     return "?" if state is None else state.value
+
+
+_RETRYABLE = ("failed", "timed_out", "cancelled")
+
+
+def failure_lines(failures: Sequence[Mapping[str, Any]], target: str) -> Iterator[str]:
+    """``status``'s jobs that are not done: each with its reason, prompt and parameters,
+    then what a rerun can do about them (``--retry-failed``, ``--resubmit-unknown``)."""
+    if not failures:
+        return
+    yield f"{len(failures)} not done:"
+    for failure in failures:
+        kind = f" ({failure['failure']})" if failure.get("failure") else ""
+        yield (
+            f"  {failure['id']} [{failure['provider']}] {failure['state']}{kind}: "
+            f"{failure['error']}"
+        )
+        params = json.dumps(failure.get("params") or {}, ensure_ascii=False, default=str)
+        yield f"      prompt: {json.dumps(failure.get('prompt', ''), ensure_ascii=False)}"
+        yield f"      params: {params}"
+    states = {failure["state"] for failure in failures}
+    if states & set(_RETRYABLE):
+        yield f"failed: try them again with `pipeline run {target} --retry-failed`"
+        yield (
+            "  (a job with a recorded task is asked about first; only a task the provider "
+            "says failed or is gone is submitted, and paid for, again)"
+        )
+    if "unknown" in states:
+        yield (
+            "unknown: the submit was sent but its outcome is unknown, so the task may exist "
+            "on the provider and may be paid for."
+        )
+        yield (
+            "  A rerun leaves these jobs alone. Check the provider's dashboard first: "
+            f"`pipeline run {target} --resubmit-unknown` submits them again (paying twice "
+            "for any task that does exist)"
+        )
 
 
 def report_sheet(

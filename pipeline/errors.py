@@ -32,6 +32,7 @@ provider (provider, task and download errors) are scrubbed of keys when made
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from pipeline.redact import scrub
@@ -79,12 +80,16 @@ class SpecError(PipelineError):
         line: int | None = None,
         path: str | None = None,
         hint: str | None = None,
+        more: Sequence[SpecError] = (),
+        omitted: int = 0,
     ) -> None:
         self.message = message
         self.file = file
         self.line = line
         self.path = path
         self.hint = hint
+        self.more = tuple(more)  # the spec's other problems, each shown after this one
+        self.omitted = omitted  # and how many more were found but not shown
         super().__init__(self.render())
 
     def render(self) -> str:
@@ -97,6 +102,10 @@ class SpecError(PipelineError):
         text += self.message
         if self.hint:
             text += f"\n  hint: {self.hint}"
+        for other in self.more:
+            text += "\n" + other.render()
+        if self.omitted:
+            text += f"\n(and {self.omitted} more problem{'s' if self.omitted > 1 else ''})"
         return text
 
 

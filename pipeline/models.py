@@ -437,6 +437,9 @@ class Spec:
     lines: Mapping[tuple[str | int, ...], int] = field(
         default_factory=dict, repr=False, compare=False
     )  # YAML line of each key / list item, for errors found after loading
+    unset_env: Mapping[str, tuple[str | int, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # ${VAR}s left unexpanded for a dry run (name → first use): `run` refuses them
 
     def line_of(self, path: tuple[str | int, ...]) -> int | None:
         """The spec line of ``path``, or of its nearest ancestor that has one."""

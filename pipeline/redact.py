@@ -42,8 +42,8 @@ _GENERIC = re.compile(
     rf"|(?P<json>\"{_NAMES}\"\s*:\s*\")(?!\[redacted\])(?:[^\"\\]|\\.)+"
     # `api_key=value` in a query string or form
     rf"|(?P<pair>(?<![\w-]){_NAMES}=)(?!\[redacted\])[^\s&\"',;)}}\]]+"
-    # `X-Api-Key: value` as a header
-    rf"|(?P<header>(?<![\w-]){_HEADER_NAMES}:[ \t]*)(?!\[redacted\])[^\s\"',;)}}\]]+",
+    # `X-Api-Key: value` as a header (not a spec's field path, `providers.x.api_key: …`)
+    rf"|(?P<header>(?<![\w.-]){_HEADER_NAMES}:[ \t]*)(?!\[redacted\])[^\s\"',;)}}\]]+",
     re.IGNORECASE,
 )
 

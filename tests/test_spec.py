@@ -257,7 +257,7 @@ def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "providers:\n  pixai:\n    concurrency: lots\nprompts: [x]\n",
             3,
             "providers.pixai.concurrency",
-            "expected a whole number, got text",
+            "expected a whole number, got 'lots'",
             id="wrong-type",
         ),
         pytest.param(
@@ -355,7 +355,7 @@ def test_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             "version: 2\nproviders: {pixai: {}}\nprompts: [x]\n",
             1,
             "version",
-            "Input should be 1",
+            "expected one of 1, got 2",
             id="version",
         ),
         pytest.param(

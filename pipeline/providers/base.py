@@ -244,7 +244,9 @@ class Provider(abc.ABC):
             value = params[name]
             if info.choices is not None and value not in info.choices:
                 allowed = ", ".join(map(str, info.choices))
-                problems.append((name, f"{value!r} is not one of: {allowed}"))
+                close = difflib.get_close_matches(str(value), list(map(str, info.choices)), n=1)
+                guess = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append((name, f"{value!r} is not one of: {allowed}{guess}"))
             if info.maximum_length is not None and len(str(value)) > info.maximum_length:
                 problems.append((name, f"longer than {info.maximum_length} characters"))
         return problems

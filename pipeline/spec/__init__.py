@@ -3,6 +3,6 @@
 database."""
 
 from pipeline.spec.load import load_spec, spec_json_schema
-from pipeline.spec.source import format_path
+from pipeline.spec.source import MAX_SHOWN, combined, format_path
 
-__all__ = ["format_path", "load_spec", "spec_json_schema"]
+__all__ = ["MAX_SHOWN", "combined", "format_path", "load_spec", "spec_json_schema"]

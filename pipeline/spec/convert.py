@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from pipeline import identity
+from pipeline.errors import SpecError
 from pipeline.models import (
     MatrixSpec,
     OutputSettings,
@@ -43,11 +44,12 @@ from pipeline.spec.schema import (
     WebhooksModel,
     default_of,
 )
-from pipeline.spec.source import FieldPath, ParsedYaml
+from pipeline.spec.source import FieldPath, ParsedYaml, combined
 from pipeline.units import parse_rate
 
 __all__ = ["build_spec"]
 
+_T = TypeVar("_T")
 _PROVIDER_NAME = re.compile(r"[a-z0-9_-]+")
 _RESERVED_PARAMS = ("prompt",)  # set from the prompt itself
 PROVIDER_KEY = "provider"
@@ -71,24 +73,45 @@ two equal): a template may name one of these even where the spec does not set it
 def build_spec(
     model: SpecModel, parsed: ParsedYaml, *, source: Path, known_providers: Collection[str]
 ) -> Spec:
-    """The ``Spec`` of a structurally valid spec file, or a SpecError."""
-    name = _spec_name(model.name, source, parsed)
-    providers = _providers(model.providers, parsed, known_providers)
-    _check_budgets(model, parsed)
+    """The ``Spec`` of a structurally valid spec file, or a SpecError showing the
+    problems of every section (each section is checked even when another failed)."""
+    problems: list[SpecError] = []
+
+    def checked(build: Callable[..., _T], *args: Any) -> _T | None:
+        try:
+            return build(*args)
+        except SpecError as exc:
+            problems.extend((exc, *exc.more))
+            return None
+
+    name = checked(_spec_name, model.name, source, parsed) or source.stem
+    providers = {
+        key: checked(_provider, key, item, parsed, known_providers)
+        for key, item in model.providers.items()
+    }
+    checked(_check_budgets, model, parsed)
     base_dir = source.absolute().parent
+    output = checked(_output, model, name, parsed)
+    prompts = [checked(_prompt, item, i, base_dir, parsed) for i, item in enumerate(model.prompts)]
+    matrix = checked(_matrix, model.matrix, list(providers), parsed)
+    seeds = checked(_seeds, model.seeds, parsed)
+    webhooks = checked(_webhooks, model.webhooks, parsed)
+    if problems:
+        raise combined(problems)
+    assert output is not None and matrix is not None and webhooks is not None
     return Spec(
         source=source.absolute(),
         name=name,
-        providers=providers,
-        output=_output(model, name, parsed),
+        providers={key: item for key, item in providers.items() if item is not None},
+        output=output,
         run=_run(model),
         raw=parsed.data,
         base_dir=base_dir,
-        prompts=tuple(_prompt(item, i, base_dir, parsed) for i, item in enumerate(model.prompts)),
-        matrix=_matrix(model.matrix, list(providers), parsed),
-        seeds=_seeds(model.seeds, parsed),
+        prompts=tuple(prompt for prompt in prompts if prompt is not None),
+        matrix=matrix,
+        seeds=seeds,
         repeats=model.repeats,
-        webhooks=_webhooks(model.webhooks, parsed),
+        webhooks=webhooks,
         lines=parsed.lines,
     )
 
@@ -141,13 +164,15 @@ def _provider(
         )
     api_type = item.type if item.type is not None else name
     if api_type not in known:
+        close = difflib.get_close_matches(api_type, list(known), n=1)
         raise parsed.error(
-            f"unknown provider type {api_type!r}",
+            f"unknown provider type {api_type!r}"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
             (*at, "type"),
             f"known provider types: {', '.join(sorted(known)) or '(none installed)'}"
             + ("" if item.type else f"; set `type:` when the name {name!r} is not one"),
         )
-    if item.base_url is not None and not re.match(r"https?://", item.base_url):
+    if item.base_url is not None and not re.match(r"https?://|\$\{", item.base_url):
         raise parsed.error("base_url must start with http:// or https://", (*at, "base_url"))
     _check_params(item.params, (*at, "params"), parsed)
     return _settings(
@@ -274,7 +299,7 @@ def _run(model: SpecModel) -> RunSettings:
 
 def _webhooks(model: WebhooksModel, parsed: ParsedYaml) -> WebhookSettings:
     public_url = model.public_url
-    if public_url is not None and not re.match(r"https?://[^/]", public_url):
+    if public_url is not None and not re.match(r"https?://[^/]|\$\{", public_url):
         raise parsed.error(
             "public_url must start with http:// or https://", ("webhooks", "public_url")
         )

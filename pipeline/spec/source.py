@@ -24,17 +24,23 @@ from pipeline.errors import SpecError
 __all__ = [
     "MAX_ALIAS_VALUES",
     "MAX_DEPTH",
+    "MAX_SHOWN",
     "FieldPath",
     "ParsedYaml",
+    "combined",
     "expand_env",
     "format_path",
     "parse_yaml",
+    "unset_error",
 ]
 
 MAX_DEPTH = 64
 """Deepest nesting of mappings and lists a spec may have (real specs use under 10)."""
 MAX_ALIAS_VALUES = 100_000
 """How many values aliases (``*name``, ``<<: *name``) may add to a spec in all."""
+
+MAX_SHOWN = 20
+"""How many of a spec's problems one error shows (the rest are counted)."""
 
 FieldPath = tuple[str | int, ...]
 """Where a value sits: ``("providers", "pixai", "rate")``, ``("prompts", 2, "file")``."""
@@ -259,53 +265,88 @@ _ENV_REFERENCE = re.compile(r"\$(\$\{)|\$\{([^}]*)\}|(\$\{)")
 _ENV_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
-def expand_env(parsed: ParsedYaml, env: Mapping[str, str]) -> Any:
+def expand_env(
+    parsed: ParsedYaml, env: Mapping[str, str], *, unset: dict[str, list[FieldPath]] | None = None
+) -> Any:
     """A copy of ``parsed.data`` with ``${VAR}``/``${VAR:-default}`` expanded in every
-    string value (``$${`` is a literal ``${``). A missing variable is a SpecError."""
-    return _expand(parsed.data, (), env, parsed.error)
+    string value (``$${`` is a literal ``${``). A missing variable is a SpecError, unless
+    ``unset`` is given: then it stays as written and ``unset`` gets its name and the
+    paths where it is used (a dry run needs no secrets)."""
+    return _Expander(env, parsed.error, unset).expand(parsed.data, ())
 
 
 _ErrorAt = Callable[[str, FieldPath, str | None], SpecError]
 
 
-def _expand(value: Any, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> Any:
-    if isinstance(value, str):
-        return _expand_text(value, path, env, error_at)
-    if isinstance(value, dict):
-        return {key: _expand(item, (*path, key), env, error_at) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_expand(item, (*path, i), env, error_at) for i, item in enumerate(value)]
-    return value
+@dataclass(frozen=True, slots=True)
+class _Expander:
+    env: Mapping[str, str]
+    error_at: _ErrorAt
+    unset: dict[str, list[FieldPath]] | None
 
-
-def _expand_text(text: str, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> str:
-    def replace(match: re.Match[str]) -> str:
-        escaped, body, unterminated = match.groups()
-        if escaped is not None:
-            return "${"
-        if unterminated is not None or body is None:
-            raise error_at("unterminated '${' (write '$${' for a literal '${')", path, None)
-        return _env_value(body, path, env, error_at)
-
-    return _ENV_REFERENCE.sub(replace, text)
-
-
-def _env_value(body: str, path: FieldPath, env: Mapping[str, str], error_at: _ErrorAt) -> str:
-    match = _ENV_BODY.fullmatch(body)
-    if match is None:
-        raise error_at(
-            f"bad variable reference '${{{body}}}'",
-            path,
-            "write ${NAME} or ${NAME:-default}; NAME is letters, digits and _",
-        )
-    name, default = match.groups()
-    value = env.get(name)
-    if value:
+    def expand(self, value: Any, path: FieldPath) -> Any:
+        if isinstance(value, str):
+            return self.expand_text(value, path)
+        if isinstance(value, dict):
+            return {key: self.expand(item, (*path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.expand(item, (*path, i)) for i, item in enumerate(value)]
         return value
-    if default is not None:
-        return default
-    if value is not None:
-        return value  # set but empty, and no default: use it
-    raise error_at(
+
+    def expand_text(self, text: str, path: FieldPath) -> str:
+        def replace(match: re.Match[str]) -> str:
+            escaped, body, unterminated = match.groups()
+            if escaped is not None:
+                return "${"
+            if unterminated is not None or body is None:
+                raise self.error_at(
+                    "unterminated '${' (write '$${' for a literal '${')", path, None
+                )
+            return self.value(body, match.group(0), path)
+
+        return _ENV_REFERENCE.sub(replace, text)
+
+    def value(self, body: str, written: str, path: FieldPath) -> str:
+        match = _ENV_BODY.fullmatch(body)
+        if match is None:
+            raise self.error_at(
+                f"bad variable reference '${{{body}}}'",
+                path,
+                "write ${NAME} or ${NAME:-default}; NAME is letters, digits and _",
+            )
+        name, default = match.groups()
+        value = self.env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is not None:
+            return value  # set but empty, and no default: use it
+        if self.unset is not None:
+            self.unset.setdefault(name, []).append(path)
+            return written
+        raise unset_error(name, path, self.error_at)
+
+
+def unset_error(name: str, path: FieldPath, error_at: _ErrorAt) -> SpecError:
+    """The error for a variable a run needs and the environment lacks."""
+    return error_at(
         f"environment variable {name} is not set", path, f"export {name}=... before running"
+    )
+
+
+def combined(problems: list[SpecError]) -> SpecError:
+    """One error showing every problem (up to ``MAX_SHOWN``), in the order of the file."""
+    ordered = sorted(problems, key=lambda problem: problem.line or 0)
+    first, *more = ordered[:MAX_SHOWN]
+    if not more:
+        return first
+    return SpecError(
+        first.message,
+        file=first.file,
+        line=first.line,
+        path=first.path,
+        hint=first.hint,
+        more=more,
+        omitted=len(ordered) - MAX_SHOWN if len(ordered) > MAX_SHOWN else 0,
     )
