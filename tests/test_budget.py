@@ -104,7 +104,7 @@ def test_prices_and_budgets_load(tmp_path: Path) -> None:
         (("price: {per_output: 0.02, by:", "price: {per_job: 1, per_output: 0.02, by:"), "one"),
         (("price: {per_output: 0.02, by: {quality: {high: 0.05}}}", "price: {}"), "per_job"),
         (("{quality: {high: 0.05}}", "{quality: {high: 0.05}, model: {x: 1}}"), "one param"),
-        (("per_output: 0.02", "per_output: -1"), "greater than or equal"),
+        (("per_output: 0.02", "per_output: -1"), "must be at least 0"),
         (("    price: {per_output: 0.02, by: {quality: {high: 0.05}}}\n", ""), "needs a price"),
     ],
 )
