@@ -425,7 +425,9 @@ def test_unreadable_spec_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["", "- a list\n", "just text\n"])
 def test_a_spec_must_be_a_mapping(tmp_path: Path, text: str) -> None:
-    assert "a spec is a mapping" in load_error(tmp_path, text).message
+    error = load_error(tmp_path, text)
+    assert "a spec is a mapping" in error.message
+    assert error.hint is not None and "pipeline init" in error.hint  # installed users lack specs/
 
 
 def test_bad_csv_column_is_reported_at_load(tmp_path: Path) -> None:

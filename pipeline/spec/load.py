@@ -57,7 +57,7 @@ def load_spec(
         raise parsed.error(
             "a spec is a mapping with at least `providers:` and `prompts:`",
             (),
-            "see specs/quickstart.yaml for a small example",
+            "`pipeline init` writes a small example spec to start from",
         )
     unset: dict[str, list[FieldPath]] | None = None if require_env else {}
     data = expand_env(parsed, with_spec_dir(os.environ if env is None else env, path), unset=unset)
