@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ACTIVE_STATES",
+    "COMMON_PARAMS",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "FAILURES",
@@ -448,6 +449,23 @@ class Spec:
             if line is not None:
                 return line
         return None
+
+
+COMMON_PARAMS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "aspect_ratio",
+    "seed",
+    "model",
+    "style",
+    "count",
+    "duration",
+    "quality",
+)
+"""The parameter names every adapter understands (each maps them to its API); a spec
+may set them and an output template may name them wherever the spec does not."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,6 @@ from pipeline.commands import load_checked_spec, run_spec
 from pipeline.errors import SpecError
 from pipeline.manifest.store import Manifest
 from pipeline.models import JobState
-from pipeline.providers.base import COMMON_PARAMS
-from pipeline.spec import convert
 from pipeline.spec.load import load_spec
 
 from .conftest import FAKE_KEY, write_spec
@@ -52,10 +50,6 @@ def load_error(tmp_path: Path, text: str) -> SpecError:
     with pytest.raises(SpecError) as caught:
         load(tmp_path, text)
     return caught.value
-
-
-def test_common_params_are_the_providers_vocabulary() -> None:
-    assert convert.COMMON_PARAMS == COMMON_PARAMS
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.http import send
-from pipeline.models import Job, PollAdvice, ProviderSettings, RemoteTask
+from pipeline.models import COMMON_PARAMS, Job, PollAdvice, ProviderSettings, RemoteTask
 from pipeline.retry import DEFAULT_MAX_WAIT
 
 __all__ = [
@@ -63,20 +63,6 @@ __all__ = [
     "json_or_none",
     "submit_outcome",
 ]
-
-COMMON_PARAMS = (
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "aspect_ratio",
-    "seed",
-    "model",
-    "style",
-    "count",
-    "duration",
-    "quality",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pipeline import identity
 from pipeline.errors import SpecError
 from pipeline.models import (
+    COMMON_PARAMS,
     MatrixSpec,
     OutputSettings,
     PlainPrompt,
@@ -53,21 +54,6 @@ _T = TypeVar("_T")
 _PROVIDER_NAME = re.compile(r"[a-z0-9_-]+")
 _RESERVED_PARAMS = ("prompt",)  # set from the prompt itself
 PROVIDER_KEY = "provider"
-COMMON_PARAMS = (
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "aspect_ratio",
-    "seed",
-    "model",
-    "style",
-    "count",
-    "duration",
-    "quality",
-)
-"""``providers.base.COMMON_PARAMS``, which this core room may not import (a test keeps the
-two equal): a template may name one of these even where the spec does not set it."""
 
 
 def build_spec(
