@@ -343,3 +343,18 @@ def test_every_unknown_key_of_a_section_is_named_at_its_line(tmp_path: Path) -> 
     assert "spec.yaml:3: providers.pixai.concurency: unknown key 'concurency'" in text
     assert "spec.yaml:4: providers.pixai.rat: unknown key 'rat'" in text
     assert "did you mean 'rate'?" in text
+
+
+def test_an_unknown_key_does_not_hide_a_bad_value_beside_it(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        "providers:\n  pixai:\n    concurency: 2\n    rate: fast\n"
+        "    limits: {max_response_byte: 1, max_download_bytes: -5}\nprompts: [x]\n",
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, known_providers=KNOWN)
+    text = str(caught.value)
+    assert "spec.yaml:3: providers.pixai.concurency: unknown key 'concurency'" in text
+    assert "spec.yaml:4: providers.pixai.rate:" in text
+    assert "providers.pixai.limits.max_response_byte: unknown key" in text
+    assert "providers.pixai.limits.max_download_bytes: must be at least" in text

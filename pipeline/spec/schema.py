@@ -18,11 +18,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
     Tag,
+    ValidationError,
     WithJsonSchema,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from pipeline.models import (
     OutputSettings,
@@ -64,19 +66,48 @@ class _Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = list(cls.model_fields)
-            unknown = [key for key in data if key not in allowed]
-            if unknown:
-                raise PydanticCustomError(
+    def _reject_unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """Unknown keys are named with the allowed ones; the known keys beside them are
+        still validated, so one typo does not hide a bad value in the same section."""
+        if not isinstance(data, dict):
+            return handler(data)
+        allowed = list(cls.model_fields)
+        unknown = [key for key in data if key not in allowed]
+        if not unknown:
+            return handler(data)
+        errors: list[InitErrorDetails] = [
+            {
+                "type": PydanticCustomError(
                     "unknown_key",
-                    "unknown key '{key}'; allowed keys: {allowed}",
+                    UNKNOWN_KEY,
                     {"key": str(unknown[0]), "allowed": ", ".join(allowed)},
-                )
-        return data
+                ),
+                "loc": (),
+                "input": data,
+            }
+        ]
+        try:
+            handler({key: value for key, value in data.items() if key in allowed})
+        except ValidationError as exc:
+            errors.extend(_line_error(error) for error in exc.errors(include_url=False))
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+UNKNOWN_KEY = "unknown key '{key}'; allowed keys: {allowed}"
+
+
+def _line_error(error: ErrorDetails) -> InitErrorDetails:
+    """A problem found beside an unknown key, raised again with it (ours by template)."""
+    ctx = error.get("ctx")
+    kind: str | PydanticCustomError = error["type"]
+    if kind == "unknown_key" and ctx is not None:
+        kind = PydanticCustomError("unknown_key", UNKNOWN_KEY, ctx)
+    found: InitErrorDetails = {"type": kind, "loc": error["loc"], "input": error["input"]}
+    if ctx is not None and not isinstance(kind, PydanticCustomError):
+        found["ctx"] = ctx
+    return found
 
 
 def _field_of(cls: type[Any], name: str) -> dataclasses.Field[Any]:
