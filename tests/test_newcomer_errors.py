@@ -358,3 +358,13 @@ def test_an_unknown_key_does_not_hide_a_bad_value_beside_it(tmp_path: Path) -> N
     assert "spec.yaml:4: providers.pixai.rate:" in text
     assert "providers.pixai.limits.max_response_byte: unknown key" in text
     assert "providers.pixai.limits.max_download_bytes: must be at least" in text
+
+
+def test_a_misspelt_required_key_is_named_once_not_also_as_missing(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "provders:\n  pixai: {}\nprompts: [x]\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, known_providers=KNOWN)
+    text = str(caught.value)
+    assert "spec.yaml:1: provders: unknown key 'provders'" in text
+    assert "did you mean 'providers'?" in text
+    assert "this field is required" not in text

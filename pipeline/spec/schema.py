@@ -91,8 +91,17 @@ class _Section(BaseModel):
         try:
             handler({key: value for key, value in data.items() if key in allowed})
         except ValidationError as exc:
-            errors.extend(_line_error(error) for error in exc.errors(include_url=False))
+            errors.extend(
+                _line_error(error)
+                for error in exc.errors(include_url=False)
+                if not _missing_here(error)  # most likely the unknown key, misspelt
+            )
         raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+def _missing_here(error: ErrorDetails) -> bool:
+    """A required key of this very section is absent (not one of a section inside it)."""
+    return error["type"] == "missing" and len(error["loc"]) == 1
 
 
 UNKNOWN_KEY = "unknown key '{key}'; allowed keys: {allowed}"
