@@ -3,6 +3,7 @@
     PipelineError                 base; carries the process exit code
     ├── SpecError                 the spec is wrong (exit 2): file:line, field path, what to fix
     ├── UsageError                a command was asked for what cannot be (exit 2)
+    ├── PluginError               an installed provider plugin cannot be loaded (exit 2)
     ├── ManifestError             the manifest database cannot be opened or is not ours
     │   ├── ManifestDamaged       it exists but cannot be read: refused, `pipeline recover`
     │   └── RunLocked             another process is running on the same output root
@@ -47,6 +48,7 @@ __all__ = [
     "ManifestDamaged",
     "ManifestError",
     "PipelineError",
+    "PluginError",
     "ProviderError",
     "RateLimited",
     "ResponseTooLarge",
@@ -112,6 +114,13 @@ class SpecError(PipelineError):
 class UsageError(PipelineError):
     """A command's arguments ask for what the data cannot give (a report dimension no job
     has): exit 2, like a bad flag."""
+
+    exit_code = 2
+
+
+class PluginError(PipelineError):
+    """An installed provider plugin cannot be loaded (import error, a class the base
+    refuses): exit 2, naming the plugin and the package to fix or uninstall."""
 
     exit_code = 2
 

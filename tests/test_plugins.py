@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import PluginError
 from pipeline.providers import registry
 
 from .conftest import run_cli, write_spec
@@ -159,11 +160,18 @@ def test_a_plugin_listing_a_mode_it_cannot_back_is_refused_on_loading(
         "[pipeline.providers]\nsocket-echo = pipeline_socket_echo:SocketEchoProvider\n"
     )
     try:
-        with pytest.raises(TypeError) as refused:
+        with pytest.raises(PluginError) as refused:
             registry.available()
+        listing = run_cli(
+            "providers", cwd=installed_plugin, env={"PYTHONPATH": f"{installed_plugin}:{PLUGIN}"}
+        )
     finally:
         sys.modules.pop("pipeline_socket_echo", None)
     message = str(refused.value)
     assert "SocketEchoProvider ('socket-echo')" in message
     assert "'subscription'" in message and "SubscriptionCapable" in message
     assert "ws_url" in message and "task_update" in message
+    assert "pipeline_socket_echo:SocketEchoProvider" in message
+    assert listing.returncode == 2 and "Traceback" not in listing.stderr, listing.stderr
+    assert "provider plugin 'socket-echo'" in listing.stderr
+    assert "pip uninstall socket-echo" in listing.stderr

@@ -12,8 +12,9 @@ where ``MyApiProvider`` subclasses ``pipeline.providers.base.Provider``.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
+from pipeline.errors import PluginError
 from pipeline.providers.acedata import AceDataPixverseProvider
 from pipeline.providers.apixo import ApixoProvider
 from pipeline.providers.base import Provider
@@ -37,10 +38,24 @@ def available() -> dict[str, type[Provider]]:
     for entry in entry_points(group="pipeline.providers"):
         if entry.name in found:
             continue
-        loaded = entry.load()
+        loaded = _load(entry)
         if isinstance(loaded, type) and issubclass(loaded, Provider):
             found[entry.name] = loaded
     return found
+
+
+def _load(entry: EntryPoint) -> object:
+    """A plugin's provider class; any failure to load it is a PluginError that names the
+    plugin and its package, never a traceback."""
+    try:
+        return entry.load()
+    except Exception as exc:
+        package = entry.dist.name if entry.dist is not None else None
+        fix = f"pip uninstall {package}" if package else "uninstall its package"
+        raise PluginError(
+            f"provider plugin {entry.name!r} ({entry.value}) cannot be loaded: "
+            f"{type(exc).__name__}: {exc}\n  fix the plugin, or remove it: {fix}"
+        ) from exc
 
 
 def get(type_name: str) -> type[Provider]:
