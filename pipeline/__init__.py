@@ -277,18 +277,20 @@ def run(
     Not inside a running event loop (Jupyter has one): there, ``await run_async(spec)``.
     ``handle_signals`` (default: on the main thread) makes Ctrl-C or SIGTERM end the run
     cleanly, with ``summary.interrupted`` set, instead of raising KeyboardInterrupt."""
+    from functools import partial
+
     from pipeline.commands import run_blocking
 
     return run_blocking(
-        _run_async,
-        spec,
-        {
-            "quiet": quiet,
-            "retry_failed": retry_failed,
-            "resubmit_unknown": resubmit_unknown,
-            "adopt": adopt,
-        },
-        handle_signals,
+        partial(
+            run_async,
+            spec,
+            quiet=quiet,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
+            adopt=adopt,
+            handle_signals=handle_signals,
+        )
     )
 
 
@@ -304,18 +306,6 @@ async def run_async(
     """``run`` for a running event loop (asyncio or trio): ``await pipeline.run_async(spec)``
     in a notebook cell or an async program. Same arguments; pass ``handle_signals=False``
     when your program handles SIGINT and SIGTERM itself."""
-    options = {
-        "quiet": quiet,
-        "retry_failed": retry_failed,
-        "resubmit_unknown": resubmit_unknown,
-        "adopt": adopt,
-    }
-    return await _run_async(spec, options, handle_signals)
-
-
-async def _run_async(
-    spec: Spec | PathLike, options: dict[str, bool], handle_signals: bool | None
-) -> RunSummary:
     from pipeline.commands import run_spec_async
     from pipeline.errors import only_pipeline_errors
 
@@ -326,7 +316,13 @@ async def _run_async(
         handle_signals = threading.current_thread() is threading.main_thread()
     try:
         return await run_spec_async(
-            checked, params_checked=False, handle_signals=handle_signals, **options
+            checked,
+            quiet=quiet,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
+            adopt=adopt,
+            params_checked=False,
+            handle_signals=handle_signals,
         )
     except BaseExceptionGroup as group:  # raised in a task group of the run
         error = only_pipeline_errors(group)

@@ -439,11 +439,19 @@ def run_spec(
     parameters are checked here first — unless the manifest already holds this exact
     expansion. ``adopt``: take over an output folder another spec file wrote. ``progress``:
     status lines and the run log (default: bars or status lines unless ``quiet``)."""
-    options = RunOptions(
-        retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
+    return anyio.run(
+        partial(
+            run_spec_async,
+            spec,
+            quiet=quiet,
+            retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
+            handle_signals=handle_signals,
+            params_checked=params_checked,
+            adopt=adopt,
+            progress=progress,
+        )
     )
-    display = progress or ProgressOptions(quiet=quiet)
-    return anyio.run(_run, spec, options, display, params_checked, adopt)
 
 
 def run_blocking(function: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -470,12 +478,14 @@ async def run_spec_async(
     handle_signals: bool = True,
     params_checked: bool = True,
     adopt: bool = False,
+    progress: ProgressOptions | None = None,
 ) -> RunSummary:
     """``run_spec`` in an event loop that is already running (a notebook's, an app's)."""
     options = RunOptions(
         retry_failed=retry_failed, resubmit_unknown=resubmit_unknown, handle_signals=handle_signals
     )
-    return await _run(spec, options, ProgressOptions(quiet=quiet), params_checked, adopt)
+    display = progress or ProgressOptions(quiet=quiet)
+    return await _run(spec, options, display, params_checked, adopt)
 
 
 EXPANSION_KEY = "expansion"
