@@ -459,11 +459,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.commands import open_manifest_for, status_report, status_spending
+    from pipeline.commands import status_of
 
-    with open_manifest_for(args.target, out=args.out) as manifest:
-        report = status_report(manifest)
-    report["spending"], spending = status_spending(args.target, out=args.out)
+    report, spending = status_of(args.target, out=args.out)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK

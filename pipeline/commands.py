@@ -70,8 +70,8 @@ __all__ = [
     "run_spec",
     "run_spec_async",
     "schema_text",
+    "status_of",
     "status_report",
-    "status_spending",
     "summary_text",
 ]
 
@@ -814,39 +814,44 @@ class _LenientEnv(dict[str, str]):
 def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Manifest]:
     """Open read-only the manifest of an output directory, or of a spec's output root
     (``out``, if given, as for ``run --out``)."""
-    if out is not None and not target.is_file():
-        raise UsageError(f"--out goes with a spec file; {target} is not one")
-    spec = _lenient_spec(target)
-    root = target if spec is None else (spec.output.root if out is None else out)
-    with Manifest.open(root, readonly=True) as manifest:
+    spec = _lenient_spec(target, out=out)
+    with Manifest.open(target if spec is None else spec.output.root, readonly=True) as manifest:
         yield manifest
 
 
-def _lenient_spec(target: Path) -> Spec | None:
-    """The spec ``target`` names, its variables left as written when unset; None for a
-    directory."""
+def _lenient_spec(target: Path, *, out: Path | None = None) -> Spec | None:
+    """The spec ``target`` names, its variables left as written when unset and its output
+    root ``out`` when given (as for ``run --out``); None for a directory."""
     if not target.is_file():
+        if out is not None:
+            raise UsageError(f"--out goes with a spec file; {target} is not one")
         return None
     from pipeline.spec import load_spec
 
     spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
     register_secrets(s.api_key for s in spec.providers.values() if "${" not in (s.api_key or ""))
-    return spec
+    return spec if out is None else replace(spec, output=replace(spec.output, root=out))
 
 
-def status_spending(
-    target: Path, *, out: Path | None = None
+def status_of(target: Path, *, out: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """``pipeline status``: ``status_report`` with its ``spending``, and the spending as
+    lines; the spec is read once and the manifest opened once."""
+    spec = _lenient_spec(target, out=out)
+    with Manifest.open(target if spec is None else spec.output.root, readonly=True) as manifest:
+        report = status_report(manifest)
+        report["spending"], lines = _status_spending(manifest, spec)
+    return report, lines
+
+
+def _status_spending(
+    manifest: Manifest, spec: Spec | None
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """For ``status SPEC``: what each priced provider and the run spent, against its
-    budget, as JSON and as lines (prices live in the spec, so a folder says nothing);
-    ``out`` as for ``run --out``."""
-    spec = _lenient_spec(target)
-    if spec is not None and out is not None:
-        spec = replace(spec, output=replace(spec.output, root=out))
+    """What each priced provider and the run spent of the jobs the manifest is limited
+    to, against its budget (prices live in the spec, so a folder says nothing)."""
     costs = None if spec is None else Costs.of_spec(spec)
-    spent = None if spec is None or costs is None else _spent_so_far(spec, costs)
-    if costs is None or spent is None or not costs.priced:
+    if costs is None or not costs.priced:
         return None, []
+    spent = dict(spent_on(costs, manifest.iter_records()))
     budgets = {name: str(cap) for name, cap in costs.budgets.items()}
     report = {
         "currency": costs.currency,
