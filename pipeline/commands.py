@@ -720,7 +720,7 @@ def _write_stopped(manifest: Manifest) -> ManifestError:
             f"are listed above and in {where}."
         )
     return ManifestError(
-        f"a write to {manifest.path} failed ({failures.first}; first failed write at "
+        f"a write to {manifest.location} failed ({failures.first}; first failed write at "
         f"{at}): submits stopped in every lane and the run ended.{lost} Free disk space "
         "(or raise the file-size limit), then run again: recorded jobs continue from "
         "their remote ids."
@@ -872,7 +872,7 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
         for state, n in by_state.items():
             states[state] = states.get(state, 0) + n
     return {
-        "manifest": str(manifest.path),
+        "manifest": manifest.location,
         "jobs": sum(states.values()),
         "states": states,
         "providers": providers,
@@ -920,7 +920,7 @@ def _job_by_prefix(manifest: Manifest, prefix: str) -> str:
         what, hint = "no job", "`pipeline log` without JOB lists recent ids"
     else:
         what, hint = "more than one job", "give more of the id"
-    raise UsageError(f"{what} with an id starting {prefix!r} in {manifest.path} ({hint})")
+    raise UsageError(f"{what} with an id starting {prefix!r} in {manifest.location} ({hint})")
 
 
 def _state_name(state: JobState | None) -> str:

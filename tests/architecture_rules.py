@@ -196,6 +196,7 @@ LIBRARY_HOMES: dict[str, tuple[str, ...]] = {
     "yaml": ("pipeline.spec.source",),
     "anyascii": ("pipeline.identity",),  # transliterated prompt slugs
     "sqlite3": ("pipeline.manifest", "pipeline.emulators.persist"),
+    "psycopg": ("pipeline.manifest",),  # the shared-run manifest's PostgreSQL driver
     "tqdm": ("pipeline.runner.progress",),
     "httpx_aiohttp": ("pipeline.http.transport",),
     "yarl": ("pipeline.http.transport",),

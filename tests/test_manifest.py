@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError
+from pipeline.manifest.postgres import PgManifest
 from pipeline.manifest.schema import SCHEMA_VERSION
 from pipeline.manifest.store import DB_NAME, SNAPSHOT_NAME, Manifest, find_manifest
 from pipeline.models import Job, JobState, Output
@@ -50,8 +51,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def manifest(tmp_path: Path, clock: FakeClock) -> Iterator[Manifest]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def manifest(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[Manifest]:
+    """Every contract below holds for both stores."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        with PgManifest.open_url(url, run="cats", root=tmp_path / "out", spec_name="cats",
+                                 clock=clock) as m:  # fmt: skip
+            yield m
+        return
     with Manifest.open(tmp_path / "out", spec_name="cats", clock=clock) as m:
         yield m
 

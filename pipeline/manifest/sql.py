@@ -37,7 +37,7 @@ INSERT_JOB = (  # a known job keeps its row; only its generation (see Manifest) 
     "state, created_at, updated_at, generation, meta) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET generation = excluded.generation, meta = excluded.meta "
-    "WHERE generation != excluded.generation"
+    "WHERE jobs.generation != excluded.generation"
 )
 INSERT_EVENT = (
     "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?)"
@@ -121,8 +121,9 @@ def reset_sql(
     provider: str | None,
     only: str | None,
     scope: str = "",
-) -> tuple[str, str, dict[str, Any]]:
-    """The event INSERT and the UPDATE moving every job in ``from_states`` (of
+) -> tuple[str, str, str, dict[str, Any]]:
+    """A SELECT locking the rows to move (where several processes write), the event
+    INSERT and the UPDATE moving every job in ``from_states`` (of
     ``provider``; matching the fixed condition ``only``) to ``to``, and their parameters
     but ``now`` and ``note`` (the event detail). ``scope`` limits them to the spec's
     jobs (``Manifest.limit_to_spec``)."""
@@ -142,7 +143,8 @@ def reset_sql(
         f"SELECT id, :now, 'transition', state, :to, :note || COALESCE({was}, '') "
         f"FROM jobs WHERE {where} ORDER BY rowid"
     )
-    return events, update_sql(to, where), params
+    lock = f"SELECT id FROM jobs WHERE {where} FOR UPDATE"
+    return lock, events, update_sql(to, where), params
 
 
 def transition_steps(

@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -139,12 +139,13 @@ class Manifest:
     ) -> None:
         self.root = root
         self.path = root / DB_NAME
+        self.location = str(self.path)  # names the store in messages (a URL for PostgreSQL)
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = conn
         self._clock = clock
         self._lock = threading.Lock()
         self._on_pending: Callable[[], None] | None = None  # group commit: see defer_commits
-        with translated("open", self.path):
+        with self._translated("open"):
             self.generation = read_generation(conn)  # the current spec expansion
         self._scope = ""  # " AND generation = …" once limit_to_spec() was called
         self.write_failures = WriteFailures(root)  # the first failed write stops all writes
@@ -200,7 +201,7 @@ class Manifest:
             self._on_pending = None
             failed_before = self.write_failures.first is not None
             try:
-                with translated("close", self.path):
+                with self._translated("close"):
                     if conn.in_transaction:
                         self._commit_or_lose(conn)
                     if not self.readonly:  # keep the planner's statistics fresh, cheaply
@@ -253,7 +254,7 @@ class Manifest:
         If the commit fails, they are rolled back and every later write raises
         ``ManifestError``: what this process believes the jobs' states are is no longer
         what the manifest holds, so nothing more may be written on top of it."""
-        with self._lock, translated("commit", self.path):
+        with self._lock, self._translated("commit"):
             conn = self._connection()
             if conn.in_transaction:
                 self._commit_or_lose(conn)
@@ -438,15 +439,15 @@ class Manifest:
         """One guarded transition inside the caller's write transaction."""
         error = None if error is None else scrub(error)  # contract 5: no key is stored
         note = scrub(detail) if detail is not None else error
-        if to is JobState.PENDING:  # the event names the remote id it forgets
+        if to is JobState.PENDING or self.lock_rows:  # the event names a forgotten remote id
             row = conn.execute(
-                "SELECT state, remote_id FROM jobs WHERE id = ?", (job_id,)
+                "SELECT state, remote_id FROM jobs WHERE id = ?" + self._for_update, (job_id,)
             ).fetchone()
             if row is None:
-                raise ManifestError(f"{self.path}: no job {job_id!r} in the manifest")
+                raise ManifestError(f"{self.location}: no job {job_id!r} in the manifest")
             if row[0] not in sources:
                 return False
-            if row[1] and remote_id is None:
+            if to is JobState.PENDING and row[1] and remote_id is None:
                 note = join_notes(note, f"was remote_id {row[1]}")
             conn.execute(INSERT_EVENT, (job_id, now, "transition", row[0], to.value, note))
         else:
@@ -457,7 +458,7 @@ class Manifest:
             ).rowcount
             if logged != 1:
                 if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                    raise ManifestError(f"{self.path}: no job {job_id!r} in the manifest")
+                    raise ManifestError(f"{self.location}: no job {job_id!r} in the manifest")
                 return False
         conn.execute(
             update_sql(to, "id = :id"),
@@ -524,11 +525,13 @@ class Manifest:
         note: str = "reset",
         error: str | None = None,
     ) -> int:
-        events, update, params = reset_sql(
+        lock, events, update, params = reset_sql(
             from_states, to, provider=provider, only=only, scope=self._scope
         )
         params |= {"now": self._clock(), "note": note, "error": error}
         with self._write("reset") as conn:
+            if self.lock_rows:  # the rows cannot move between the log and the update
+                conn.execute(lock, params)
             conn.execute(events, params)
             return conn.execute(update, params).rowcount
 
@@ -573,7 +576,7 @@ class Manifest:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         if states is None and provider is None:
-            yield from (r for _, r in self._pages("1" + self._scope, {}, batch, with_outputs))
+            yield from (r for _, r in self._pages("TRUE" + self._scope, {}, batch, with_outputs))
             return
         wanted = sorted(state_set(states)) if states is not None else list(JobState)
         where = "state = :state" + ("" if provider is None else " AND provider = :provider")
@@ -586,7 +589,7 @@ class Manifest:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{provider: {state: number of jobs}}``, for the states present."""
-        return self._counts("1" + self._scope, {})
+        return self._counts("TRUE" + self._scope, {})
 
     def _counts(self, where: str, params: dict[str, Any]) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
@@ -603,7 +606,7 @@ class Manifest:
     def total(self) -> int:
         with self._read("count jobs") as conn:
             return int(
-                conn.execute(f"SELECT count(*) FROM jobs WHERE 1{self._scope}").fetchone()[0]
+                conn.execute(f"SELECT count(*) FROM jobs WHERE TRUE{self._scope}").fetchone()[0]
             )
 
     def failures(self, *, limit: int | None = None) -> list[JobRecord]:
@@ -706,12 +709,12 @@ class Manifest:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise ManifestError(f"{self.path}: manifest is closed")
+            raise ManifestError(f"{self.location}: manifest is closed")
         return self._conn
 
     @contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, translated(what, self.path):
+        with self._lock, self._translated(what):
             yield self._connection()
 
     @contextmanager
@@ -721,14 +724,14 @@ class Manifest:
         With commits deferred (``defer_commits``), one savepoint inside the open
         transaction instead, committed later by ``commit()``."""
         if self.readonly:
-            raise ManifestError(f"{self.path}: {what}: manifest was opened read-only")
+            raise ManifestError(f"{self.location}: {what}: manifest was opened read-only")
         if self.write_failures.first is not None:
             raise ManifestError(
-                f"{self.path}: {what}: an earlier write failed ({self.write_failures.first}); "
+                f"{self.location}: {what}: an earlier write failed ({self.write_failures.first}); "
                 "nothing more is written in this process"
             )
         on_pending = self._on_pending
-        with self._lock, translated(what, self.path):
+        with self._lock, self._translated(what):
             conn = self._connection()
             if on_pending is None:
                 try:
@@ -758,18 +761,33 @@ class Manifest:
             conn.execute("RELEASE write")
         on_pending()
 
-    def _failed_write(self, conn: sqlite3.Connection, exc: BaseException) -> None:
-        """An SQLite error in a write (disk full, I/O error…) stops every later write:
-        what this process believes is no longer what the manifest holds."""
-        if isinstance(exc, sqlite3.Error):
+    def _failed_write(self, conn: Any, exc: BaseException) -> None:
+        """A database error in a write (disk full, I/O error, a lost connection…) stops
+        every later write: what this process believes is no longer what the manifest holds."""
+        if isinstance(exc, self.database_errors):
             self.write_failures.failed(exc)
+
+    lock_rows = False
+    """Whether a transition locks its job's row before reading the state it leaves
+    (needed where several processes write; SQLite has one writer at a time)."""
+
+    @property
+    def _for_update(self) -> str:
+        return " FOR UPDATE" if self.lock_rows else ""
+
+    database_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    """The driver's errors: in a write, they stop every later write."""
+
+    def _translated(self, what: str) -> AbstractContextManager[None]:
+        """Driver errors leave as ``ManifestError`` naming the store and the operation."""
+        return translated(what, self.path)
 
     @contextmanager
     def _reader(self, what: str) -> Iterator[sqlite3.Connection]:
         """A separate read-only connection, for long streaming reads that must neither
         hold our lock nor block the writer (WAL lets both proceed)."""
         self._connection()
-        with translated(what, self.path):
+        with self._translated(what):
             conn = connect(self.path, readonly=True)
             try:
                 yield conn

@@ -133,7 +133,7 @@ def provider_lookup(conn: sqlite3.Connection | None) -> Callable[[str], str | No
                 if conn is None
                 else conn.execute("SELECT provider FROM jobs WHERE id = ?", (job_id,)).fetchone()
             )
-        except sqlite3.Error:
+        except Exception:  # best effort on a failing path: SQLite or PostgreSQL errors
             return None
         return None if row is None else str(row[0])
 

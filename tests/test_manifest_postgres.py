@@ -1,0 +1,83 @@
+"""The PostgreSQL manifest: what only a store with many writers must add to the SQLite
+contracts (those run against both stores in tests/test_manifest.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import ManifestError
+from pipeline.manifest.postgres import PgManifest, is_database_url, pg_location, schema_name
+from pipeline.models import Job, JobState
+
+S = JobState
+
+
+def make_job(i: int) -> Job:
+    return Job(id=f"job-{i:04d}", provider="p", model=None, params={"prompt": str(i)})
+
+
+def test_racing_writers_move_a_job_once(pg_url: str, tmp_path: Path) -> None:
+    """Eight connections try to take the same pending job at once: exactly one does,
+    and the event log has one transition (the row lock orders them)."""
+    with PgManifest.open_url(pg_url, run="race", root=tmp_path) as m:
+        m.add_jobs(make_job(i) for i in range(20))
+    stores = [PgManifest.open_url(pg_url, run="race", root=tmp_path) for _ in range(8)]
+    wins: list[tuple[int, str]] = []
+    barrier = threading.Barrier(len(stores))
+
+    def take(n: int, store: PgManifest) -> None:
+        barrier.wait()
+        for i in range(20):
+            if store.transition(f"job-{i:04d}", S.SUBMITTING, expect=S.PENDING, client_ref=str(n)):
+                wins.append((n, f"job-{i:04d}"))
+
+    threads = [threading.Thread(target=take, args=(n, s)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(job for _, job in wins) == [f"job-{i:04d}" for i in range(20)]
+        for i in range(20):
+            events = [e for e in stores[0].events(f"job-{i:04d}") if e.kind == "transition"]
+            assert [(e.from_state, e.to_state) for e in events] == [(S.PENDING, S.SUBMITTING)]
+            record = stores[0].get(f"job-{i:04d}")
+            assert record is not None and record.attempts == 1
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_two_runs_in_one_database_are_apart(pg_url: str, tmp_path: Path) -> None:
+    with PgManifest.open_url(pg_url, run="cats", root=tmp_path) as cats:
+        cats.add_jobs(make_job(i) for i in range(3))
+    with PgManifest.open_url(pg_url, run="Dogs & more", root=tmp_path) as dogs:
+        assert dogs.total() == 0
+        assert "pipeline_dogs_more" in dogs.location
+    with PgManifest.open_url(pg_url, run="cats", root=tmp_path, readonly=True) as cats:
+        assert cats.total() == 3
+
+
+def test_reading_a_run_that_does_not_exist_is_a_clear_error(pg_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"no manifest at .*pipeline_nothing"):
+        PgManifest.open_url(pg_url, run="nothing", root=tmp_path, readonly=True)
+
+
+def test_an_unreachable_database_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    url = "postgresql://me:s3cret-pw@127.0.0.1:1/db"
+    with pytest.raises(ManifestError) as caught:
+        PgManifest.open_url(url, run="x", root=tmp_path)
+    assert "cannot reach the manifest database postgresql://me:***@127.0.0.1:1/db" in str(
+        caught.value
+    )
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_urls_and_schema_names() -> None:
+    assert is_database_url("postgresql://h/db") and is_database_url("postgres://h/db")
+    assert not is_database_url("out/manifest") and not is_database_url(None)
+    assert schema_name("Faces v2") == "pipeline_faces_v2"
+    assert pg_location("postgresql://u:pw@h:5/db", "r").display == "postgresql://u:***@h:5/db"
