@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -174,30 +174,34 @@ def make_folder(user: pwd.struct_passwd | None) -> Path:
 
 @contextmanager
 def running_server(attempts: int = 3) -> Iterator[PostgresServer]:
-    """A fresh server for the ``with`` block; stopped and its folder removed after.
-
-    The port is free when chosen but could be taken before the server binds it, so a
-    failed start is retried on another port."""
+    """A fresh server for the ``with`` block; stopped and its folder removed after, also
+    when it failed half way."""
     bindir = bindir_or_skip()
     user = server_user_or_skip()
-    folder = make_folder(user)
+    server = PostgresServer(bindir, make_folder(user), free_port(), user)
     try:
-        server = PostgresServer(bindir, folder, free_port(), user)
         server.initdb()
-        for attempt in range(1, attempts + 1):
-            try:
-                server.start()
-                break
-            except RuntimeError:
-                if attempt == attempts or "could not bind" not in server.log_tail():
-                    raise
-                server.port = free_port()
-        try:
-            yield server
-        finally:
-            server.stop()
+        start_on_a_free_port(server, attempts)
+        yield server
+        server.stop()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if (server.data / "postmaster.pid").exists():  # still up: a failed start or test
+            with suppress(RuntimeError, subprocess.TimeoutExpired):
+                server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+def start_on_a_free_port(server: PostgresServer, attempts: int) -> None:
+    """The port was free when chosen but may be taken before the server binds it: then
+    start again on another."""
+    for attempt in range(1, attempts + 1):
+        try:
+            server.start()
+            return
+        except RuntimeError:
+            if attempt == attempts or "could not bind" not in server.log_tail():
+                raise
+            server.port = free_port()
 
 
 def timed_start() -> tuple[float, float]:

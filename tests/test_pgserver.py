@@ -4,6 +4,7 @@ PIPELINE_REQUIRE_POSTGRES=1 (CI) so the PostgreSQL tests can never vanish silent
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,20 @@ def _is_dead(conn: Any) -> bool:
     finally:
         conn.close()
     return False
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        ports = iter([taken.getsockname()[1], pgserver.free_port()])
+        monkeypatch.setattr(pgserver, "free_port", lambda: next(ports))
+        with pgserver.running_server() as server:
+            assert server.port != taken.getsockname()[1]
+            with psycopg.connect(server.url("postgres")) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert "could not bind" in server.log_tail(lines=1000)
+    assert not server.folder.exists()
 
 
 def test_a_missing_install_skips_with_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
