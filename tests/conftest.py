@@ -1,5 +1,6 @@
 """Shared fixtures: emulators in a separate process (so a killed runner cannot take them
-down), spec files written to tmp_path, and a fast retry switch."""
+down), a throwaway PostgreSQL with a fresh database per test, spec files written to
+tmp_path, and a fast retry switch."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import httpx
 import pytest
 
 from pipeline import retry
+
+from . import pgserver
 
 PYTHON = sys.executable
 FAKE_KEY = "pixel_test_fake_key_0000"
@@ -95,6 +98,28 @@ def emulator_factory() -> Iterator[Callable[..., EmulatorProcess]]:
         except subprocess.TimeoutExpired:
             os.killpg(emulator.process.pid, signal.SIGKILL)
             emulator.process.wait()
+
+
+@pytest.fixture(scope="session")
+def pg_server(request: pytest.FixtureRequest) -> Iterator[pgserver.PostgresServer]:
+    """One throwaway PostgreSQL for the session (skips where none is installed, unless
+    PIPELINE_REQUIRE_POSTGRES=1); its log's tail is printed if any test failed."""
+    with pgserver.running_server() as server:
+        yield server
+        if request.session.testsfailed:
+            capture = request.config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled():  # past capture: shown whoever failed
+                print(f"\n{server.log_tail()}", file=sys.stderr)
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database on ``pg_server``, dropped after the test; a failed
+    test's report shows the server log's path and tail."""
+    with pgserver.fresh_database(pg_server, request.node.name) as url:
+        print(f"PostgreSQL {url}, log {pg_server.log}")
+        yield url
+        print(pg_server.log_tail(lines=20))
 
 
 def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:

@@ -268,6 +268,12 @@ PLANTS = [
     ),
     (
         "libraries",
+        "pipeline.manifest.postgres",
+        "psycopg_binary",
+        "pipeline/manifest/postgres.py imports psycopg_binary, which has no room",
+    ),
+    (
+        "libraries",
         "pipeline.providers.pixai",
         "aiohttp",
         "pipeline/providers/pixai.py imports aiohttp, which lives only in pipeline.http,",
