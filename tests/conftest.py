@@ -157,18 +157,3 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
     finally:
         await runner.cleanup()
 
-
-# TEMPORARY (replaced by the pginfra branch's throwaway server): a fresh database per test.
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    import uuid
-
-    import psycopg
-
-    base = "postgresql://postgres@127.0.0.1:55440/"
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(base + "postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield base + name
-    with psycopg.connect(base + "postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
