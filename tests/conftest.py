@@ -54,6 +54,12 @@ class EmulatorProcess:
         response = httpx.post(f"{self.urls[name]}/_emulator/config", json=knobs, timeout=10)
         response.raise_for_status()
 
+    def stats(self, name: str) -> dict[str, Any]:
+        """``GET /_emulator/stats`` of emulator ``name``: counters, ``active_tasks``,
+        ``peak_tasks``, ``active_requests``, ``peak_requests``."""
+        body: dict[str, Any] = self.admin(name, "stats")
+        return body
+
     def ledger(self, name: str) -> list[dict[str, Any]]:
         data = self.admin(name, "ledger")
         charges: list[dict[str, Any]] = data["charges"]

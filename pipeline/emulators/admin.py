@@ -1,10 +1,12 @@
 """``/_emulator/…``: what tests and benchmarks ask an emulator about itself.
 
 - ``GET  /_emulator/ledger``  every accepted submit: ``{"count", "charges": [...]}``
-- ``GET  /_emulator/stats``   request counters, injected faults, download counters
+- ``GET  /_emulator/stats``   request counters, injected faults, download counters, and
+  ``active_tasks``/``peak_tasks`` (tasks created and not yet ended, now and at most at
+  once) and ``active_requests``/``peak_requests`` (API requests being handled)
 - ``GET  /_emulator/config``  the knobs, as a JSON object
 - ``POST /_emulator/config``  change some knobs (a partial object); answers with all knobs
-- ``POST /_emulator/reset``   forget tasks, media, charges, counters; keep the knobs
+- ``POST /_emulator/reset``   forget tasks, media, charges, counters and peaks; keep the knobs
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ async def ledger(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    body: dict[str, Any] = {"provider": state.provider, **state.stats.to_dict()}
+    body: dict[str, Any] = {"provider": state.provider, **state.stats_dict()}
     body["tasks"] = len(state.tasks)
     body["charges"] = len(state.ledger)
     return web.json_response(body)

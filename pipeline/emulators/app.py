@@ -56,7 +56,9 @@ def build_app(
         state.stats.count(f"{request.method} (unknown path)")
         return await not_found(request)
 
-    middlewares = [_pad_status] if echo is None else [_pad_status, _echo_middleware(state, echo)]
+    middlewares: list[Any] = [_count_in_progress, _pad_status]
+    if echo is not None:
+        middlewares.append(_echo_middleware(state, echo))
     app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=middlewares)
     app[STATE_KEY] = state
     app.router.add_routes(admin_routes())
@@ -91,6 +93,24 @@ def echo_text(request: web.Request) -> str:
     auth = request.headers.get("Authorization", "")
     key = bearer_token(request) or ""
     return f"(token {key} sent as 'Authorization: {auth}', url-encoded {quote(key, safe='')})"
+
+
+@web.middleware
+async def _count_in_progress(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count API requests being handled, for ``peak_requests``: not admin calls, file
+    downloads or WebSocket connections (which stay open)."""
+    state = request.app[STATE_KEY]
+    path = request.path
+    if (
+        path.startswith(("/_emulator/", *state.file_paths))
+        or request.headers.get("Upgrade", "").lower() == "websocket"
+    ):
+        return await handler(request)
+    state.stats.request_started()
+    try:
+        return await handler(request)
+    finally:
+        state.stats.request_ended()
 
 
 @web.middleware

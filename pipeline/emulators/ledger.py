@@ -84,15 +84,27 @@ class Stats:
     """Downloads that carried an Authorization header (a key leaked to the file host)."""
     download_bytes: int = 0
     ranged_downloads: int = 0
+    active_requests: int = 0
+    """API requests being handled now (admin calls and file downloads are not counted)."""
+    peak_requests: int = 0
+    """The most API requests ever handled at once."""
 
     def count(self, route: str) -> None:
         self.requests[route] += 1
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+        self.peak_requests = max(self.peak_requests, self.active_requests)
+
+    def request_ended(self) -> None:
+        self.active_requests -= 1
 
     def clear(self) -> None:
         self.requests.clear()
         self.faults.clear()
         self.downloads = self.downloads_with_auth = 0
         self.download_bytes = self.ranged_downloads = 0
+        self.peak_requests = self.active_requests  # requests still running stay counted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,4 +115,6 @@ class Stats:
             "downloads_with_auth": self.downloads_with_auth,
             "download_bytes": self.download_bytes,
             "ranged_downloads": self.ranged_downloads,
+            "active_requests": self.active_requests,
+            "peak_requests": self.peak_requests,
         }

@@ -194,6 +194,7 @@ class PixaiWorld:
 
     def __post_init__(self) -> None:
         self.state.restore_hooks.append(self.restore)
+        self.state.task_end = ended_at
 
     def restore(self, store: StateFile) -> None:
         """Rebuild media ids, the accounts' active tasks and the phase changes still to
@@ -424,6 +425,13 @@ def status_word(task: Task, now: float) -> str:
     if record.cancelled_at is not None and now >= record.cancelled_at:
         return CANCELLED
     return STATUS_WORDS[task.phase(now)]
+
+
+def ended_at(task: Task) -> float:
+    """When ``task`` stops waiting or running: at its end, or earlier when cancelled."""
+    cancelled_at = extra_of(task, Record).cancelled_at
+    finished_at = task.timeline.finished_at
+    return finished_at if cancelled_at is None else min(finished_at, cancelled_at)
 
 
 def validated(parameters: dict[str, Any]) -> dict[str, Any]:

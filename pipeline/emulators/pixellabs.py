@@ -93,6 +93,7 @@ class Invalid(ValueError):
 def create_app(knobs: Knobs) -> web.Application:
     """The PixelLabs emulator, behaving as ``knobs`` say."""
     state = EmulatorState("pixellabs", knobs)
+    state.file_paths = (*state.file_paths, "/arweave/")
     state.record_type = _Record
     routes = [
         web.post("/v1/generate", submit),

@@ -93,6 +93,10 @@ class EmulatorState:
         """The emulator's ``task.extra`` dataclass, to restore tasks from a state file."""
         self.restore_hooks: list[Callable[[StateFile], None]] = []
         """Called after ``persist_to`` restored the common world (PixAI rebuilds its own)."""
+        self.task_end: Callable[[Task], float] = _finished_at
+        """When a task stops being in progress (PixAI: earlier, when it was cancelled)."""
+        self.file_paths: tuple[str, ...] = ("/files/",)
+        """Path prefixes of the file host: downloads, not API requests."""
         self._unsaved: list[Row] = []
 
     def persist_to(self, store: StateFile) -> None:
@@ -154,6 +158,11 @@ class EmulatorState:
         self.media.clear()
         self.limiter.clear()
         self.dice.reseed(self.knobs.seed)
+
+    def stats_dict(self) -> dict[str, Any]:
+        """The counters of ``Stats`` plus the tasks in progress now and at most at once."""
+        active, peak = self.tasks.overlap(self.clock(), self.task_end)
+        return {**self.stats.to_dict(), "active_tasks": active, "peak_tasks": peak}
 
     def admit(
         self, api_key: str | None, *, credit_documented: bool = False, route: str | None = None
@@ -217,6 +226,10 @@ class EmulatorState:
     def _refuse(self, key: str, now: float, refusal: Refusal) -> Admission:
         quota = self.limiter.peek(key, now, self.knobs.requests_per_minute)
         return Admission(key, quota, refusal)
+
+
+def _finished_at(task: Task) -> float:
+    return task.timeline.finished_at
 
 
 def _key_refusal(knobs: Knobs, api_key: str, credit_documented: bool) -> Refusal | None:

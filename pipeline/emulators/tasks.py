@@ -7,14 +7,14 @@ running, when it ends, whether it fails), and its phase is read off that timelin
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipeline.emulators.faults import Dice
 from pipeline.emulators.knobs import Knobs
 
-__all__ = ["Phase", "Task", "TaskStore", "Timeline", "extra_of", "unique_id"]
+__all__ = ["Phase", "Task", "TaskStore", "Timeline", "extra_of", "overlap", "unique_id"]
 
 _Extra = TypeVar("_Extra")
 
@@ -130,3 +130,26 @@ class TaskStore:
 
     def clear(self) -> None:
         self._tasks.clear()
+
+    def overlap(self, now: float, ended_at: Callable[[Task], float]) -> tuple[int, int]:
+        """(tasks in progress at ``now``, the most ever in progress at once): each task
+        counts from its creation until ``ended_at(task)``."""
+        return overlap([(task.timeline.created_at, ended_at(task)) for task in self], now)
+
+
+def overlap(spans: Iterable[tuple[float, float]], now: float) -> tuple[int, int]:
+    """(spans holding ``now``, the most spans holding one moment); a span is half-open,
+    ``[start, end)``, so one ending as another starts never overlaps it."""
+    events: list[tuple[float, int]] = []
+    current = 0
+    for start, end in spans:
+        if end <= start:
+            continue
+        events += ((start, 1), (end, -1))
+        current += start <= now < end
+    events.sort()  # at one moment, ends (-1) before starts (+1)
+    peak = depth = 0
+    for _, step in events:
+        depth += step
+        peak = max(peak, depth)
+    return current, peak
