@@ -618,7 +618,7 @@ def _check_owner(spec: Spec, meta: Mapping[str, str], *, adopt: bool) -> None:
 async def _run(
     spec: Spec, options: RunOptions, display: ProgressOptions, params_checked: bool, adopt: bool
 ) -> RunSummary:
-    from pipeline.runner import make_progress, open_session
+    from pipeline.runner import HintRelay, make_progress, open_session
 
     require_env(spec)
     fingerprint = expansion_fingerprint(spec)
@@ -628,7 +628,8 @@ async def _run(
         summary: RunSummary | None = None
         try:
             adopt_unrecorded(manifest)  # paid tasks a failed write left unrecorded
-            async with open_session(spec) as session:
+            hints = manifest if isinstance(manifest, HintRelay) else None  # a shared run
+            async with open_session(spec, hints=hints) as session:
                 scheduler = Scheduler(
                     spec,
                     manifest,

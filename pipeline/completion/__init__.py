@@ -3,6 +3,7 @@
 
 from pipeline.completion.follower import FollowContext, Follower, UpdateCallback
 from pipeline.completion.modes import CompletionMode, make_follower, register_mode
+from pipeline.completion.receiver import WebhookReceiver
 from pipeline.completion.webhook import SERVICE, attach_callbacks, open_receiver, wants_callbacks
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "FollowContext",
     "Follower",
     "UpdateCallback",
+    "WebhookReceiver",
     "attach_callbacks",
     "make_follower",
     "open_receiver",

@@ -1,7 +1,8 @@
 """The run's embedded webhook receiver: an HTTP server that turns callbacks into hints.
 
 One per run, started by the session when a lane is called back. Providers are told
-``{base}/hooks/{token}/{provider}``, where ``token`` is unguessable and new every run.
+``{base}/hooks/{token}/{provider}``, where ``token`` is unguessable and new every run
+(one for all the runners of a shared run).
 A request is answered at once and never waits on the run:
 
     wrong path, wrong token, unknown provider   404, nothing changes
@@ -22,6 +23,10 @@ Hints reach waiters two ways: ``watch(provider, key)`` gives one task's ``Mailbo
 (the webhook follower), ``hints(provider)`` a ``HintSubscription`` to every task of a
 provider (a batch poller deciding whom to ask about). A hint that arrives before its
 waiter registers is kept for a while (a bounded memory), so a fast task is not missed.
+
+In a shared run every runner's receiver takes the run's token, and a hint for a task no
+waiter here knows is also handed to ``relay``, which passes it (through the manifest's
+database) to the runner that waits for it.
 """
 
 from __future__ import annotations
@@ -126,9 +131,12 @@ class WebhookReceiver:
         body_timeout: float = BODY_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         log_interval: float = LOG_INTERVAL,
+        token: str | None = None,
+        relay: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.token = secrets.token_urlsafe(24)
+        self.token = token or secrets.token_urlsafe(24)
+        self.relay = relay  # hints for tasks not waited for here (shared runs)
         self.stats: Counter[str] = Counter()
         self.dropped = QuietLog(_logger, interval=log_interval)
         self._guard = ConnectionGuard(
@@ -232,10 +240,13 @@ class WebhookReceiver:
         finally:
             self._subscriptions.get(provider, set()).discard(subscription)
 
-    def hint(self, provider: str, key: str) -> None:
-        """Task ``key`` of ``provider`` may have changed: wake whoever waits for it."""
+    def hint(self, provider: str, key: str, *, relayed: bool = False) -> None:
+        """Task ``key`` of ``provider`` may have changed: wake whoever waits for it here,
+        and, unless it came ``relayed`` from another runner, pass it on when nobody does."""
         where = (provider, key)
         boxes = self._mailboxes.get(where)
+        if not boxes and not relayed and self.relay is not None:
+            self.relay(provider, key)
         for mailbox in boxes or ():
             mailbox.notify()
         if not boxes:

@@ -56,8 +56,14 @@ def wants_callbacks(mode: str, adapter_type: type[Provider]) -> bool:
 
 
 @asynccontextmanager
-async def open_receiver(settings: WebhookSettings) -> AsyncIterator[WebhookReceiver]:
-    receiver = WebhookReceiver(settings)
+async def open_receiver(
+    settings: WebhookSettings,
+    *,
+    token: str | None = None,
+    relay: Callable[[str, str], None] | None = None,
+) -> AsyncIterator[WebhookReceiver]:
+    """The run's receiver; ``token`` and ``relay`` as ``WebhookReceiver`` takes them."""
+    receiver = WebhookReceiver(settings, token=token, relay=relay)
     await receiver.start()
     try:
         yield receiver

@@ -5,6 +5,7 @@ from pipeline.runner.cancel import Cancelled, cancel_jobs
 from pipeline.runner.progress import ProgressOptions, make_progress
 from pipeline.runner.scheduler import BUDGET_STOPPED, RunOptions, RunSummary, Scheduler
 from pipeline.runner.session import (
+    HintRelay,
     Lane,
     Session,
     completion_mode,
@@ -16,6 +17,7 @@ from pipeline.runner.session import (
 __all__ = [
     "BUDGET_STOPPED",
     "Cancelled",
+    "HintRelay",
     "Lane",
     "ProgressOptions",
     "RunOptions",

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol, runtime_checkable
 
 import anyio
 import httpx
@@ -30,6 +31,7 @@ from pipeline.redact import register_secrets
 __all__ = [
     "EMULATOR_KEY",
     "EMULATOR_STATE_DIR",
+    "HintRelay",
     "Lane",
     "Session",
     "open_adapters",
@@ -75,6 +77,22 @@ class Lane:
         return self.settings.name
 
 
+@runtime_checkable
+class HintRelay(Protocol):
+    """A shared run's way to pass callbacks between runners (its manifest's database):
+    the run's receiver token, and hints for tasks another runner waits for."""
+
+    def webhook_token(self) -> str: ...
+
+    def relay_hint(self, provider: str, key: str) -> None: ...
+
+    def relayed_hints(self, after: int | None) -> tuple[int, list[tuple[str, str]]]: ...
+
+
+HINT_POLL = 1.0
+"""Seconds between two reads of the hints other runners relayed."""
+
+
 @dataclass
 class Session:
     lanes: Mapping[str, Lane]
@@ -84,14 +102,17 @@ class Session:
 
 
 @asynccontextmanager
-async def open_session(spec: Spec) -> AsyncIterator[Session]:
+async def open_session(spec: Spec, *, hints: HintRelay | None = None) -> AsyncIterator[Session]:
+    """Everything the run holds open; ``hints``: a shared run's relay of callbacks."""
     register_secrets(entry.api_key for entry in spec.providers.values())  # before any request
     async with AsyncExitStack() as stack:
         settings, urls = await _start_emulators(stack, spec)
         services: dict[str, object] = {}
-        await _start_webhooks(stack, spec, settings, services)
+        await _start_webhooks(stack, spec, settings, services, hints)
         background = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(background.cancel_scope.cancel)  # runs first on exit
+        if hints is not None and services:
+            background.start_soon(_pass_relayed_hints, hints, services)
         lanes = {}
         for entry in settings.values():
             lanes[entry.name] = await _open_lane(stack, entry, spec, background, services)
@@ -148,6 +169,7 @@ async def _start_webhooks(
     spec: Spec,
     settings: Mapping[str, ProviderSettings],
     services: dict[str, object],
+    hints: HintRelay | None,
 ) -> None:
     """Start the run's webhook receiver, once, if any lane is called back."""
     from pipeline.completion import SERVICE, open_receiver, wants_callbacks
@@ -155,8 +177,27 @@ async def _start_webhooks(
     for entry in settings.values():
         adapter_type = registry.get(entry.type)
         if wants_callbacks(completion_mode(entry, adapter_type), adapter_type):
-            services[SERVICE] = await stack.enter_async_context(open_receiver(spec.webhooks))
+            receiver = open_receiver(
+                spec.webhooks,
+                token=None if hints is None else hints.webhook_token(),
+                relay=None if hints is None else hints.relay_hint,
+            )
+            services[SERVICE] = await stack.enter_async_context(receiver)
             return
+
+
+async def _pass_relayed_hints(hints: HintRelay, services: Mapping[str, object]) -> None:
+    """Hand this runner's receiver the callbacks other runners got for its tasks."""
+    from pipeline.completion import SERVICE, WebhookReceiver
+
+    receiver = services[SERVICE]
+    assert isinstance(receiver, WebhookReceiver)
+    cursor, _ = hints.relayed_hints(None)  # from now on: earlier ones a resume asks about
+    while True:
+        await anyio.sleep(HINT_POLL)
+        cursor, found = hints.relayed_hints(cursor)
+        for provider, key in found:
+            receiver.hint(provider, key, relayed=True)
 
 
 def completion_mode(entry: ProviderSettings, adapter_type: type[Provider]) -> str:
