@@ -554,7 +554,8 @@ class RemoteTask:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One file on disk, verified. ``path`` is relative to the output root."""
+    """One file on disk, verified. ``path`` is relative to the output root: the
+    manifest's, or ``root`` when another runner of a shared run wrote it under its own."""
 
     job_id: str
     index: int
@@ -563,6 +564,7 @@ class Output:
     sha256: str
     url: str
     content_type: str | None = None
+    root: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ same commands, on real HTTP emulators and a real throwaway PostgreSQL."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tests.conftest import run_cli, write_spec
 
@@ -93,3 +94,32 @@ def test_an_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "cannot reach the manifest database postgresql://u:***@127.0.0.1:9/db" in run.stderr
     assert "pw-zz" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_runners_with_their_own_output_roots(pg_url: str, tmp_path: Path) -> None:
+    """A runner with its own --out records where its files are: export and report from
+    another runner's folder find every file."""
+    spec = write_spec(tmp_path, SPEC.replace("  - a cat\n", ""))
+    first = run_cli("run", str(spec), "--manifest", pg_url, "--out", "a", "-q", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    spec = write_spec(tmp_path, SPEC)  # one more prompt: its jobs go to the second runner
+    second = run_cli("run", str(spec), "--manifest", pg_url, "--out", "b", "-q", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "submitted this run: 6" in second.stdout
+    hf = run_cli("export", "b", "--format", "hf", "-o", "ds", cwd=tmp_path)
+    assert hf.returncode == 0, hf.stderr + hf.stdout
+    listed = [json.loads(line) for line in (tmp_path / "ds" / "all.jsonl").read_text().splitlines()]
+    assert len(listed) == 12
+    for row in listed:
+        assert (tmp_path / "ds" / row["file_name"]).is_file(), row["file_name"]
+    csv = run_cli("export", "b", "--format", "csv", "-o", "rows.csv", cwd=tmp_path)
+    assert csv.returncode == 0, csv.stderr
+    lines = (tmp_path / "rows.csv").read_text().splitlines()
+    assert sum(str(tmp_path / "a") in line for line in lines) == 6  # absolute: under a/
+    sheet = run_cli("report", "b", cwd=tmp_path)
+    assert sheet.returncode == 0, sheet.stderr
+    page = (tmp_path / "b" / "report.html").read_text()
+    sources = re.findall(r'src="([^"]+\.png)"', page)
+    assert len(sources) == 12, sources
+    for source in sources:
+        assert (tmp_path / "b" / unquote(source)).resolve().is_file(), source

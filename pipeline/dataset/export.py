@@ -157,11 +157,14 @@ def _spool(
 ) -> _Spooled:
     spooled = _Spooled(file)
     for record in manifest.iter_records(states=states, with_outputs=True):
-        for row in record_rows(record):
+        roots = [output.root for output in record.outputs] or [None]
+        for row, root in zip(record_rows(record), roots, strict=True):
+            if folder is None and root is not None:  # under another runner's output root
+                row["file_name"] = str(Path(root) / row["file_name"])
             if folder is not None:
                 if row["file_name"] is None:
                     continue  # a folder dataset lists files; a job without one has no row
-                placed = folder.place(row["file_name"], row["size"])
+                placed = folder.place(row["file_name"], row["size"], root=root)
                 if placed is None:
                     spooled.missing_count += 1
                     if len(spooled.missing) < MISSING_SHOWN:

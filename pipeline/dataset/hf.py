@@ -83,13 +83,14 @@ class Folder:
         self.linked = self.copied = 0
         self._can_link = True
 
-    def place(self, path: str, size: int) -> str | None:
-        """Link (or copy) the output at ``path`` under the output folder into its kind's
-        folder; its path relative to DEST, or None when it is not on disk as recorded
-        (gone, changed size, not a regular file, or a path leaving the output folder)."""
+    def place(self, path: str, size: int, *, root: str | None = None) -> str | None:
+        """Link (or copy) the output at ``path`` under the output folder (``root``, when
+        another runner wrote it under its own) into its kind's folder; its path relative
+        to DEST, or None when it is not on disk as recorded (gone, changed size, not a
+        regular file, or a path leaving the output folder)."""
         if not safe_relative(path):
             return None
-        source = self.root / path
+        source = (self.root if root is None else Path(root)) / path
         try:
             info = source.lstat()
         except OSError:

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -32,12 +32,12 @@ import psycopg
 from psycopg import pq
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.rows import job_row
+from pipeline.manifest.rows import OUTPUT_COLUMNS, job_row, output_from_row, output_row
 from pipeline.manifest.scope import read_generation
 from pipeline.manifest.sql import INSERT_JOB
 from pipeline.manifest.store import Manifest
 from pipeline.manifest.where import SCHEMES, is_database_url
-from pipeline.models import Job
+from pipeline.models import Job, Output
 from pipeline.redact import register_secrets
 
 __all__ = [
@@ -88,6 +88,7 @@ CREATE TABLE outputs (
     sha256       TEXT NOT NULL,
     url          TEXT NOT NULL,
     content_type TEXT,
+    root         TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
 );
 CREATE TABLE events (
@@ -107,6 +108,13 @@ CREATE TABLE hints (
     at       DOUBLE PRECISION NOT NULL
 );
 """
+
+_UPSERT_OUTPUT = (
+    f"INSERT INTO outputs ({OUTPUT_COLUMNS}, root) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, size = excluded.size, "
+    "sha256 = excluded.sha256, url = excluded.url, content_type = excluded.content_type, "
+    "root = excluded.root"
+)
 
 Migration = Callable[["PgConnection"], None]
 PG_MIGRATIONS: Mapping[int, Migration] = {}
@@ -306,6 +314,25 @@ class PgManifest(Manifest):
 
     def _translated(self, what: str) -> AbstractContextManager[None]:
         return translated(what, self.location)
+
+    # -- outputs: each runner writes under its own output root ----------------------------
+
+    _output_columns = OUTPUT_COLUMNS + ", root"
+
+    def _write_outputs(self, conn: Any, outputs: Sequence[Output]) -> None:
+        """Each output with the output root it was written under: runners may each have
+        their own (``--out``), or share one folder."""
+        root = str(self.root.resolve())
+        cast(PgConnection, conn).executemany(
+            _UPSERT_OUTPUT, ((*output_row(o), root) for o in outputs)
+        )
+
+    def _output_from_row(self, row: Sequence[Any]) -> Output:
+        """An output written under another output root than this store's names it."""
+        output = output_from_row(row)
+        if row[7] == str(self.root.resolve()):
+            return output
+        return replace(output, root=str(row[7]))
 
     # -- callbacks between runners (runner.session.HintRelay) -----------------------------
 

@@ -426,7 +426,7 @@ class Manifest:
         now = self._clock()
         with self._write("finish") as conn:
             if outputs:
-                conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+                self._write_outputs(conn, outputs)
             return self._step(conn, job_id, JobState.DONE, sources, now)
 
     def _step(
@@ -495,7 +495,7 @@ class Manifest:
         if not outputs:
             return
         with self._write("record outputs") as conn:
-            conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+            self._write_outputs(conn, outputs)
 
     def reset(
         self,
@@ -561,9 +561,10 @@ class Manifest:
             if row is None:
                 return None
             outputs = conn.execute(
-                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,)
+                f"SELECT {self._output_columns} FROM outputs WHERE job_id = ? ORDER BY idx",
+                (job_id,),
             ).fetchall()
-        return record_from_row(row, tuple(output_from_row(o) for o in outputs))
+        return record_from_row(row, tuple(self._output_from_row(o) for o in outputs))
 
     def iter_records(
         self,
@@ -707,12 +708,20 @@ class Manifest:
         if job_ids:
             marks = ", ".join("?" * len(job_ids))
             for row in conn.execute(
-                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id IN ({marks}) "
+                f"SELECT {self._output_columns} FROM outputs WHERE job_id IN ({marks}) "
                 "ORDER BY job_id, idx",
                 job_ids,
             ):
-                found.setdefault(row[0], []).append(output_from_row(row))
+                found.setdefault(row[0], []).append(self._output_from_row(row))
         return {job_id: tuple(outputs) for job_id, outputs in found.items()}
+
+    _output_columns = OUTPUT_COLUMNS
+
+    def _write_outputs(self, conn: sqlite3.Connection, outputs: Sequence[Output]) -> None:
+        conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+
+    def _output_from_row(self, row: Sequence[Any]) -> Output:
+        return output_from_row(row)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -117,12 +117,17 @@ class Links:
     """Output paths (relative to the output root) as URLs relative to the page."""
 
     def __init__(self, root: Path, page: Path) -> None:
-        self.prefix = PurePosixPath(
-            Path(os.path.relpath(os.path.abspath(root), os.path.abspath(page.parent))).as_posix()
-        )
+        self.page = page
+        self.prefix = self._prefix(root)
+
+    def _prefix(self, root: Path | str) -> PurePosixPath:
+        relative = os.path.relpath(os.path.abspath(root), os.path.abspath(self.page.parent))
+        return PurePosixPath(Path(relative).as_posix())
 
     def url(self, output: Output) -> str:
-        return urllib.parse.quote(str(self.prefix / output.path))
+        """The file's URL; one another runner wrote under its own root is linked there."""
+        prefix = self.prefix if output.root is None else self._prefix(output.root)
+        return urllib.parse.quote(str(prefix / output.path))
 
 
 def write_page(
