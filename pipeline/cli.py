@@ -341,7 +341,10 @@ def add_report(commands: Any) -> None:
 def add_manifest(commands: Any) -> None:
     """``pipeline manifest copy``'s arguments."""
     manifest = commands.add_parser(
-        "manifest", help="copy a run's manifest between SQLite and PostgreSQL"
+        "manifest",
+        help="copy a run's manifest between SQLite and PostgreSQL",
+        description="Work on a run's manifest as a whole: `pipeline manifest copy SRC DST` "
+        "moves a run between an output folder and a PostgreSQL database.",
     )
     actions = manifest.add_subparsers(dest="action", required=True, metavar="ACTION")
     copy = actions.add_parser(
@@ -368,7 +371,11 @@ def add_manifest(commands: Any) -> None:
         help="the run in DST's database, when both are URLs (default --run)",
     )
     copy.add_argument(
-        "--page", type=int, default=5000, metavar="N", help="rows per transaction (default 5000)"
+        "--page",
+        type=_positive_int,
+        default=5000,
+        metavar="N",
+        help="rows per transaction (default 5000)",
     )
     copy.set_defaults(handler=cmd_manifest_copy)
 
@@ -391,6 +398,16 @@ def add_run_logging(run: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="append a logfmt line per state change (job, provider, from, to, reason) to FILE",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return number
 
 
 def _positive_seconds(text: str) -> float:

@@ -24,11 +24,12 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.errors import ManifestError, UsageError
 from pipeline.failpoints import failpoint
@@ -95,27 +96,33 @@ def copy_manifest(
     same = isinstance(src_end, Path) and isinstance(dst_end, Path)
     if same and Path(src_end).resolve() == Path(dst_end).resolve():
         raise UsageError(f"SRC and DST are the same folder ({src_end})")
-    with ExitStack() as stack:
-        if isinstance(src_end, Path):
-            src = stack.enter_context(_sqlite_source(src_end))
-        else:
-            src = stack.enter_context(_pg_source(src_end, _run_name(run, None, "SRC")))
+    with _source(src_end, run) as src:
         dest_run = to_run or run or src.meta.get("spec_name")
-        if isinstance(dst_end, Path):
-            dst = stack.enter_context(_sqlite_dest(dst_end))
-        else:
-            if src_end == dst_end and dest_run == run:
-                raise UsageError("SRC and DST are the same run: name another with --to-run")
-            dst = stack.enter_context(_pg_dest(dst_end, _run_name(dest_run, src_end, "DST")))
-        with _translated(f"copy {src.location} to {dst.location}"):
+        if src_end == dst_end and dest_run == run:
+            raise UsageError("SRC and DST are the same run: name another with --to-run")
+        with (
+            _dest(dst_end, dest_run, src_end) as dst,
+            _translated(f"copy {src.location} to {dst.location}"),
+        ):
             return _copy(src, dst, page, clock)
-    raise AssertionError("unreachable")  # pragma: no cover  (mypy: ExitStack may swallow)
+
+
+def _source(end: Path | str, run: str | None) -> AbstractContextManager[_Source]:
+    if isinstance(end, Path):
+        return _sqlite_source(end)
+    return _pg_source(end, _run_name(run, None, "SRC"))
+
+
+def _dest(end: Path | str, run: str | None, source: Path | str) -> AbstractContextManager[_Dest]:
+    if isinstance(end, Path):
+        return _sqlite_dest(end)
+    return _pg_dest(end, _run_name(run, source, "DST"))
 
 
 def _end(text: str | Path) -> Path | str:
     """A folder (a ``manifest.sqlite`` names its folder) or a PostgreSQL URL."""
     if isinstance(text, str) and "://" in text:
-        if not _postgres().is_database_url(text):
+        if urlsplit(text).scheme not in ("postgresql", "postgres"):  # as is_database_url
             raise UsageError(f"not a PostgreSQL URL: {text.split('://')[0]}://… "
                              "(expected postgresql://… or an output folder)")  # fmt: skip
         return text
@@ -240,7 +247,7 @@ def _sqlite_source(root: Path) -> Iterator[_Source]:
         try:
             prepare(conn, path, readonly=True, meta={})
             conn.execute("BEGIN")  # one snapshot for the whole copy
-            yield _Source(conn, str(path), _meta(conn))
+            yield _Source(conn, str(path.resolve()), _meta(conn))
         finally:
             conn.close()
 
