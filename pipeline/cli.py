@@ -143,6 +143,8 @@ def build_parser() -> Parser:
 
     add_log(commands)
 
+    add_manifest(commands)
+
     recover = commands.add_parser(
         "recover",
         help="rebuild a damaged manifest from manifest.jsonl (the damaged file is kept aside)",
@@ -342,6 +344,48 @@ def add_report(commands: Any) -> None:
     report.set_defaults(handler=cmd_report)
 
 
+def add_manifest(commands: Any) -> None:
+    """``pipeline manifest copy``'s arguments."""
+    manifest = commands.add_parser(
+        "manifest",
+        help="copy a run's manifest between SQLite and PostgreSQL",
+        description="Work on a run's manifest as a whole: `pipeline manifest copy SRC DST` "
+        "moves a run between an output folder and a PostgreSQL database.",
+    )
+    actions = manifest.add_subparsers(dest="action", required=True, metavar="ACTION")
+    copy = actions.add_parser(
+        "copy",
+        help="copy a run from an output folder or a database to another",
+        description="Copy a run's manifest (every job with its state and remote id, the "
+        "outputs, the event log, the run's settings) from SRC to DST, each an output folder "
+        "(its manifest.sqlite) or a PostgreSQL URL (postgresql://user@host/db). Files are "
+        "not copied: their recorded paths stay relative to the output folder. Refused "
+        "while a run writes SRC, and into a DST that already holds a run; an interrupted "
+        "copy leaves nothing a run would open. Jobs caught submitting become unknown.",
+    )
+    copy.add_argument("source", metavar="SRC", help="an output folder or a PostgreSQL URL")
+    copy.add_argument("dest", metavar="DST", help="an output folder or a PostgreSQL URL")
+    copy.add_argument(
+        "--run",
+        metavar="NAME",
+        help="the run in the database (its spec's name; default: the spec name SRC's "
+        "folder records)",
+    )
+    copy.add_argument(
+        "--to-run",
+        metavar="NAME",
+        help="the run in DST's database, when both are URLs (default --run)",
+    )
+    copy.add_argument(
+        "--page",
+        type=_positive_int,
+        default=5000,
+        metavar="N",
+        help="rows per transaction (default 5000)",
+    )
+    copy.set_defaults(handler=cmd_manifest_copy)
+
+
 def add_run_logging(run: argparse.ArgumentParser) -> None:
     """``pipeline run``'s status lines and run log."""
     run.add_argument(
@@ -360,6 +404,16 @@ def add_run_logging(run: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="append a logfmt line per state change (job, provider, from, to, reason) to FILE",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return number
 
 
 def _positive_seconds(text: str) -> float:
@@ -561,6 +615,17 @@ def cmd_log(args: argparse.Namespace) -> int:
     from pipeline.commands import log_text
 
     for line in log_text(args.target, args.job, last=args.last):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_manifest_copy(args: argparse.Namespace) -> int:
+    from pipeline.commands import manifest_copy_text
+
+    lines = manifest_copy_text(
+        args.source, args.dest, run=args.run, to_run=args.to_run, page=args.page
+    )
+    for line in lines:
         print(line)
     return EXIT_OK
 

@@ -68,6 +68,7 @@ __all__ = [
     "failure_lines",
     "init_spec",
     "load_checked_spec",
+    "manifest_copy_text",
     "needed_env",
     "open_manifest_for",
     "parse_knobs",
@@ -1078,6 +1079,24 @@ def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
         f"from the snapshot of {when}: anything submitted after it is not in it, and "
         "such a job is pending again; check the provider before the next run"
     )
+
+
+def manifest_copy_text(
+    source: str, dest: str, *, run: str | None = None, to_run: str | None = None, page: int
+) -> Iterator[str]:
+    """``pipeline manifest copy``: a run's manifest from one store to another."""
+    from pipeline.manifest import copy_manifest
+
+    done = copy_manifest(source, dest, run=run, to_run=to_run, page=page)
+    yield (
+        f"copied {done.jobs} jobs, {done.outputs} outputs and {done.events} events "
+        f"from {done.source} to {done.dest}"
+    )
+    if done.unknown:
+        yield (
+            f"{done.unknown} job(s) caught submitting are unknown in the copy: the submit "
+            "may have reached the provider (`--resubmit-unknown` submits them again)"
+        )
 
 
 STARTER_NAME = "spec.yaml"

@@ -8,7 +8,8 @@ Unset, a failpoint costs one lookup in an empty dict.
 Points: ``submit.before_send`` (intent durable, request not yet sent),
 ``submit.after_answer`` (the provider answered, the remote id not yet recorded),
 ``download.part_written`` (part of a large body is in its ``.part``),
-``download.before_finish`` (files in place, the job not yet ``done``).
+``download.before_finish`` (files in place, the job not yet ``done``),
+``copy.after_page`` (``pipeline manifest copy`` has committed a page to its destination).
 """
 
 from __future__ import annotations

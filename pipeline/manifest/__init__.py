@@ -1,8 +1,9 @@
 """Room: the manifest, the one true record of a run (SQLite, or PostgreSQL for a shared
-run): the stores, their schemas and SQL, the group commit, the run lock, recovery and the
-fallback for unrecorded tasks. sqlite3 and psycopg live only here; psycopg (the
-``postgres`` extra) is imported only when a run's manifest is in PostgreSQL."""
+run): the stores, their schemas and SQL, the group commit, the run lock, recovery, copying
+a run between stores and the fallback for unrecorded tasks. sqlite3 and psycopg live only
+here; psycopg (the ``postgres`` extra) is imported only when a PostgreSQL URL is used."""
 
+from pipeline.manifest.copy import Copied, copy_manifest
 from pipeline.manifest.group_commit import GroupCommit, group_commits
 from pipeline.manifest.lock import RunLocked, hold_run_lock
 from pipeline.manifest.recover import Recovered, recover
@@ -18,6 +19,7 @@ from pipeline.manifest.where import (
 
 __all__ = [
     "POINTER_NAME",
+    "Copied",
     "Event",
     "GroupCommit",
     "Manifest",
@@ -25,6 +27,7 @@ __all__ = [
     "Recovered",
     "RunLocked",
     "adopt_unrecorded",
+    "copy_manifest",
     "find_manifest",
     "group_commits",
     "has_manifest",
