@@ -16,6 +16,7 @@ binaries the scenario reports itself skipped.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 from benchmarks.common import (
     Config,
+    Emulator,
     Proc,
     Row,
     emulator,
@@ -32,6 +34,7 @@ from benchmarks.common import (
     runner_cmd,
     write_spec,
 )
+from benchmarks.scenarios.overhead import emu_cpu_seconds
 
 NAME = "shared"
 KNOBS = {"task_seconds": 0, "task_jitter": 0, "render": False, "output_bytes": 1_000}
@@ -39,6 +42,7 @@ CONCURRENCY = 64  # high enough that the account's limit never holds the runners
 POLL = "{initial: 0.001s, max: 0.5s}"
 RUNNERS = (1, 2, 3)
 RUN_NAME = "bench"
+SETTLE = 0.3  # seconds for exited backends to be reaped before reading
 TIMEOUT = 1800  # seconds for one round on a slow shared machine
 
 
@@ -48,6 +52,8 @@ class Round:
 
     procs: list[Proc]
     machine_cpu: float
+    server_cpu: float  # the PostgreSQL server's processes (idle in the SQLite runs)
+    emulator_cpu: float
     states: dict[str, int] = field(default_factory=dict)
     jobs: int = 0
 
@@ -131,8 +137,9 @@ def run(config: Config) -> list[Row]:
                     if runners == 0
                     else pgserver.fresh_database(server, f"bench_{count}")
                 )
+                cpu = _Meters(emu, _postmaster_pid(server.data))
                 with database as url:
-                    measured = _measure(spec, work, out, url, max(runners, 1), jobs)
+                    measured = _measure(spec, work, out, url, max(runners, 1), jobs, cpu)
                 if not measured.complete:
                     config.log(f"    NOT every job done: {measured.trouble()}")
                     config.log(measured.output())
@@ -148,17 +155,56 @@ def _no_database() -> Iterator[None]:
     yield None
 
 
-def _measure(spec: Path, work: Path, out: Path, url: str | None, runners: int, jobs: int) -> Round:
+@dataclass
+class _Meters:
+    """CPU seconds so far of the machine, the PostgreSQL server and the emulator."""
+
+    emu: Emulator
+    postmaster: int
+
+    def read(self) -> tuple[float, float, float]:
+        return machine_cpu_seconds(), _tree_cpu_seconds(self.postmaster), emu_cpu_seconds(self.emu)
+
+
+def _postmaster_pid(data: Path) -> int:
+    return int((data / "postmaster.pid").read_text().split()[0])
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and its children, live (their own) and gone (reaped into its
+    cutime/cstime): the postmaster and its backends, checkpointer, WAL writer."""
+
+    def fields(stat: Path) -> list[str]:
+        return stat.read_text().rpartition(")")[2].split()
+
+    mine = fields(Path(f"/proc/{pid}/stat"))
+    ticks = sum(int(value) for value in mine[11:15])  # utime stime cutime cstime
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            theirs = fields(stat)
+        except OSError:
+            continue  # gone meanwhile: then it is in the parent's cutime, or soon
+        if int(theirs[1]) == pid:
+            ticks += sum(int(value) for value in theirs[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(
+    spec: Path, work: Path, out: Path, url: str | None, runners: int, jobs: int, cpu: _Meters
+) -> Round:
     from pipeline.manifest import open_run
 
     command = runner_cmd("run", str(spec), "--quiet")
     if url is not None:
         command += ["--manifest", url]
-    before = machine_cpu_seconds()
+    before = cpu.read()
     procs = run_measured_together(
         [command] * runners, cwd=work, env={"BENCH_OUT": str(out)}, timeout=TIMEOUT
     )
-    measured = Round(procs, machine_cpu_seconds() - before, jobs=jobs)
+    machine = machine_cpu_seconds() - before[0]
+    time.sleep(SETTLE)  # the runners' backends exit after them: let the postmaster reap them
+    after = cpu.read()
+    measured = Round(procs, machine, after[1] - before[1], after[2] - before[2], jobs=jobs)
     with open_run(out, url=url, run=RUN_NAME, readonly=True) as manifest:
         for states in manifest.counts().values():
             for state, n in states.items():
@@ -200,17 +246,24 @@ def _cost_rows(scenario: str, sqlite: list[Round], postgres: list[Round]) -> lis
     figures: dict[str, Callable[[Round], float]] = {
         "wall per job": lambda r: 1000 * r.wall / r.jobs,
         "runner CPU per job": lambda r: 1000 * r.runner_cpu / r.jobs,
+        "PostgreSQL server CPU per job": lambda r: 1000 * r.server_cpu / r.jobs,
+        "emulator CPU per job": lambda r: 1000 * r.emulator_cpu / r.jobs,
         "whole-machine CPU per job": lambda r: 1000 * r.machine_cpu / r.jobs,
     }
     rows = []
     for metric, figure in figures.items():
         pg = [figure(p) for _, p in pairs]
         lite = [figure(s) for s, _ in pairs]
-        extra = ("everything on the machine: runner, PostgreSQL server, emulator, harness"
-                 if metric.startswith("whole") else "")  # fmt: skip
+        extra = {
+            "whole-machine CPU per job": "everything on the machine: runner, PostgreSQL "
+            "server, emulator, harness, and any other tenant of a shared box",
+            "PostgreSQL server CPU per job": "postmaster and its children; the SQLite "
+            "runs' figure is the idle server's",
+        }.get(metric, "")
         rows.append(
             Row(scenario, f"{metric}, PostgreSQL manifest", "ms", pg, "SQLite", lite,
-                [a / b for a, b in zip(pg, lite, strict=True)], target="report",
+                [a / b for a, b in zip(pg, lite, strict=True)] if all(lite) else None,
+                target="report",
                 note="; ".join(filter(None, [extra, note])))
         )  # fmt: skip
     return rows
