@@ -9,9 +9,9 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.common import Config, Row
-from benchmarks.scenarios import downloads, latency, overhead, requests_per_job, scale
+from benchmarks.scenarios import downloads, latency, overhead, requests_per_job, scale, shared
 
-SCENARIOS = {m.NAME: m for m in (overhead, downloads, scale, requests_per_job, latency)}
+SCENARIOS = {m.NAME: m for m in (overhead, downloads, scale, requests_per_job, latency, shared)}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,66 @@ def run_measured(
             err.read().decode(errors="replace"),
             samples,
         )
+
+
+def run_measured_together(
+    commands: Sequence[Sequence[str]],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
+) -> list[Proc]:
+    """Start every command at once and wait for all: each one's own rusage (``os.wait4``
+    on its pid) and its wall time from the common start to its own exit, so the slowest
+    one's ``wall`` is the group's. Past ``timeout`` the rest are killed."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    with ExitStack() as files:
+        outs = [(files.enter_context(tempfile.TemporaryFile()),
+                 files.enter_context(tempfile.TemporaryFile())) for _ in commands]  # fmt: skip
+        started = time.time()
+        t0 = time.perf_counter()
+        processes = [
+            subprocess.Popen(list(args), cwd=cwd, env=full_env, stdout=out, stderr=err)
+            for args, (out, err) in zip(commands, outs, strict=True)
+        ]
+        ended: dict[int, tuple[float, int, Any]] = {}  # index -> (wall, status, rusage)
+        killed = False
+        while len(ended) < len(processes):
+            elapsed = time.perf_counter() - t0
+            for index, process in enumerate(processes):
+                if index in ended:
+                    continue
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    ended[index] = (time.perf_counter() - t0, status, usage)
+            if elapsed > timeout and not killed:
+                for index, process in enumerate(processes):
+                    if index not in ended:
+                        process.kill()
+                killed = True
+            time.sleep(min(0.05, max(0.001, elapsed / 100)))
+        procs = []
+        for index, (args, (out, err)) in enumerate(zip(commands, outs, strict=True)):
+            wall, status, usage = ended[index]
+            processes[index].returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            procs.append(
+                Proc(list(args), started, wall, usage.ru_utime, usage.ru_stime,
+                     usage.ru_maxrss / 1024, processes[index].returncode,
+                     out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+            )  # fmt: skip
+        return procs
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent so far (user + nice + system, all cores,
+    from /proc/stat): every process counts, not only ours."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()
+    user, nice, system = (int(value) for value in fields[1:4])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -25,6 +25,8 @@ def measured(rows: list[Row]) -> list[Row]:
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_scenario_runs_and_reports(name: str, tmp_path: Path) -> None:
+    if name == "shared":
+        needs_postgres()
     rows = SCENARIOS[name].run(tiny(tmp_path))
 
     assert measured(rows), rows
@@ -34,6 +36,32 @@ def test_scenario_runs_and_reports(name: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     report.append(text, results)
     assert rows[0].scenario in results.read_text()
+    if name == "shared":
+        check_shared(rows)
+
+
+def needs_postgres() -> None:
+    """Skip where no throwaway PostgreSQL can start (fail instead under
+    PIPELINE_REQUIRE_POSTGRES=1, as the PostgreSQL tests do)."""
+    from benchmarks.scenarios.shared import postgres_missing
+    from tests import pgserver
+
+    missing = postgres_missing()
+    if missing:
+        pgserver.unavailable(missing)
+
+
+def check_shared(rows: list[Row]) -> None:
+    """One runner on PostgreSQL finishes every job, and each PostgreSQL figure stands
+    next to SQLite's from the same round."""
+    one = next(row for row in rows if row.metric.startswith("jobs/s, 1 runner"))
+    assert one.values and not one.note  # one runner finishes every job
+    for row in rows:
+        if "PostgreSQL manifest" in row.metric:
+            assert row.baseline == "SQLite" and row.baseline_values, row
+            assert row.pairs or row.metric.startswith("PostgreSQL server"), row
+    machine = next(row for row in rows if row.metric.startswith("whole-machine"))
+    assert "everything on the machine" in machine.note
 
 
 def test_overhead_compares_with_the_aiohttp_peer(tmp_path: Path) -> None:
