@@ -1066,8 +1066,14 @@ def recover_text(root: Path, *, force: bool = False) -> Iterator[str]:
     """Rebuild ``root``'s damaged manifest from its snapshot (``pipeline recover``)."""
     from datetime import datetime
 
-    from pipeline.manifest import recover
+    from pipeline.manifest import POINTER_NAME, find_manifest, recover
 
+    if find_manifest(root) is None and (root / POINTER_NAME).is_file():
+        raise ManifestError(
+            f"{root}'s manifest is in PostgreSQL ({root / POINTER_NAME}), which keeps its "
+            "own durability: `pipeline recover` rebuilds SQLite manifests only. Restore the "
+            "database from its backups, or copy the run out (`pipeline manifest copy`)."
+        )
     with hold_run_lock(root, what="pipeline recover"):
         done = recover(root, force=force)
     if done.moved_to is not None:

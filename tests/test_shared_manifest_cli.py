@@ -123,3 +123,12 @@ def test_runners_with_their_own_output_roots(pg_url: str, tmp_path: Path) -> Non
     assert len(sources) == 12, sources
     for source in sources:
         assert (tmp_path / "b" / unquote(source)).resolve().is_file(), source
+
+
+def test_recover_says_a_shared_runs_manifest_is_not_its_business(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.url").write_text('{"url": "postgresql://h/db", "run": "x"}\n')
+    recover = run_cli("recover", str(out), cwd=tmp_path)
+    assert recover.returncode == 1, recover.stderr
+    assert "manifest is in PostgreSQL" in recover.stderr and "Traceback" not in recover.stderr
