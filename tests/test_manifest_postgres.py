@@ -81,3 +81,25 @@ def test_urls_and_schema_names() -> None:
     assert not is_database_url("out/manifest") and not is_database_url(None)
     assert schema_name("Faces v2") == "pipeline_faces_v2"
     assert pg_location("postgresql://u:pw@h:5/db", "r").display == "postgresql://u:***@h:5/db"
+
+
+def test_relayed_callbacks_are_read_once_in_order_and_old_ones_dropped(
+    pg_url: str, tmp_path: Path
+) -> None:
+    now = [1_000_000.0]
+    with (
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path, clock=lambda: now[0]) as a,
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path, clock=lambda: now[0]) as b,
+    ):
+        assert a.webhook_token() == b.webhook_token()  # one token for the run's receivers
+        a.relay_hint("apixo", "old")
+        now[0] += 2 * 86400
+        cursor, found = b.relayed_hints(None)  # a runner starts: only later hints count
+        assert found == []
+        a.relay_hint("apixo", "t1")
+        a.relay_hint("acedata", "t2")
+        cursor, found = b.relayed_hints(cursor)
+        assert found == [("apixo", "t1"), ("acedata", "t2")]
+        assert b.relayed_hints(cursor) == (cursor, [])
+        with a._read("count") as conn:  # the day-old hint is gone
+            assert conn.execute("SELECT count(*) FROM hints").fetchone()[0] == 2

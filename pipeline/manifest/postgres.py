@@ -51,6 +51,7 @@ __all__ = [
 
 PG_SCHEMA_VERSION = 1
 CONNECT_TIMEOUT = 10  # seconds to reach the server before the command gives up
+HINTS_KEPT = 86400.0  # seconds a relayed callback is kept (each runner reads it within 1 s)
 
 _V1 = """
 CREATE TABLE meta (
@@ -359,11 +360,13 @@ class PgManifest(Manifest):
         self, after: int | None, *, limit: int = 1000
     ) -> tuple[int, list[tuple[str, str]]]:
         """The hints relayed after id ``after`` (None: none, only the cursor to start
-        from), and the new cursor."""
-        with self._read("read callbacks") as conn:
-            if after is None:
+        from, and hints older than a day are dropped), and the new cursor."""
+        if after is None:
+            with self._write("read callbacks") as conn:
+                conn.execute("DELETE FROM hints WHERE at < ?", (self._clock() - HINTS_KEPT,))
                 row = conn.execute("SELECT coalesce(max(id), 0) FROM hints").fetchone()
-                return int(row[0]), []
+            return int(row[0]), []
+        with self._read("read callbacks") as conn:
             rows = conn.execute(
                 "SELECT id, provider, key FROM hints WHERE id > ? ORDER BY id LIMIT ?",
                 (after, limit),
