@@ -162,4 +162,3 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
-
