@@ -1,6 +1,9 @@
 """Room: the manifest, the one true record of a run (SQLite): the store, its schema and
-SQL, the group commit, the run lock, recovery and the fallback for unrecorded tasks.
-sqlite3 lives only here."""
+SQL, the group commit, the run lock, recovery and the fallback for unrecorded tasks;
+the same store in PostgreSQL, and the runners of a shared run. sqlite3 and psycopg live
+only here; psycopg (the ``postgres`` extra) is imported only when a shared run needs it."""
+
+from typing import TYPE_CHECKING, Any
 
 from pipeline.manifest.group_commit import GroupCommit, group_commits
 from pipeline.manifest.lock import RunLocked, hold_run_lock
@@ -11,13 +14,33 @@ from pipeline.manifest.unrecorded import adopt_unrecorded
 __all__ = [
     "Event",
     "GroupCommit",
+    "LeaseLost",
     "Manifest",
+    "PgManifest",
     "Pruned",
+    "Reaped",
     "Recovered",
     "RunLocked",
+    "Runners",
     "adopt_unrecorded",
     "find_manifest",
     "group_commits",
     "hold_run_lock",
     "recover",
 ]
+
+if TYPE_CHECKING:
+    from pipeline.manifest.postgres import PgManifest
+    from pipeline.manifest.runners import LeaseLost, Reaped, Runners
+
+_SHARED = {"PgManifest": "postgres", "LeaseLost": "runners", "Reaped": "runners",
+           "Runners": "runners"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """The PostgreSQL names, imported on first use (psycopg is an optional extra)."""
+    if name in _SHARED:
+        import importlib
+
+        return getattr(importlib.import_module(f"pipeline.manifest.{_SHARED[name]}"), name)
+    raise AttributeError(f"module 'pipeline.manifest' has no attribute {name!r}")

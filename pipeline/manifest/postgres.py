@@ -298,6 +298,7 @@ class PgManifest(Manifest):
 
     database_errors = (psycopg.Error,)
     lock_rows = True
+    shared = True
 
     def __init__(
         self,

@@ -768,6 +768,9 @@ class Manifest:
         if isinstance(exc, self.database_errors):
             self.write_failures.failed(exc)
 
+    shared = False
+    """Whether several runners may work on this manifest's run at once (PostgreSQL)."""
+
     lock_rows = False
     """Whether a transition locks its job's row before reading the state it leaves
     (needed where several processes write; SQLite has one writer at a time)."""
