@@ -299,3 +299,36 @@ def test_the_first_runner_counts_the_budget_from_the_manifest(
     c = Runners(third)
     c.join(30, lambda: {"provider:p": Decimal(2)})  # alone again: counted afresh
     assert c.budgets() == {"provider:p": Decimal(2)}
+
+
+def test_a_reaped_runner_takes_nothing_and_orphaned_jobs_come_free(
+    pg_url: str, tmp_path: Path, opened
+) -> None:
+    seed(pg_url, tmp_path, 3)
+    a_store, a = open_runner(pg_url, tmp_path, opened)
+    a.ensure_slots("p", 2)
+    expire(a)
+    _, b = open_runner(pg_url, tmp_path, opened)
+    b.reap()
+    assert a.claim("p", [S.PENDING], 3) == []  # reaped, though it does not know yet
+    assert a.take_slot("p") is None
+    # A job held by a runner with no lease (one that claimed as it was reaped, then died).
+    with psycopg.connect(pg_url, autocommit=True) as raw:
+        raw.execute(
+            f"UPDATE {schema_name(RUN)}.jobs SET holder = 'ghost', state = 'submitting' "
+            "WHERE id = 'job-0002'"
+        )
+        raw.execute(f"UPDATE {schema_name(RUN)}.slots SET holder = 'ghost' WHERE n = 0")
+    assert b.others_working("p", [S.SUBMITTING])
+    reaped = b.reap()
+    assert (reaped.runners, reaped.unknown, reaped.freed) == (("ghost",), 1, 1)
+    assert not b.others_working("p", [S.SUBMITTING])
+    assert b.take_slot("p") is not None and b.take_slot("p") is not None
+    # A submit's late answer: the job is taken back, recorded, and handed back.
+    assert a.take_back("job-0002")
+    assert a_store.transition(
+        "job-0002", S.SUBMITTED, expect=(S.SUBMITTING, S.UNKNOWN), remote_id="r2"
+    )
+    a.hand_back("job-0002")
+    assert [r.remote_id for r in b.claim("p", IN_FLIGHT, 5)] == ["r2"]
+    assert not a.leave()  # its lease was lost

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 
 from pipeline.commands import iter_jobs, load_checked_spec
-from pipeline.manifest.postgres import PgManifest
+from pipeline.completion.poll import PollFollower
+from pipeline.manifest.postgres import PgManifest, schema_name
 from pipeline.manifest.runners import Runners
-from pipeline.models import JobState, Spec
+from pipeline.models import Job, JobState, Spec
+from pipeline.providers.pixellabs import PixelLabsProvider
 from pipeline.runner.coordination import Shared
 from pipeline.runner.scheduler import RunOptions, RunSummary, Scheduler
 from pipeline.runner.session import open_session
@@ -214,3 +217,89 @@ async def _until_in_flight(pg_url: str, spec: Spec, n: int) -> None:
                 if counts.get(S.SUBMITTED, 0) + counts.get(S.RUNNING, 0) >= n:
                     return
                 await anyio.sleep(0.02)
+
+
+class HeldSubmit(PixelLabsProvider):
+    """Holds each submit's request until ``go`` is set (``sent`` says it is waiting)."""
+
+    sent: anyio.Event
+    go: anyio.Event
+
+    async def submit(self, job: Job) -> str:
+        self.sent.set()
+        await self.go.wait()
+        return await super().submit(job)
+
+
+def test_a_reaped_runner_stops_and_still_records_the_submit_it_had_out(
+    pg_url: str, tmp_path: Path, emulator_factory: Any
+) -> None:
+    """A runner whose lease is lost while a submit is out: the job is taken over as
+    `unknown`, the answer that then arrives is recorded anyway (never lost, never paid
+    again), the runner stops with the reason and an incomplete run, and the next runner
+    follows the task to done."""
+    emulator = emulator_factory(["pixellabs"], task_seconds=0.2)
+    spec = shared_spec(tmp_path, emulator.urls["pixellabs"], jobs=1, concurrency=1)
+    create_run(pg_url, spec)
+    slow = runner_spec(spec, tmp_path, 0)
+    (job,) = iter_jobs(spec)
+    events: list[str] = []
+
+    async def main() -> RunSummary:
+        with PgManifest.open_url(pg_url, run=spec.name, root=slow.output.root) as manifest:
+            manifest.limit_to_spec()
+            async with open_session(slow) as opened:
+                lane = opened.lanes["pixellabs"]
+                adapter = HeldSubmit(lane.settings, lane.adapter.client)
+                adapter.sent, adapter.go = anyio.Event(), anyio.Event()
+                held = replace(lane, adapter=adapter, follower=PollFollower(adapter, slow.run))
+                session = replace(opened, lanes={"pixellabs": held})
+                scheduler = Scheduler(
+                    slow, manifest, session, options=RunOptions(handle_signals=False),
+                    coordinator=Shared(Runners(manifest), lease=LEASE),
+                )  # fmt: skip
+                async with anyio.create_task_group() as group:
+
+                    async def reap_it() -> None:
+                        await adapter.sent.wait()
+                        with PgManifest.open_url(pg_url, run=spec.name, root=tmp_path) as other:
+                            reaper = Runners(other)
+                            reaper.join(30)
+                            _expire_all_but(pg_url, spec, reaper.id)
+                            reaped = reaper.reap()
+                            events.append(f"reaped {len(reaped.runners)}")
+                            record = other.get(job.id)
+                            assert record is not None and record.state is S.UNKNOWN
+                            reaper.leave()
+                        adapter.go.set()
+
+                    group.start_soon(reap_it)
+                    summary = await scheduler.run()
+                return summary
+
+    summary = anyio.run(main)
+    assert events == ["reaped 1"]
+    assert summary.lease_lost is not None and "was reaped" in summary.lease_lost
+    assert not summary.complete  # the exit code says the run stopped short
+    with PgManifest.open_url(pg_url, run=spec.name, root=tmp_path) as manifest:
+        record = manifest.get(job.id)
+        assert record is not None and record.state is S.SUBMITTED and record.remote_id
+        last = manifest.events(job.id)[-1]
+        assert (last.from_state, last.to_state) == (S.UNKNOWN, S.SUBMITTED)
+        assert "reconciled" in (last.detail or "")
+    assert len(emulator.ledger("pixellabs")) == 1
+
+    (after,) = run_together(pg_url, [runner_spec(spec, tmp_path, 1)])
+    assert after.submitted == 0 and after.finished["done"] == 1
+    assert final_states(pg_url, spec) == {S.DONE: 1}
+    assert_paid_once(emulator, 1)
+
+
+def _expire_all_but(pg_url: str, spec: Spec, keep: str) -> None:
+    """Every other runner's lease ended a second ago, by the database's clock."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"UPDATE {schema_name(spec.name)}.runners SET expires_at = "  # type: ignore[arg-type]
+            "extract(epoch from clock_timestamp()) - 1 WHERE id <> %s",
+            (keep,),
+        )

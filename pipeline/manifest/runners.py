@@ -35,6 +35,10 @@ S = JobState
 NOW = "extract(epoch from clock_timestamp())::float8"
 """The database's clock, in seconds since the epoch: the one clock of every lease."""
 
+_REGISTERED = "EXISTS (SELECT 1 FROM runners WHERE id = ?)"
+"""Only a runner with a lease takes jobs or slots (one reaped takes none, even before it
+knows)."""
+
 BudgetItem = tuple[str, Decimal, Decimal | None]
 """A budget counter's key, what the job adds to it, and its cap (None: counted only)."""
 
@@ -125,13 +129,14 @@ class Runners:
         now = self.manifest.clock()
         totals = [0, 0, 0]
         with self.manifest.coordinating("reap") as conn:
-            dead = sorted(
-                row[0]
-                for row in conn.execute(
-                    f"DELETE FROM runners WHERE expires_at < {NOW} RETURNING id"
-                ).fetchall()
+            expired = conn.execute(f"DELETE FROM runners WHERE expires_at < {NOW} RETURNING id")
+            dead = {row[0] for row in expired.fetchall()}
+            orphaned = conn.execute(  # held by no runner: one that claimed as it was reaped
+                "SELECT DISTINCT holder FROM jobs WHERE holder IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM runners r WHERE r.id = jobs.holder)"
             )
-            for runner_id in dead:
+            dead |= {row[0] for row in orphaned.fetchall()}
+            for runner_id in sorted(dead):
                 moved = _settle(
                     conn, runner_id, now,
                     mid_submit=f"runner {runner_id} stopped renewing mid-submit; "
@@ -139,19 +144,25 @@ class Runners:
                     mid_download=f"runner {runner_id} stopped renewing mid-download",
                 )  # fmt: skip
                 totals = [a + b for a, b in zip(totals, moved, strict=True)]
-        return Reaped(tuple(dead), *totals)
+            conn.execute(
+                "UPDATE slots SET holder = NULL WHERE holder IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM runners r WHERE r.id = slots.holder)"
+            )
+        return Reaped(tuple(sorted(dead)), *totals)
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """Settle this runner's jobs as a run's end does (a submit cut short: ``unknown``;
-        a download: ``succeeded``), release them and its slots, and end the lease."""
+        a download: ``succeeded``), release them and its slots, and end the lease.
+        False if the lease had already been lost (the runner was reaped)."""
         runner_id = self.manifest.runner_id
         if runner_id is None:
-            return
+            return True
         with self.manifest.coordinating("leave") as conn:
             _settle(conn, runner_id, self.manifest.clock(), mid_submit="run ended mid-submit",
                     mid_download="run ended mid-download", error=False)  # fmt: skip
-            conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
+            held = conn.execute("DELETE FROM runners WHERE id = ?", (runner_id,)).rowcount
         self.manifest.runner_id = None
+        return held == 1
 
     # -- jobs -----------------------------------------------------------------------
 
@@ -162,9 +173,11 @@ class Runners:
         sql = (
             "UPDATE jobs SET holder = ? WHERE rowid IN (SELECT rowid FROM jobs "
             f"WHERE provider = ? AND state IN ({marks}) AND holder IS NULL{self.manifest.scope} "
-            f"ORDER BY rowid LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING rowid, {JOB_COLUMNS}"
+            f"AND {_REGISTERED} ORDER BY rowid LIMIT ? FOR UPDATE SKIP LOCKED) "
+            f"RETURNING rowid, {JOB_COLUMNS}"
         )
-        params = (self.id, provider, *sorted(JobState(s).value for s in states), limit)
+        values = sorted(JobState(s).value for s in states)
+        params = (self.id, provider, *values, self.id, limit)
         with self.manifest.coordinating("claim jobs", transaction=False) as conn:
             rows = conn.execute(sql, params).fetchall()
         return [record_from_row(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
@@ -195,7 +208,8 @@ class Runners:
 
     def take_back(self, job_id: str) -> bool:
         """Hold again a job of ours that was reaped while its submit was out, so that
-        the remote id its answer brought can still be recorded."""
+        the remote id its answer brought can still be recorded (then ``hand_back``);
+        allowed even to a runner that was reaped itself."""
         with self.manifest.coordinating("take a job back", transaction=False) as conn:
             return (
                 conn.execute(
@@ -205,6 +219,12 @@ class Runners:
                 ).rowcount
                 == 1
             )
+
+    def hand_back(self, job_id: str) -> None:
+        """Release one held job, for any runner to take further."""
+        with self.manifest.coordinating("hand a job back", transaction=False) as conn:
+            conn.execute("UPDATE jobs SET holder = NULL WHERE id = ? AND holder = ?",
+                         (job_id, self.id))  # fmt: skip
 
     # -- shared limits --------------------------------------------------------------
 
@@ -226,9 +246,9 @@ class Runners:
         with self.manifest.coordinating("take a task slot", transaction=False) as conn:
             row = conn.execute(
                 "UPDATE slots SET holder = ? WHERE provider = ? AND n = (SELECT n FROM slots "
-                "WHERE provider = ? AND holder IS NULL ORDER BY n LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "RETURNING n",
-                (self.id, provider, provider),
+                f"WHERE provider = ? AND holder IS NULL AND {_REGISTERED} ORDER BY n LIMIT 1 "
+                "FOR UPDATE SKIP LOCKED) RETURNING n",
+                (self.id, provider, provider, self.id),
             ).fetchone()
         return None if row is None else int(row[0])
 

@@ -80,11 +80,16 @@ class Coordinator(Protocol):
         ...
 
     def take_back(self, job_id: str) -> bool:
-        """Whether a job that left this process (taken over) is its own again."""
+        """Hold again a job taken over while its submit was out (to record its answer)."""
         ...
 
-    def settle(self) -> None:
-        """However the run ends: no job of this process stays mid-step."""
+    def hand_back(self, job_id: str) -> None:
+        """Release a job taken back, for any runner to take further."""
+        ...
+
+    def settle(self) -> str | None:
+        """However the run ends: no job of this process stays mid-step. Returns why
+        the run had to stop short, if it had (a shared run's lease was lost)."""
         ...
 
 
@@ -131,10 +136,14 @@ class Local:
     def take_back(self, job_id: str) -> bool:
         return False
 
-    def settle(self) -> None:
+    def hand_back(self, job_id: str) -> None:
+        return None
+
+    def settle(self) -> str | None:
         with contextlib.suppress(ManifestError):  # a manifest that failed writes nothing
             self.manifest.reset([S.DOWNLOADING], S.SUCCEEDED, note="run ended mid-download")
             self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
+        return None
 
 
 class Shared:
@@ -241,9 +250,19 @@ class Shared:
         except ManifestError:
             return False
 
-    def settle(self) -> None:
-        with contextlib.suppress(ManifestError):  # else the lease expires and others reap
-            self.runners.leave()
+    def hand_back(self, job_id: str) -> None:
+        with contextlib.suppress(ManifestError):  # else it is freed when we leave
+            self.runners.hand_back(job_id)
+
+    def settle(self) -> str | None:
+        runner_id = self.runners.manifest.runner_id
+        try:
+            held = self.runners.leave()
+        except ManifestError:  # the lease expires and another runner reaps
+            return None
+        if held:
+            return None
+        return f"runner {runner_id} was reaped (its lease expired): its jobs went to the others"
 
 
 RUN_KEY = "run"

@@ -171,7 +171,9 @@ class Scheduler:
         """However the run ends (Ctrl-C, a crash), no job stays mid-step: a download goes
         back to ``succeeded``, a submit that may have left becomes ``unknown`` (of a
         shared run, this runner's jobs, which it then hands back)."""
-        self._coordinator.settle()
+        lost = self._coordinator.settle()
+        if lost is not None and self.summary.lease_lost is None:
+            self._lease_lost(lost)
 
     def _note_run(self, text: str) -> None:
         self.summary.notes.append(text)
@@ -605,8 +607,8 @@ class Scheduler:
             )
             self.summary.submitted += 1
             if at is None:  # the job was taken over while its request was out
-                at = self._record_late(lane, job_id, remote_id)
-                return None if at is None else (remote_id, at)
+                self._record_late(lane, job_id, remote_id)
+                return None
             return remote_id, at
         if isinstance(error, RateLimited | SubmitRefused | AccountError | FinalError):
             self._budget.release(job)  # provably nothing was created: nothing paid
@@ -629,22 +631,22 @@ class Scheduler:
             self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=error.reason())
         return None
 
-    def _record_late(self, lane: Lane, job_id: str, remote_id: str) -> float | None:
-        """A submit's answer came after another runner took the job over (this one had
-        stopped renewing its lease): record the remote id if the job can be taken back,
-        else name it in the unrecorded file (the next run here takes it back from there).
-        Returns when it was recorded, or None."""
+    def _record_late(self, lane: Lane, job_id: str, remote_id: str) -> None:
+        """A submit's answer came after the job was taken over (this runner had stopped
+        renewing its lease): the remote id is recorded all the same, and the job handed
+        back for any runner to follow; if that cannot be, it goes to the unrecorded file
+        (the next run on this output root takes it back from there)."""
         if self._coordinator.take_back(job_id):
-            at = self.manifest.transition_at(
+            recorded = self.manifest.transition(
                 job_id, S.SUBMITTED, expect=(S.SUBMITTING, S.UNKNOWN), remote_id=remote_id,
                 detail="reconciled: the submit's answer came after the job was taken over",
             )  # fmt: skip
-            if at is not None:
-                return at
+            self._coordinator.hand_back(job_id)
+            if recorded:
+                return
         reason = "the job was taken over by another runner before the submit's answer came"
         self.manifest.write_failures.lose(job_id, remote_id, reason, lambda _: lane.name)
         self.summary.errors.append(f"{lane.name} job {job_id}: {reason}; remote id {remote_id}")
-        return None
 
     # -- outputs --------------------------------------------------------------------
 
