@@ -1,7 +1,10 @@
 """Room: the manifest, the one true record of a run (SQLite, or PostgreSQL for a shared
 run): the stores, their schemas and SQL, the group commit, the run lock, recovery, copying
-a run between stores and the fallback for unrecorded tasks. sqlite3 and psycopg live only
-here; psycopg (the ``postgres`` extra) is imported only when a PostgreSQL URL is used."""
+a run between stores, the runners of a shared run and the fallback for unrecorded tasks.
+sqlite3 and psycopg live only here; psycopg (the ``postgres`` extra) is imported only
+when a PostgreSQL URL is used."""
+
+from typing import TYPE_CHECKING, Any
 
 from pipeline.manifest.copy import Copied, copy_manifest
 from pipeline.manifest.group_commit import GroupCommit, group_commits
@@ -22,10 +25,14 @@ __all__ = [
     "Copied",
     "Event",
     "GroupCommit",
+    "LeaseLost",
     "Manifest",
+    "PgManifest",
     "Pruned",
+    "Reaped",
     "Recovered",
     "RunLocked",
+    "Runners",
     "adopt_unrecorded",
     "copy_manifest",
     "find_manifest",
@@ -37,3 +44,19 @@ __all__ = [
     "open_run",
     "recover",
 ]
+
+if TYPE_CHECKING:
+    from pipeline.manifest.postgres import PgManifest
+    from pipeline.manifest.runners import LeaseLost, Reaped, Runners
+
+_SHARED = {"PgManifest": "postgres", "LeaseLost": "runners", "Reaped": "runners",
+           "Runners": "runners"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """The PostgreSQL names, imported on first use (psycopg is an optional extra)."""
+    if name in _SHARED:
+        import importlib
+
+        return getattr(importlib.import_module(f"pipeline.manifest.{_SHARED[name]}"), name)
+    raise AttributeError(f"module 'pipeline.manifest' has no attribute {name!r}")

@@ -21,7 +21,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +49,7 @@ __all__ = [
     "pg_location",
 ]
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 CONNECT_TIMEOUT = 10  # seconds to reach the server before the command gives up
 HINTS_KEPT = 86400.0  # seconds a relayed callback is kept (each runner reads it within 1 s)
 
@@ -117,8 +117,49 @@ _UPSERT_OUTPUT = (
     "root = excluded.root"
 )
 
+_V2 = """
+ALTER TABLE jobs ADD COLUMN holder TEXT;
+CREATE INDEX jobs_free ON jobs (provider, state, rowid) WHERE holder IS NULL;
+CREATE INDEX jobs_held ON jobs (holder, provider, state) WHERE holder IS NOT NULL;
+CREATE TABLE runners (
+    id         TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    root       TEXT NOT NULL
+);
+CREATE TABLE slots (
+    provider TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    holder   TEXT,
+    PRIMARY KEY (provider, n)
+);
+CREATE TABLE rates (
+    provider TEXT PRIMARY KEY,
+    tat      DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE budgets (
+    key   TEXT PRIMARY KEY,
+    spent NUMERIC NOT NULL
+);
+"""
+"""Version 2: the runners of a shared run (leases, by the database's clock), the job each
+works on (``jobs.holder``), and the limits they share (task slots, submit rate, budgets)."""
+
 Migration = Callable[["PgConnection"], None]
-PG_MIGRATIONS: Mapping[int, Migration] = {}
+
+
+def _run_script(script: str) -> Migration:
+    def migrate(conn: PgConnection) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    return migrate
+
+
+PG_MIGRATIONS: Mapping[int, Migration] = {1: _run_script(_V2)}
 """``PG_MIGRATIONS[n]`` upgrades a version-``n`` schema to ``n + 1``, inside the opening
 transaction (which holds the run's advisory lock). Add one with every bump of
 ``PG_SCHEMA_VERSION``."""
@@ -269,6 +310,7 @@ class PgManifest(Manifest):
 
     database_errors = (psycopg.Error,)
     lock_rows = True
+    shared = True
 
     def __init__(
         self,
@@ -389,6 +431,57 @@ class PgManifest(Manifest):
             with self._read("unlock") as conn:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(?))", (key,))
 
+    def clock(self) -> float:
+        """Now, by the clock the manifest's timestamps are written with."""
+        return self._clock()
+
+    @property
+    def scope(self) -> str:
+        """The condition bulk reads add (`` AND generation = …`` after ``limit_to_spec``)."""
+        return self._scope
+
+    runner_id: str | None = None
+    """This process's id among the runners of the shared run, once it joined: it then
+    moves only the jobs it holds (``jobs.holder``), and a reaped runner none at all."""
+
+    @property
+    def _locked_row_sql(self) -> str:
+        if self.runner_id is None:
+            return super()._locked_row_sql
+        return "SELECT state, remote_id, holder FROM jobs WHERE id = ? FOR UPDATE"
+
+    def _may_move(self, row: Sequence[Any]) -> bool:
+        return self.runner_id is None or row[2] == self.runner_id
+
+    @property
+    def _free_rows(self) -> str | None:
+        if self.runner_id is None:
+            return "holder IS NULL"
+        return f"(holder IS NULL OR holder = '{self.runner_id}')"  # a uuid's hex digits
+
+    @contextmanager
+    def coordinating(self, what: str, *, transaction: bool = True) -> Iterator[PgConnection]:
+        """The connection for the runners' bookkeeping (``manifest.runners``): one
+        transaction (or, without ``transaction``, single autocommitted statements).
+        A failure here raises ``ManifestError`` but does not stop the job writes: it
+        changes no job's state that this process believes in."""
+        if self.readonly:
+            raise ManifestError(f"{self.location}: {what}: manifest was opened read-only")
+        with self._lock, self._translated(what):
+            conn = cast(PgConnection, self._connection())
+            if not transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                with suppress(psycopg.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -463,20 +556,18 @@ def _prepare(
                     psycopg.sql.Identifier(location.schema)
                 )
             )
-            for statement in _V1.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(PG_SCHEMA_VERSION),))
+            _run_script(_V1)(conn)  # then migrated like any version-1 schema
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
             conn.execute(
                 "INSERT INTO meta VALUES ('created_at', ?)",
                 (datetime.now(UTC).isoformat(timespec="seconds"),),
             )
-        else:
-            _check_version(version, where, readonly=False)
-            while version < PG_SCHEMA_VERSION:
-                PG_MIGRATIONS[version](conn)
-                version += 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+            version = 1
+        _check_version(version, where, readonly=False)
+        while version < PG_SCHEMA_VERSION:
+            PG_MIGRATIONS[version](conn)
+            version += 1
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         for key, value in meta.items():
             conn.execute(
                 "INSERT INTO meta VALUES (?, ?) "

@@ -447,12 +447,10 @@ class Manifest:
         error = None if error is None else scrub(error)  # contract 5: no key is stored
         note = scrub(detail) if detail is not None else error
         if to is JobState.PENDING or self.lock_rows:  # the event names a forgotten remote id
-            row = conn.execute(
-                "SELECT state, remote_id FROM jobs WHERE id = ?" + self._for_update, (job_id,)
-            ).fetchone()
+            row = conn.execute(self._locked_row_sql, (job_id,)).fetchone()
             if row is None:
                 raise ManifestError(f"{self.location}: no job {job_id!r} in the manifest")
-            if row[0] not in sources:
+            if row[0] not in sources or not self._may_move(row):
                 return False
             if to is JobState.PENDING and row[1] and remote_id is None:
                 note = join_notes(note, f"was remote_id {row[1]}")
@@ -532,6 +530,9 @@ class Manifest:
         note: str = "reset",
         error: str | None = None,
     ) -> int:
+        guard = self._free_rows
+        if guard is not None:
+            only = guard if only is None else f"{only} AND {guard}"
         lock, events, update, params = reset_sql(
             from_states, to, provider=provider, only=only, scope=self._scope
         )
@@ -783,6 +784,9 @@ class Manifest:
         if isinstance(exc, self.database_errors):
             self.write_failures.failed(exc)
 
+    shared = False
+    """Whether several runners may work on this manifest's run at once (PostgreSQL)."""
+
     lock_rows = False
     """Whether a transition locks its job's row before reading the state it leaves
     (needed where several processes write; SQLite has one writer at a time)."""
@@ -790,6 +794,21 @@ class Manifest:
     @property
     def _for_update(self) -> str:
         return " FOR UPDATE" if self.lock_rows else ""
+
+    @property
+    def _locked_row_sql(self) -> str:
+        """Reads a job's state and remote id (and whatever ``_may_move`` checks)."""
+        return "SELECT state, remote_id FROM jobs WHERE id = ?" + self._for_update
+
+    def _may_move(self, row: Sequence[Any]) -> bool:
+        """Whether this process may move the job read by ``_locked_row_sql`` (one writer
+        here: always; a shared run's runner only moves the jobs it holds)."""
+        return True
+
+    @property
+    def _free_rows(self) -> str | None:
+        """A condition bulk resets keep to (a shared run: jobs no other runner holds)."""
+        return None
 
     database_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
     """The driver's errors: in a write, they stop every later write."""

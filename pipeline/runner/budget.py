@@ -15,7 +15,7 @@ from decimal import Decimal
 from pipeline.cost import Costs, spent_on
 from pipeline.models import Job, JobRecord
 
-__all__ = ["RUN_BUDGET", "BudgetGate", "Refusal"]
+__all__ = ["RUN_BUDGET", "BudgetGate", "Refusal", "refusal_text"]
 
 RUN_BUDGET = "run.budget"
 
@@ -63,8 +63,12 @@ class BudgetGate:
             self.spent[job.provider] -= cost
 
     def _text(self, key: str, cap: Decimal, spent: Decimal, cost: Decimal) -> str:
-        text = self.costs.text
-        return (
-            f"budget reached: {key} is {text(cap)}, {text(spent)} spent or in flight "
-            f"(unknown jobs included), the next job costs {text(cost)}; no more submits"
-        )
+        return refusal_text(self.costs, key, cap, spent, cost)
+
+
+def refusal_text(costs: Costs, key: str, cap: Decimal, spent: Decimal, cost: Decimal) -> str:
+    text = costs.text
+    return (
+        f"budget reached: {key} is {text(cap)}, {text(spent)} spent or in flight "
+        f"(unknown jobs included), the next job costs {text(cost)}; no more submits"
+    )

@@ -17,7 +17,7 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -43,6 +43,7 @@ from pipeline.outputs import fetch_outputs
 from pipeline.providers.base import submit_outcome
 from pipeline.retry import Backoff, ask_status
 from pipeline.runner.budget import BudgetGate, Refusal
+from pipeline.runner.coordination import Budget, Coordinator, coordinate
 from pipeline.runner.progress import NullProgress, Progress
 from pipeline.runner.session import Lane, Session, prepaid_requests
 
@@ -77,6 +78,7 @@ class RunSummary:
     outside_spec: dict[str, dict[str, int]] = field(default_factory=dict)  # left as they were
     spent: dict[str, Decimal] = field(default_factory=dict)  # priced providers, at end
     budget_stops: dict[str, str] = field(default_factory=dict)  # budget key → why, once
+    lease_lost: str | None = None  # a shared run's runner was reaped: why it stopped
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -84,7 +86,7 @@ class RunSummary:
     @property
     def complete(self) -> bool:
         total = sum(sum(by_state.values()) for by_state in self.states.values())
-        return total == self.count(S.DONE)
+        return total == self.count(S.DONE) and self.lease_lost is None
 
 
 class Scheduler:
@@ -97,6 +99,7 @@ class Scheduler:
         options: RunOptions | None = None,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self.spec = spec
         self.manifest = manifest
@@ -112,17 +115,22 @@ class Scheduler:
             lane.limiter.on_capped = self._note_capped_wait(lane.name)
         self._lanes_scope: anyio.CancelScope | None = None  # while the lanes run
         self._event_cursor = 0  # the last event passed to the progress display
-        self._budget = BudgetGate(Costs.of_spec(spec), ())  # counted from the manifest in run
+        self._costs = Costs.of_spec(spec)
+        self._budget: Budget = BudgetGate(self._costs, ())  # counted when the run starts
+        # alone (SQLite), or one of several runners of a shared run (PostgreSQL)
+        self._coordinator = coordinator or coordinate(manifest)
 
     # -- the run ----------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
         started = self.clock()
         self._event_cursor = self._last_event_id()  # the log starts with this run's events
-        costs = self._budget.costs
-        if costs.priced:  # what earlier runs spent counts, before unknown jobs are retried
-            self._budget = BudgetGate(costs, self.manifest.iter_records())
-        self._prepare_manifest()
+        self._budget = self._coordinator.start(self.session.lanes, self._costs, self._note_run)
+        try:
+            self._prepare_manifest()
+        except BaseException:
+            self._settle()
+            raise
         self.summary.already_done = self._count(S.DONE)
         self.progress.start(self._runnable_totals())
         try:
@@ -131,6 +139,7 @@ class Scheduler:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
                 if self.progress.follows_events or self.progress.status_every is not None:
                     outer.start_soon(self._report)
+                outer.start_soon(self._coordinator.keep_alive, self._lease_lost)
                 try:
                     async with (
                         group_commits(self.manifest) as self._commits,
@@ -160,10 +169,26 @@ class Scheduler:
 
     def _settle(self) -> None:
         """However the run ends (Ctrl-C, a crash), no job stays mid-step: a download goes
-        back to ``succeeded``, a submit that may have left becomes ``unknown``."""
-        with contextlib.suppress(ManifestError):  # a manifest that failed writes nothing
-            self.manifest.reset([S.DOWNLOADING], S.SUCCEEDED, note="run ended mid-download")
-            self.manifest.reset([S.SUBMITTING], S.UNKNOWN, note="run ended mid-submit")
+        back to ``succeeded``, a submit that may have left becomes ``unknown`` (of a
+        shared run, this runner's jobs, which it then hands back)."""
+        lost = self._coordinator.settle()
+        if lost is not None and self.summary.lease_lost is None:
+            self._lease_lost(lost)
+
+    def _note_run(self, text: str) -> None:
+        self.summary.notes.append(text)
+        self.progress.note("run", text)
+
+    def _lease_lost(self, why: str) -> None:
+        """This runner was reaped: its jobs are the others' now. Nothing more is
+        submitted or moved here (its moves would be refused anyway)."""
+        self.summary.lease_lost = why
+        self.summary.errors.append(f"stopped: {why}")
+        self.progress.note("run", f"stopped: {why}")
+        for lane in self.session.lanes.values():
+            lane.stopped = lane.stopped or "this runner's lease was lost"
+        if self._lanes_scope is not None:
+            self._lanes_scope.cancel()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(*_stop_signals()) as signals:
@@ -243,22 +268,24 @@ class Scheduler:
             receive.close()
 
     async def _feed(self, lane: Lane, send: MemoryObjectSendStream[JobRecord]) -> None:
-        async with send:
-            for record in self._records(lane.name):
+        """Jobs already paid for first, then new ones, as the coordinator hands them out."""
+        records = self._coordinator.records(
+            lane.name, page=lane.settings.concurrency, stopped=lambda: bool(lane.stopped)
+        )
+        async with send, contextlib.aclosing(records):
+            async for record in records:
                 if record.state is S.PENDING and lane.stopped:
-                    return
+                    break
                 await send.send(record)
-
-    def _records(self, provider: str) -> Iterator[JobRecord]:
-        """Jobs already paid for first, then new ones; a page at a time."""
-        yield from self.manifest.iter_records(provider=provider, states=IN_FLIGHT)
-        yield from self.manifest.iter_records(provider=provider, states=[S.PENDING])
+        if lane.stopped:
+            self._coordinator.stopped_feeding(lane.name)
 
     async def _work(self, lane: Lane, receive: MemoryObjectReceiveStream[JobRecord]) -> None:
         async with receive:
             async for record in receive:
                 try:
-                    end = await self._process(lane, record)
+                    async with self._coordinator.slot(lane.name):
+                        end = await self._process(lane, record)
                 except Exception as exc:  # one job's trouble must not end the run
                     end = None
                     self._unexpected(lane, record, exc)
@@ -477,6 +504,7 @@ class Scheduler:
             if lane.stopped:
                 return None
             await lane.limiter.request(submit=True)  # cancellable wait, outside the shield
+            await self._coordinator.pace(lane)  # the account's rate, across all runners
             sent += 1
             client_ref = f"{job.id}.{record.attempts + sent}"
             if not self._reserve_and_record(lane, job, client_ref):
@@ -575,9 +603,12 @@ class Scheduler:
         else:
             failpoint("submit.after_answer")
             at = self.manifest.transition_at(
-                job_id, S.SUBMITTED, expect=S.SUBMITTING, remote_id=remote_id
+                job_id, S.SUBMITTED, expect=(S.SUBMITTING, S.UNKNOWN), remote_id=remote_id
             )
             self.summary.submitted += 1
+            if at is None:  # the job was taken over while its request was out
+                self._record_late(lane, job_id, remote_id)
+                return None
             return remote_id, at
         if isinstance(error, RateLimited | SubmitRefused | AccountError | FinalError):
             self._budget.release(job)  # provably nothing was created: nothing paid
@@ -599,6 +630,23 @@ class Scheduler:
         else:
             self.manifest.transition(job_id, S.UNKNOWN, expect=S.SUBMITTING, error=error.reason())
         return None
+
+    def _record_late(self, lane: Lane, job_id: str, remote_id: str) -> None:
+        """A submit's answer came after the job was taken over (this runner had stopped
+        renewing its lease): the remote id is recorded all the same, and the job handed
+        back for any runner to follow; if that cannot be, it goes to the unrecorded file
+        (the next run on this output root takes it back from there)."""
+        if self._coordinator.take_back(job_id):
+            recorded = self.manifest.transition(
+                job_id, S.SUBMITTED, expect=(S.SUBMITTING, S.UNKNOWN), remote_id=remote_id,
+                detail="reconciled: the submit's answer came after the job was taken over",
+            )  # fmt: skip
+            self._coordinator.hand_back(job_id)
+            if recorded:
+                return
+        reason = "the job was taken over by another runner before the submit's answer came"
+        self.manifest.write_failures.lose(job_id, remote_id, reason, lambda _: lane.name)
+        self.summary.errors.append(f"{lane.name} job {job_id}: {reason}; remote id {remote_id}")
 
     # -- outputs --------------------------------------------------------------------
 
