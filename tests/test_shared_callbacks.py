@@ -82,5 +82,5 @@ def test_a_callback_for_another_runners_task_is_relayed(
         assert manifest.counts() == {"apixo": {JobState.DONE.value: JOBS}}
     assert len(emulator.ledger("apixo")) == JOBS  # each paid once
     stats = emulator.stats("apixo")
-    polls = sum(n for route, n in stats["requests"].items() if route.startswith("GET"))
+    polls = sum(n for route, n in stats["requests"].items() if "statusTask" in route)
     assert polls == JOBS, json.dumps(stats["requests"])  # one confirmation each, no polling

@@ -110,6 +110,8 @@ def test_three_runners_one_killed_again_and_again(
     assert states[JobState.DONE] > 0
     assert max(done_events.values()) == 1  # no job was done twice
     assert len(done_events) == states[JobState.DONE]
+    peaks = {p: emulator.stats(p)["peak_tasks"] for p in PROVIDERS}
+    print(f"kills {kills}, states {dict(states)}, peak tasks {peaks}")
     remote_ids = [r.remote_id for r in records if r.remote_id is not None]
     assert len(remote_ids) == len(set(remote_ids))
     for provider in PROVIDERS:
