@@ -76,6 +76,12 @@ def build_parser() -> Parser:
     run = commands.add_parser("run", help="run a spec (resumes where the last run stopped)")
     run.add_argument("spec", type=Path, help="the YAML spec")
     run.add_argument("--out", type=Path, help="output root (overrides output.root)")
+    run.add_argument(
+        "--manifest",
+        metavar="URL",
+        help="a PostgreSQL URL for the run's manifest (overrides manifest:): every "
+        "`pipeline run` given the same URL and spec works on the same run",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars or status lines")
     run.add_argument(
         "--retry-failed",
@@ -415,7 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.commands import load_checked_spec, run_spec, summary_text
     from pipeline.runner import ProgressOptions
 
-    spec = load_checked_spec(args.spec, out=args.out, check_jobs=False)
+    spec = load_checked_spec(args.spec, out=args.out, manifest=args.manifest, check_jobs=False)
     summary = run_spec(
         spec,
         quiet=args.quiet,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -21,7 +22,16 @@ from pipeline import __version__
 from pipeline.completion import wants_callbacks
 from pipeline.cost import Costs, plan_lines, spending_lines, spent_on
 from pipeline.errors import ManifestError, PipelineError, SpecError, UsageError
-from pipeline.manifest import Manifest, Pruned, adopt_unrecorded, find_manifest, hold_run_lock
+from pipeline.manifest import (
+    Manifest,
+    Pruned,
+    adopt_unrecorded,
+    has_manifest,
+    hold_run_lock,
+    is_database_url,
+    open_folder,
+    open_run,
+)
 from pipeline.matrix import count_unique_jobs, iter_jobs, iter_param_sets, job_params, job_seeds
 from pipeline.models import (
     TERMINAL_STATES,
@@ -82,6 +92,7 @@ def load_checked_spec(
     path: Path,
     *,
     out: Path | None = None,
+    manifest: str | None = None,
     env: Mapping[str, str] | None = None,
     check_jobs: bool = True,
     content: str | Mapping[str, Any] | None = None,
@@ -91,7 +102,8 @@ def load_checked_spec(
     parameters against its API; the provider options are always checked. ``content``:
     the spec's YAML text or data, when it is not read from ``path``. ``require_env=False``
     (plan, validate): unset ``${VAR}``s outside the jobs stay as written, ``needed_env``
-    names them, and a run refuses the spec."""
+    names them, and a run refuses the spec. ``manifest``: a PostgreSQL URL replacing the
+    spec's ``manifest`` (``run --manifest``)."""
     from pipeline.spec import load_spec
 
     spec = load_spec(
@@ -104,6 +116,13 @@ def load_checked_spec(
     register_secrets(s.api_key for s in spec.providers.values() if not _unexpanded(s.api_key))
     if out is not None:
         spec = replace(spec, output=replace(spec.output, root=out.expanduser().absolute()))
+    if manifest is not None:
+        if not is_database_url(manifest):
+            raise UsageError(
+                f"--manifest must be a PostgreSQL URL (postgresql://user@host/db), got "
+                f"{manifest!r}; leave it out to keep the manifest in the output root"
+            )
+        spec = replace(spec, manifest=manifest)
     if check_jobs:
         check_params(spec)
     else:
@@ -407,7 +426,7 @@ def _plan_costs(spec: Spec) -> Iterator[str]:
 def _spent_so_far(spec: Spec, costs: Costs) -> dict[str, Decimal] | None:
     """What the manifest of ``spec``'s output root says was spent; None without one."""
     try:
-        with Manifest.open(spec.output.root, readonly=True) as manifest:
+        with open_spec_manifest(spec, readonly=True) as manifest:
             manifest.limit_to_spec()
             return dict(spent_on(costs, manifest.iter_records()))
     except ManifestError:
@@ -534,12 +553,18 @@ def _is_expanded(manifest: Manifest, fingerprint: str) -> bool:
     return manifest.meta().get(EXPANSION_KEY) == f"{manifest.generation}:{fingerprint}"
 
 
-def _stored_expansion(root: Path, fingerprint: str) -> bool:
+def _stored_expansion(spec: Spec, fingerprint: str) -> bool:
     try:
-        with Manifest.open(root, readonly=True) as manifest:
+        with open_spec_manifest(spec, readonly=True) as manifest:
             return _is_expanded(manifest, fingerprint)
     except ManifestError:
         return False
+
+
+def open_spec_manifest(spec: Spec, *, readonly: bool = False) -> Manifest:
+    """``spec``'s manifest: in the database its ``manifest`` URL names (a shared run), or
+    in its output root."""
+    return open_run(spec.output.root, url=spec.manifest, run=spec.name, readonly=readonly)
 
 
 @contextmanager
@@ -549,18 +574,22 @@ def _open_for_spec(
     """The manifest of ``spec``'s output root, refused if another spec file owns it, with
     exactly the spec's jobs in its current generation and bulk reads limited to them.
 
-    A fingerprint match skips listing the jobs again (a million-job resume stays fast)."""
-    with (
-        hold_run_lock(spec.output.root, what=what),  # one run per output root, before any write
-        Manifest.open(spec.output.root) as manifest,
-    ):
-        _check_owner(spec, manifest.meta(), adopt=adopt)
-        manifest.set_meta(SPEC_NAME_KEY, spec.name)
-        manifest.set_meta(SPEC_PATH_KEY, _spec_identity(spec))
-        if not _is_expanded(manifest, fingerprint):
-            generation = manifest.begin_generation()  # an expansion cut short never matches
-            manifest.add_jobs(iter_jobs(spec))
-            manifest.set_meta(EXPANSION_KEY, f"{generation}:{fingerprint}")
+    A fingerprint match skips listing the jobs again (a million-job resume stays fast).
+    A shared run (PostgreSQL) takes no output-root lock: any number of runners work on
+    it, and its jobs are listed by one of them at a time (``Manifest.exclusive``)."""
+    shared = spec.manifest is not None
+    with contextlib.ExitStack() as stack:
+        if not shared:  # one run per output root, before any write
+            stack.enter_context(hold_run_lock(spec.output.root, what=what))
+        manifest = stack.enter_context(open_spec_manifest(spec))
+        with manifest.exclusive():
+            _check_owner(spec, manifest.meta(), adopt=adopt or shared)
+            manifest.set_meta(SPEC_NAME_KEY, spec.name)
+            manifest.set_meta(SPEC_PATH_KEY, _spec_identity(spec))
+            if not _is_expanded(manifest, fingerprint):
+                generation = manifest.begin_generation()  # an expansion cut short never matches
+                manifest.add_jobs(iter_jobs(spec))
+                manifest.set_meta(EXPANSION_KEY, f"{generation}:{fingerprint}")
         manifest.limit_to_spec()
         yield manifest
 
@@ -593,7 +622,7 @@ async def _run(
 
     require_env(spec)
     fingerprint = expansion_fingerprint(spec)
-    if not params_checked and not _stored_expansion(spec.output.root, fingerprint):
+    if not params_checked and not _stored_expansion(spec, fingerprint):
         check_params(spec)  # before anything is written
     with _open_for_spec(spec, adopt=adopt, fingerprint=fingerprint) as manifest:
         summary: RunSummary | None = None
@@ -647,10 +676,13 @@ def cancel_target(
             hint=f"entries: {', '.join(spec.providers)}",
         )
     root = spec.output.root
-    if find_manifest(root) is None:
+    if spec.manifest is None and not has_manifest(root):
         raise ManifestError(f"no manifest in {root}: nothing was run there")
-    with hold_run_lock(root, what="pipeline cancel"), Manifest.open(root) as manifest:
-        _check_owner(spec, manifest.meta(), adopt=False)
+    with contextlib.ExitStack() as stack:
+        if spec.manifest is None:  # a shared run's runners go on beside a cancel
+            stack.enter_context(hold_run_lock(root, what="pipeline cancel"))
+        manifest = stack.enter_context(open_spec_manifest(spec))
+        _check_owner(spec, manifest.meta(), adopt=spec.manifest is not None)
         manifest.limit_to_spec()
         done = run_blocking(partial(cancel_jobs, spec, manifest, providers=providers))
         manifest.write_snapshot()
@@ -660,9 +692,9 @@ def cancel_target(
 def _spec_of_target(target: Path, *, out: Path | None) -> Spec:
     """The spec of ``target``: the file itself, or the spec recorded in an output folder."""
     if target.is_dir():
-        if find_manifest(target) is None:
+        if not has_manifest(target):
             raise ManifestError(f"no manifest in {target}: nothing was run there")
-        with Manifest.open(target, readonly=True) as manifest:
+        with open_folder(target) as manifest:
             recorded = manifest.meta().get(SPEC_PATH_KEY)
         if recorded is None or not Path(recorded).is_file():
             raise SpecError(
@@ -815,8 +847,13 @@ def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Mani
     """Open read-only the manifest of an output directory, or of a spec's output root
     (``out``, if given, as for ``run --out``)."""
     spec = _lenient_spec(target, out=out)
-    with Manifest.open(target if spec is None else spec.output.root, readonly=True) as manifest:
+    with _open_target(target, spec) as manifest:
         yield manifest
+
+
+def _open_target(target: Path, spec: Spec | None) -> Manifest:
+    """Read-only: the manifest of output folder ``target``, or of ``spec`` if given."""
+    return open_folder(target) if spec is None else open_spec_manifest(spec, readonly=True)
 
 
 def _lenient_spec(target: Path, *, out: Path | None = None) -> Spec | None:
@@ -837,7 +874,7 @@ def status_of(target: Path, *, out: Path | None = None) -> tuple[dict[str, Any],
     """``pipeline status``: ``status_report`` with its ``spending``, and the spending as
     lines; the spec is read once and the manifest opened once."""
     spec = _lenient_spec(target, out=out)
-    with Manifest.open(target if spec is None else spec.output.root, readonly=True) as manifest:
+    with _open_target(target, spec) as manifest:
         report = status_report(manifest)
         report["spending"], lines = _status_spending(manifest, spec)
     return report, lines

@@ -304,6 +304,14 @@ class RunSettings:
         default="USD",
         metadata=_doc("The unit prices and budgets are written in; a label, never converted."),
     )
+    lease: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Shared runs: how long a runner's hold on its jobs lasts unless renewed (it "
+            "renews every third of it). A runner silent that long is taken for dead and "
+            "its jobs are taken over."
+        ),
+    )
     poll_defaults: frozenset[str] = frozenset()
 
     def advised(self, advice: PollAdvice) -> RunSettings:
@@ -435,6 +443,14 @@ class Spec:
     )
     repeats: int = field(default=1, metadata=_doc("Replicates of every job (distinct job ids)."))
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    manifest: str | None = field(
+        default=None,
+        metadata=_doc(
+            "A PostgreSQL URL (postgresql://…) to keep the run's manifest in, so that any "
+            "number of `pipeline run` processes, on any hosts, share the run. Default: "
+            "manifest.sqlite in the output root, for one process."
+        ),
+    )
     lines: Mapping[tuple[str | int, ...], int] = field(
         default_factory=dict, repr=False, compare=False
     )  # YAML line of each key / list item, for errors found after loading

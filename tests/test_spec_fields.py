@@ -181,6 +181,7 @@ run:
   max_retry_after: 9s
   budget: 10
   currency: credits
+  lease: 12s
 webhooks: {host: 0.0.0.0, port: 8080, public_url: https://hooks.example}
 """
 

@@ -1,7 +1,7 @@
-"""Room: the manifest, the one true record of a run (SQLite): the store, its schema and
-SQL, the group commit, the run lock, recovery and the fallback for unrecorded tasks;
-the same store in PostgreSQL, and the runners of a shared run. sqlite3 and psycopg live
-only here; psycopg (the ``postgres`` extra) is imported only when a shared run needs it."""
+"""Room: the manifest, the one true record of a run (SQLite, or PostgreSQL for a shared
+run): the stores, their schemas and SQL, the group commit, the run lock, recovery and the
+fallback for unrecorded tasks. sqlite3 and psycopg live only here; psycopg (the
+``postgres`` extra) is imported only when a run's manifest is in PostgreSQL."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +10,16 @@ from pipeline.manifest.lock import RunLocked, hold_run_lock
 from pipeline.manifest.recover import Recovered, recover
 from pipeline.manifest.store import Event, Manifest, Pruned, find_manifest
 from pipeline.manifest.unrecorded import adopt_unrecorded
+from pipeline.manifest.where import (
+    POINTER_NAME,
+    has_manifest,
+    is_database_url,
+    open_folder,
+    open_run,
+)
 
 __all__ = [
+    "POINTER_NAME",
     "Event",
     "GroupCommit",
     "LeaseLost",
@@ -25,7 +33,11 @@ __all__ = [
     "adopt_unrecorded",
     "find_manifest",
     "group_commits",
+    "has_manifest",
     "hold_run_lock",
+    "is_database_url",
+    "open_folder",
+    "open_run",
     "recover",
 ]
 

@@ -32,8 +32,10 @@ from psycopg import pq
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.rows import job_row
+from pipeline.manifest.scope import read_generation
 from pipeline.manifest.sql import INSERT_JOB
 from pipeline.manifest.store import Manifest
+from pipeline.manifest.where import SCHEMES, is_database_url
 from pipeline.models import Job
 from pipeline.redact import register_secrets
 
@@ -47,7 +49,6 @@ __all__ = [
 ]
 
 PG_SCHEMA_VERSION = 2
-SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT = 10  # seconds to reach the server before the command gives up
 
 _V1 = """
@@ -146,11 +147,6 @@ PG_MIGRATIONS: Mapping[int, Migration] = {1: _run_script(_V2)}
 """``PG_MIGRATIONS[n]`` upgrades a version-``n`` schema to ``n + 1``, inside the opening
 transaction (which holds the run's advisory lock). Add one with every bump of
 ``PG_SCHEMA_VERSION``."""
-
-
-def is_database_url(text: str | Path | None) -> bool:
-    """Whether a ``manifest`` setting names a PostgreSQL database (else a folder)."""
-    return isinstance(text, str) and urlsplit(text).scheme in SCHEMES
 
 
 @dataclass(frozen=True)
@@ -396,6 +392,21 @@ class PgManifest(Manifest):
                         conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run's listing lock (a session advisory lock) for the body, and read
+        the spec generation afresh: another runner may have listed the jobs meanwhile."""
+        key = self.pg_location.schema + ":list"
+        with self._read("lock") as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(?))", (key,))
+        try:
+            with self._read("read generation") as conn:
+                self.generation = read_generation(conn)
+            yield
+        finally:
+            with self._read("unlock") as conn:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(?))", (key,))
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ reads see only those, and ``prune`` removes the others.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import operator
@@ -318,6 +319,12 @@ class Manifest:
         if self._scope:
             self.limit_to_spec()
         return self.generation
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """For the body, no other process writes this manifest's job list (a shared
+        run's runners list the spec's jobs one at a time); here the run lock already
+        makes this process the only writer."""
+        return contextlib.nullcontext()
 
     def limit_to_spec(self) -> None:
         """From now on ``iter_records``, ``counts``, ``total``, ``failures`` and ``reset``

@@ -118,7 +118,7 @@ class Scheduler:
         self._costs = Costs.of_spec(spec)
         self._budget: Budget = BudgetGate(self._costs, ())  # counted when the run starts
         # alone (SQLite), or one of several runners of a shared run (PostgreSQL)
-        self._coordinator = coordinator or coordinate(manifest)
+        self._coordinator = coordinator or coordinate(manifest, lease=spec.run.lease)
 
     # -- the run ----------------------------------------------------------------------
 

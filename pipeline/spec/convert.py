@@ -82,6 +82,7 @@ def build_spec(
     matrix = checked(_matrix, model.matrix, list(providers), parsed)
     seeds = checked(_seeds, model.seeds, parsed)
     webhooks = checked(_webhooks, model.webhooks, parsed)
+    checked(_manifest, model.manifest, parsed)
     if problems:
         raise combined(problems)
     assert output is not None and matrix is not None and webhooks is not None
@@ -98,6 +99,7 @@ def build_spec(
         seeds=seeds,
         repeats=model.repeats,
         webhooks=webhooks,
+        manifest=model.manifest,
         lines=parsed.lines,
     )
 
@@ -290,6 +292,17 @@ def _webhooks(model: WebhooksModel, parsed: ParsedYaml) -> WebhookSettings:
             "public_url must start with http:// or https://", ("webhooks", "public_url")
         )
     return _settings(WebhookSettings, model)
+
+
+def _manifest(url: str | None, parsed: ParsedYaml) -> None:
+    """A shared run's manifest is a PostgreSQL URL; one process's lives in the output
+    root, so a path here would only mislead."""
+    if url is not None and not re.match(r"(postgresql|postgres)://|\$\{", url):
+        raise parsed.error(
+            f"expected a PostgreSQL URL (postgresql://user@host/db), got {url!r}",
+            ("manifest",),
+            hint="leave it out to keep the manifest in the output root (manifest.sqlite)",
+        )
 
 
 # --- prompts --------------------------------------------------------------------------

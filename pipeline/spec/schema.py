@@ -403,6 +403,7 @@ class RunModel(_Section):
     max_retry_after: Duration = setting(RunSettings, "max_retry_after")
     budget: Money | None = setting(RunSettings, "budget")
     currency: str = setting(RunSettings, "currency", min_length=1)
+    lease: Duration = setting(RunSettings, "lease")
 
 
 class WebhooksModel(_Section):
@@ -442,3 +443,4 @@ class SpecModel(_Section):
         default_factory=lambda: WebhooksModel.model_validate({}),
         description="The webhook receiver, for providers that call back (completion: webhook).",
     )
+    manifest: str | None = setting(Spec, "manifest", min_length=1)
