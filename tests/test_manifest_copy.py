@@ -222,9 +222,11 @@ def test_a_source_being_written_is_refused(pg_url: str, tmp_path: Path) -> None:
     with hold_run_lock(tmp_path / "src"), pytest.raises(RunLocked, match="in use"):
         copy_manifest(tmp_path / "src", pg_url)
     copy_manifest(tmp_path / "src", pg_url)  # a runners table with a live row refuses
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {schema_name('cats')}.runners (id TEXT, host TEXT, pid INT)")
-        conn.execute(f"INSERT INTO {schema_name('cats')}.runners VALUES ('r1', 'box-7', 4242)")
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a live runner (its lease holds)
+        conn.execute(
+            f"INSERT INTO {schema_name('cats')}.runners VALUES "
+            "('r1', 'box-7', 4242, 0, extract(epoch FROM now()) + 600, '/out')"
+        )
     with pytest.raises(ManifestError, match=r"runner.*box-7"):
         copy_manifest(pg_url, tmp_path / "dst", run="cats")
     assert not (tmp_path / "dst" / "manifest.sqlite").exists()

@@ -343,28 +343,17 @@ def _pg_source(url: str, run: str) -> Iterator[_Source]:
 
 
 def _refuse_live_runners(conn: Any, location: Any) -> None:
-    """Refuse a run that runners are writing: rows of its ``runners`` table (where there
-    is one), but those whose lease (a column named ``…expire…`` or ``…lease…``) ran out."""
+    """Refuse a run that runners are writing: those whose lease (by the database's clock,
+    as the runners count it) has not run out."""
     found = conn.execute("SELECT to_regclass(?)", (f'"{location.schema}".runners',)).fetchone()
-    if found is None or found[0] is None:
+    if found is None or found[0] is None:  # a schema from before runners had leases
         return
-    columns = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = ? AND table_name = 'runners' ORDER BY ordinal_position",
-        (location.schema,),
+    rows = conn.execute(
+        "SELECT host, pid, root FROM runners "
+        "WHERE expires_at > extract(epoch FROM clock_timestamp()) ORDER BY started_at LIMIT 5"
     ).fetchall()
-    live = "TRUE"
-    for name, kind in columns:
-        if "expire" in name or "lease" in name:
-            if kind.startswith("timestamp"):
-                live = f'"{name}" > now()'
-            elif kind in ("double precision", "real", "bigint", "integer", "numeric"):
-                live = f'"{name}" > extract(epoch FROM now())'
-            break
-    rows = conn.execute(f"SELECT * FROM runners WHERE {live} LIMIT 5").fetchall()
     if rows:
-        names = [" ".join(f"{c[0]}={v}" for c, v in zip(columns, row, strict=False))
-                 for row in rows]  # fmt: skip
+        names = [f"pid {pid} on {host} (output root {root})" for host, pid, root in rows]
         raise ManifestError(
             f"{location} is being written by {len(rows)}{'+' if len(rows) == 5 else ''} live "
             f"runner(s): {'; '.join(names)}; stop them (or wait for their leases to run out), "
