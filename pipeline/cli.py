@@ -536,6 +536,11 @@ def _print_status(report: dict[str, Any], out: TextIO, *, target: str = "SPEC") 
     from pipeline.commands import failure_lines
 
     print(f"{report['jobs']} jobs in {report['manifest']}", file=out)
+    runners = report.get("runners") or []
+    if runners:  # a shared run: who is at work on it now
+        shown = "; ".join(f"pid {r['pid']} on {r['host']}" for r in runners[:5])
+        more = f" and {len(runners) - 5} more" if len(runners) > 5 else ""
+        print(f"  {len(runners)} runner(s) at work: {shown}{more}", file=out)
     for name, states in sorted(report["providers"].items()):
         cells = ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
         print(f"  {name}: {cells}", file=out)

@@ -929,6 +929,7 @@ def status_report(manifest: Manifest, *, failures: int = 50) -> dict[str, Any]:
             for r in manifest.failures(limit=failures)
         ],
         "not_in_spec": manifest.outside_spec_counts(),
+        "runners": manifest.runners_at_work(),
     }
 
 

@@ -132,3 +132,23 @@ def test_recover_says_a_shared_runs_manifest_is_not_its_business(tmp_path: Path)
     recover = run_cli("recover", str(out), cwd=tmp_path)
     assert recover.returncode == 1, recover.stderr
     assert "manifest is in PostgreSQL" in recover.stderr and "Traceback" not in recover.stderr
+
+
+def test_status_names_the_runners_at_work(pg_url: str, tmp_path: Path) -> None:
+    import os
+
+    from pipeline.manifest import PgManifest, Runners
+
+    spec = write_spec(tmp_path, SPEC + f"manifest: {pg_url}\n")
+    assert run_cli("run", str(spec), "-q", cwd=tmp_path).returncode == 0
+    with PgManifest.open_url(pg_url, run="shared", root=tmp_path / "out") as manifest:
+        runners = Runners(manifest)
+        runners.join(60.0)
+        status = run_cli("status", str(spec), cwd=tmp_path)
+        report = json.loads(run_cli("status", str(spec), "--json", cwd=tmp_path).stdout)
+        runners.leave()
+        after = run_cli("status", str(spec), cwd=tmp_path)
+    assert f"1 runner(s) at work: pid {os.getpid()} on" in status.stdout, status.stdout
+    assert report["runners"][0]["pid"] == os.getpid()
+    assert 0 < report["runners"][0]["lease_left"] <= 60
+    assert "at work" not in after.stdout

@@ -377,6 +377,19 @@ class PgManifest(Manifest):
             return output
         return replace(output, root=str(row[7]))
 
+    def runners_at_work(self) -> list[dict[str, Any]]:
+        """The runners whose lease holds (by the database's clock), oldest first."""
+        with self._read("list runners") as conn:
+            rows = conn.execute(
+                "SELECT host, pid, root, started_at, "
+                "expires_at - extract(epoch FROM clock_timestamp()) FROM runners "
+                "WHERE expires_at > extract(epoch FROM clock_timestamp()) ORDER BY started_at"
+            ).fetchall()
+        return [
+            {"host": h, "pid": p, "root": r, "started_at": s, "lease_left": round(float(left), 1)}
+            for h, p, r, s, left in rows
+        ]
+
     # -- callbacks between runners (runner.session.HintRelay) -----------------------------
 
     def webhook_token(self) -> str:

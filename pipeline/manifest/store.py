@@ -326,6 +326,11 @@ class Manifest:
         makes this process the only writer."""
         return contextlib.nullcontext()
 
+    def runners_at_work(self) -> list[dict[str, Any]]:
+        """The processes working on this run now, for ``status``: none listed here (one
+        run per output root, under its lock); a shared run lists its live runners."""
+        return []
+
     def limit_to_spec(self) -> None:
         """From now on ``iter_records``, ``counts``, ``total``, ``failures`` and ``reset``
         see only the jobs of the current generation; calls by job id see every job."""
