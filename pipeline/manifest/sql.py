@@ -26,6 +26,7 @@ __all__ = [
     "legal_sources",
     "opt_state",
     "reset_sql",
+    "set_clause",
     "state_set",
     "transition_steps",
     "update_sql",
@@ -92,6 +93,12 @@ def update_sql(to: JobState, where: str) -> str:
     Named parameters: ``to``, ``now``, ``remote_id``, ``client_ref``, ``error``,
     ``failure`` and whatever ``where`` names.
     """
+    return f"UPDATE jobs SET {set_clause(to)} WHERE {where}"
+
+
+@functools.lru_cache(maxsize=64)
+def set_clause(to: JobState) -> str:
+    """The SET list of ``update_sql`` (its named parameters but ``where``'s)."""
     sets = ["state = :to", "updated_at = :now"]
     if to is JobState.SUBMITTING:
         sets.append("attempts = attempts + 1")
@@ -107,7 +114,7 @@ def update_sql(to: JobState, where: str) -> str:
         sets += ["remote_id = COALESCE(:remote_id, remote_id)", "error = NULL"]
     else:
         sets += [f"{c} = COALESCE(:{c}, {c})" for c in ("remote_id", "client_ref", "error")]
-    return f"UPDATE jobs SET {', '.join(sets)} WHERE {where}"
+    return ", ".join(sets)
 
 
 def join_notes(first: str | None, second: str) -> str:
