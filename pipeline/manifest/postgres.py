@@ -324,6 +324,7 @@ class PgManifest(Manifest):
         self.pg_location = location
         super().__init__(cast(Any, conn), root, readonly=readonly, clock=clock)
         self.location = str(location)
+        self._root_text = str(self.root.resolve())  # as outputs record it (once, not per row)
 
     @classmethod
     def open_url(
@@ -365,7 +366,7 @@ class PgManifest(Manifest):
     def _write_outputs(self, conn: Any, outputs: Sequence[Output]) -> None:
         """Each output with the output root it was written under: runners may each have
         their own (``--out``), or share one folder."""
-        root = str(self.root.resolve())
+        root = self._root_text
         cast(PgConnection, conn).executemany(
             _UPSERT_OUTPUT, ((*output_row(o), root) for o in outputs)
         )
@@ -373,7 +374,7 @@ class PgManifest(Manifest):
     def _output_from_row(self, row: Sequence[Any]) -> Output:
         """An output written under another output root than this store's names it."""
         output = output_from_row(row)
-        if row[7] == str(self.root.resolve()):
+        if row[7] == self._root_text:
             return output
         return replace(output, root=str(row[7]))
 
