@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
 
 from pipeline.errors import ManifestError, UsageError
 from pipeline.failpoints import failpoint
@@ -38,6 +37,7 @@ from pipeline.manifest.lock import hold_run_lock
 from pipeline.manifest.rows import JOB_COLUMNS, OUTPUT_COLUMNS
 from pipeline.manifest.schema import DB_NAME, check_existing, connect, prepare
 from pipeline.manifest.sql import INSERT_EVENT
+from pipeline.manifest.where import is_database_url, postgres_module
 from pipeline.models import JobState
 
 __all__ = ["COPY_PAGE", "Copied", "copy_manifest"]
@@ -124,7 +124,7 @@ def _dest(end: Path | str, run: str | None, source: Path | str) -> AbstractConte
 def _end(text: str | Path) -> Path | str:
     """A folder (a ``manifest.sqlite`` names its folder) or a PostgreSQL URL."""
     if isinstance(text, str) and "://" in text:
-        if urlsplit(text).scheme not in ("postgresql", "postgres"):  # as is_database_url
+        if not is_database_url(text):
             raise UsageError(f"not a PostgreSQL URL: {text.split('://')[0]}://… "
                              "(expected postgresql://… or an output folder)")  # fmt: skip
         return text
@@ -305,14 +305,11 @@ def _remove(building: Path) -> None:
 
 
 def _postgres() -> ModuleType:
-    """``manifest.postgres``, loaded only when a URL is used (psycopg is an extra)."""
+    """``manifest.postgres``; without psycopg, a usage error (exit 2) naming the extra."""
     try:
-        from pipeline.manifest import postgres
-    except ImportError as exc:
-        raise UsageError(
-            "a PostgreSQL manifest needs psycopg: pip install 'genmedia-pipeline[postgres]'"
-        ) from exc
-    return postgres
+        return postgres_module()
+    except ManifestError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _pg_connect(location: Any, *, readonly: bool) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +18,15 @@ from pipeline.manifest.store import Manifest, find_manifest
 if TYPE_CHECKING:
     from pipeline.manifest.postgres import PgLocation, PgManifest
 
-__all__ = ["POINTER_NAME", "SCHEMES", "has_manifest", "is_database_url", "open_folder", "open_run"]
+__all__ = [
+    "POINTER_NAME",
+    "SCHEMES",
+    "has_manifest",
+    "is_database_url",
+    "open_folder",
+    "open_run",
+    "postgres_module",
+]
 
 POINTER_NAME = "manifest.url"
 SCHEMES = ("postgresql", "postgres")
@@ -28,16 +37,22 @@ def is_database_url(text: str | Path | None) -> bool:
     return isinstance(text, str) and urlsplit(text).scheme in SCHEMES
 
 
-def _pg() -> type[PgManifest]:
-    """PgManifest, imported only for a shared run: psycopg is the ``postgres`` extra."""
+def postgres_module() -> ModuleType:
+    """``manifest.postgres``, imported only when a PostgreSQL URL is used: psycopg is the
+    ``postgres`` extra, and a missing one is a ``ManifestError`` naming the pip command."""
     try:
-        from pipeline.manifest.postgres import PgManifest
+        from pipeline.manifest import postgres
     except ImportError as exc:
         raise ManifestError(
             f"a PostgreSQL manifest needs the psycopg driver ({exc.name} is missing): "
             "pip install 'genmedia-pipeline[postgres]'"
         ) from exc
-    return PgManifest
+    return postgres
+
+
+def _pg() -> type[PgManifest]:
+    pg: type[PgManifest] = postgres_module().PgManifest
+    return pg
 
 
 def open_run(
