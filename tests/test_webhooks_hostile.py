@@ -7,6 +7,7 @@ The receiver runs in its own process, as in a run, so that its stderr is the use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -54,10 +55,16 @@ LIMITS = {"header_timeout": 1.0, "body_timeout": 1.0, "max_connections": 40, "lo
 @pytest.fixture
 def receiver_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A receiver with short timeouts in its own process; yields its URL and stderr file."""
+    with receiver_in_process(tmp_path, LIMITS) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def receiver_in_process(tmp_path: Path, limits: dict[str, float]) -> Iterator[tuple[str, Path]]:
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER, json.dumps(LIMITS)],
+            [sys.executable, "-c", SERVER, json.dumps(limits)],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -137,6 +144,26 @@ def test_slow_connections_are_closed_and_callbacks_still_answered(receiver_proce
     assert "Traceback" not in text
     assert len(text) < 2000 and text.count("\n") <= 3, text
     assert "webhook receiver dropped" in text  # said once, in sum
+
+
+def test_a_callback_is_answered_when_slow_bodies_fill_the_cap(tmp_path: Path) -> None:
+    """At the cap with no slow head left, the oldest unfinished body makes room, not the
+    new callback: a receiver full of slow bodies must still take a real one."""
+    limits = {**LIMITS, "header_timeout": 30.0, "body_timeout": 30.0, "max_connections": 4}
+    with receiver_in_process(tmp_path, limits) as (url, stderr):
+        sockets = []
+        try:
+            for _ in range(6):
+                sockets += slow_connections(url, 1)  # head sent, body half sent
+                time.sleep(0.2)  # let the receiver read the head before the next one
+            for i in range(3):
+                answer = httpx.post(url, json={"id": f"task-{i}"}, timeout=5)
+                assert answer.status_code == 200
+            assert sum(closed_by_peer(s) for s in sockets) >= 3
+        finally:
+            for sock in sockets:
+                sock.close()
+    assert "Traceback" not in stderr.read_text(errors="replace")
 
 
 def test_deep_json_is_refused_with_400_and_no_traceback(receiver_process) -> None:

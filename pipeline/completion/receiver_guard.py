@@ -4,9 +4,10 @@
 for ``loop.create_server``. Every connection must send its request head within
 ``header_timeout`` and the rest of its request within ``body_timeout``, or it is
 aborted. At most ``max_connections`` are open: a new one over the cap replaces the
-oldest connection still sending its head (the likely slowloris), and is refused when
-there is none. The receiver answers with ``Connection: close``, so a connection serves
-one request and never idles.
+oldest connection still sending its head (the likely slowloris), else the oldest still
+sending its body, and is refused only when every open request has fully arrived. The
+receiver answers with ``Connection: close``, so a connection serves one request and
+never idles.
 
 What is dropped is counted, not logged one by one: ``QuietLog`` writes at most one
 summary line per ``interval`` (and one when the receiver closes).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 import time
 from collections import Counter
@@ -24,6 +26,14 @@ from collections.abc import Callable
 __all__ = ["ConnectionGuard", "QuietLog", "counting_logger", "fd_budget"]
 
 _HEAD_END = b"\r\n\r\n"
+_HEAD_KEPT = 16 * 1024  # more than aiohttp accepts in a head; a longer one is refused there
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,18})[ \t]*$", re.I | re.M)
+
+
+def _content_length(head: bytes) -> int | None:
+    """The body size a request head announces; None when it does not say (chunked)."""
+    found = _CONTENT_LENGTH.search(head.replace(b"\r\n", b"\n"))
+    return int(found.group(1)) if found else None
 
 
 def fd_budget() -> int:
@@ -128,10 +138,14 @@ class ConnectionGuard:
         """Register a new connection; False when it must be refused."""
         if len(self._open) >= self.max_connections:
             oldest = next((c for c in self._open if c.in_head), None)
-            if oldest is None:
-                self.quiet.count("refused at the connection cap")
-                return False
-            oldest.abort("slow heads dropped at the connection cap")
+            if oldest is not None:
+                oldest.abort("slow heads dropped at the connection cap")
+            else:
+                oldest = next((c for c in self._open if c.in_body), None)
+                if oldest is None:
+                    self.quiet.count("refused at the connection cap")
+                    return False
+                oldest.abort("slow bodies dropped at the connection cap")
         self._open[connection] = None
         return True
 
@@ -148,8 +162,14 @@ class _Guarded(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._tail = b""
+        self._head = b""
+        self._body_left: int | None = None  # None: no Content-Length, so never known done
         self.in_head = True
+
+    @property
+    def in_body(self) -> bool:
+        """Past its head, and the body it announced has not all arrived."""
+        return not self.in_head and (self._body_left is None or self._body_left > 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -165,13 +185,23 @@ class _Guarded(asyncio.Protocol):
         if self._inner is None:
             return
         if self.in_head:
-            seen = self._tail + data
-            if _HEAD_END in seen:
+            seen = self._head + data
+            head, end, body = seen.partition(_HEAD_END)
+            if end:
                 self.in_head = False
+                self._head = b""
+                self._body_left = _content_length(head)
+                self._count_body(len(body))
                 self._arm(self._guard.body_timeout, "slow request bodies")
             else:
-                self._tail = seen[-(len(_HEAD_END) - 1) :]
+                self._head = seen[-_HEAD_KEPT:]
+        else:
+            self._count_body(len(data))
         self._inner.data_received(data)
+
+    def _count_body(self, size: int) -> None:
+        if self._body_left is not None:
+            self._body_left = max(0, self._body_left - size)
 
     def eof_received(self) -> bool | None:
         return None if self._inner is None else self._inner.eof_received()
