@@ -376,3 +376,50 @@ def test_a_misspelt_required_key_is_named_once_not_also_as_missing(tmp_path: Pat
     assert "spec.yaml:1: provders: unknown key 'provders'" in text
     assert "did you mean 'providers'?" in text
     assert "this field is required" not in text
+
+
+# --- every problem of a section, each at its line ---------------------------------------
+
+
+def test_every_problem_within_one_section_is_shown(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        providers:
+          pixai:
+            base_url: ftp://x
+            params: {prompt: p}
+            budget: 5
+        prompts:
+          - text: "{a} {b}"
+            vars: {c: [1], d: [2]}
+            meta: {ok: 1, bad: [1], worse: {x: 1}}
+        matrix:
+          provider: [pixai, nope, never]
+          exclude: [{a: 1, b: 2}]
+        seeds: [1, 1, 2, 2]
+        """,
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, known_providers=KNOWN)
+    text = str(caught.value)
+    for line, says in [
+        (3, "base_url must start with http"),
+        (4, "'prompt' is set from prompts:"),
+        (5, "a budget needs a price"),
+        (7, "unknown variable {a}"),
+        (7, "unknown variable {b}"),
+        (8, "variable 'c' is not used"),
+        (8, "variable 'd' is not used"),
+        (9, "prompts[0].meta.bad"),
+        (9, "prompts[0].meta.worse"),
+        (11, "provider 'nope' is not defined"),
+        (11, "provider 'never' is not defined"),
+        (12, "exclude key 'a'"),
+        (12, "exclude key 'b'"),
+        (13, "seed 1 is listed twice"),
+        (13, "seed 2 is listed twice"),
+    ]:
+        assert any(
+            row.startswith(f"{spec}:{line}: ") and says in row for row in text.splitlines()
+        ), (line, says, text)

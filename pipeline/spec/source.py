@@ -366,10 +366,10 @@ def unset_error(name: str, path: FieldPath, error_at: _ErrorAt) -> SpecError:
     )
 
 
-def combined(problems: list[SpecError]) -> SpecError:
-    """One error showing every problem (up to ``MAX_SHOWN``), in the order of the file."""
+def combined(problems: list[SpecError], *, shown: int = MAX_SHOWN) -> SpecError:
+    """One error showing every problem (up to ``shown``), in the order of the file."""
     ordered = sorted(problems, key=lambda problem: problem.line or 0)
-    first, *more = ordered[:MAX_SHOWN]
+    first, *more = ordered[:shown]
     if not more:
         return first
     return SpecError(
@@ -379,5 +379,5 @@ def combined(problems: list[SpecError]) -> SpecError:
         path=first.path,
         hint=first.hint,
         more=more,
-        omitted=len(ordered) - MAX_SHOWN if len(ordered) > MAX_SHOWN else 0,
+        omitted=len(ordered) - shown if len(ordered) > shown else 0,
     )
