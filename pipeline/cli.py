@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +30,26 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning after the command
+        warnings.showwarning = _warning_shower(warnings.showwarning)
+        return _command(args)
+
+
+def _warning_shower(default: Any) -> Any:
+    """Ours as one ``warning: …`` line (a plugin that cannot be loaded); others as is."""
+    from pipeline.errors import PluginWarning
+    from pipeline.redact import scrub
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PluginWarning):
+            print(f"warning: {scrub(str(message))}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         code: int = args.handler(args)
         sys.stdout.flush()  # a reader gone away shows here, not as a traceback at exit
@@ -658,6 +679,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if not args.providers:  # all: a plugin's that cannot be loaded is left out
+        names = [name for name in names if _emulator_loads(name)]
     knobs = parse_knobs(args.knob)
 
     def announce(name: str, url: str) -> None:
@@ -674,8 +697,21 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _emulator_loads(name: str) -> bool:
+    """Whether emulator ``name`` loads; if not, a warning says why (one line)."""
+    from pipeline.errors import PluginError, PluginWarning
+    from pipeline.runner import emulators
+
+    try:
+        emulators().emulator_factory(name)
+    except PluginError as exc:
+        warnings.warn(exc.warning, PluginWarning, stacklevel=2)
+        return False
+    return True
+
+
 def cmd_providers(args: argparse.Namespace) -> int:
-    from pipeline.providers.registry import available
+    from pipeline.providers.registry import available, warn_unloadable
 
     for name, provider in sorted(available().items()):
         modes = ", ".join(provider.completion_modes)
@@ -688,4 +724,5 @@ def cmd_providers(args: argparse.Namespace) -> int:
             print(f"    {param:<16} → {info.field}: {info.description}{choices}")
         for option, about in provider.options.items():
             print(f"    options.{option}: {about.description} ({about.kind})")
+    warn_unloadable()
     return EXIT_OK

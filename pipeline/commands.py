@@ -6,7 +6,6 @@ import contextlib
 import difflib
 import hashlib
 import json
-import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -109,7 +108,7 @@ def load_checked_spec(
 
     spec = load_spec(
         path,
-        known_providers=registry.available(),
+        known_providers=registry.known(),
         env=env,
         content=content,
         require_env=require_env,
@@ -128,6 +127,7 @@ def load_checked_spec(
         check_params(spec)
     else:
         check_options(spec)
+    registry.warn_unloadable()  # its own plugins loaded: the others do not matter
     return spec
 
 
@@ -279,6 +279,7 @@ def _check_emulator(spec: Spec, name: str) -> None:
             hint="drop emulate: to use the real API; a plugin ships an emulator under the "
             "pipeline.emulators entry point group (docs/providers.md)",
         )
+    emulators().emulator_factory(settings.type)  # a plugin's that cannot load: PluginError
     _check_knobs(spec, at, settings.emulate)
 
 
@@ -837,13 +838,6 @@ def _done_first(item: tuple[str, int]) -> tuple[bool, str]:
 # -- status and export -------------------------------------------------------------------
 
 
-class _LenientEnv(dict[str, str]):
-    """For commands that only need the output root: unset variables stay as written."""
-
-    def __missing__(self, key: str) -> str:
-        return "${" + key + "}"
-
-
 @contextmanager
 def open_manifest_for(target: Path, *, out: Path | None = None) -> Iterator[Manifest]:
     """Open read-only the manifest of an output directory, or of a spec's output root
@@ -867,7 +861,8 @@ def _lenient_spec(target: Path, *, out: Path | None = None) -> Spec | None:
         return None
     from pipeline.spec import load_spec
 
-    spec = load_spec(target, known_providers=registry.available(), env=_LenientEnv(os.environ))
+    spec = load_spec(target, known_providers=registry.known(), require_env=False, jobs_needed=False)
+    registry.warn_unloadable()
     register_secrets(s.api_key for s in spec.providers.values() if "${" not in (s.api_key or ""))
     return spec if out is None else replace(spec, output=replace(spec.output, root=out))
 

@@ -3,7 +3,7 @@
     PipelineError                 base; carries the process exit code
     ├── SpecError                 the spec is wrong (exit 2): file:line, field path, what to fix
     ├── UsageError                a command was asked for what cannot be (exit 2)
-    ├── PluginError               an installed provider plugin cannot be loaded (exit 2)
+    ├── PluginError               a plugin a command needs cannot be loaded (exit 2)
     ├── ManifestError             the manifest database cannot be opened or is not ours
     │   ├── ManifestDamaged       it exists but cannot be read: refused, `pipeline recover`
     │   └── RunLocked             another process is running on the same output root
@@ -49,6 +49,7 @@ __all__ = [
     "ManifestError",
     "PipelineError",
     "PluginError",
+    "PluginWarning",
     "ProviderError",
     "RateLimited",
     "ResponseTooLarge",
@@ -60,6 +61,7 @@ __all__ = [
     "UsageError",
     "VerificationError",
     "only_pipeline_errors",
+    "plugin_error",
 ]
 
 
@@ -119,10 +121,32 @@ class UsageError(PipelineError):
 
 
 class PluginError(PipelineError):
-    """An installed provider plugin cannot be loaded (import error, a class the base
-    refuses): exit 2, naming the plugin and the package to fix or uninstall."""
+    """An installed plugin that a command needs cannot be loaded (import error, a class
+    the base refuses): exit 2, naming the plugin and the package to fix or uninstall.
+    ``warning`` says the same in one line, for the commands that do not need it."""
 
     exit_code = 2
+
+    def __init__(self, message: str, *, warning: str | None = None) -> None:
+        super().__init__(message)
+        self.warning = warning if warning is not None else message.splitlines()[0]
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin cannot be loaded; this command does not need it."""
+
+
+def plugin_error(
+    kind: str, name: str, entry: str, package: str | None, problem: str
+) -> PluginError:
+    """The error for ``kind`` (provider, emulator) plugin ``name``, declared as ``entry``
+    (``module:attribute``) by ``package``, that cannot be loaded because of ``problem``."""
+    fix = f"pip uninstall {package}" if package else "uninstall its package"
+    what = f"{kind} plugin {name!r} ({entry}) cannot be loaded"
+    return PluginError(
+        f"{what}: {problem}\n  fix the plugin, or remove it: {fix}",
+        warning=f"{what} ({' '.join(problem.split())}); only what uses it fails. Fix it, or: {fix}",
+    )
 
 
 class ManifestError(PipelineError):

@@ -236,7 +236,9 @@ def test_a_value_from_a_variable_is_never_quoted(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(spec, known_providers=KNOWN, env={"SECRETISH": "sk-live-123"})
     assert "sk-live-123" not in str(caught.value)
-    assert "got '${SECRETISH}'" in str(caught.value)
+    assert "${SECRETISH} is 11 characters of text (not shown: it may be a secret)" in str(
+        caught.value
+    )
 
 
 def test_an_enum_typo_of_a_parameter_gets_a_suggestion(tmp_path: Path) -> None:
@@ -324,13 +326,19 @@ def test_every_parameter_and_option_problem_is_shown(tmp_path: Path) -> None:
     assert f"{spec}:9: matrix.style:" in stderr and "did you mean 'anime'?" in stderr
 
 
-def test_an_unset_variable_in_a_number_says_to_set_it(tmp_path: Path) -> None:
+def test_an_unset_variable_in_a_number_is_named_by_plan(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "providers: {pixai: {concurrency: '${CONC}'}}\nprompts: [x]\n")
     result = _run("plan", str(spec), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run needs: CONC (not set)" in result.stdout
+
+
+def test_an_unset_variable_in_a_choice_says_to_set_it(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "version: '1${V}'\nproviders: {pixai: {}}\nprompts: [x]\n")
+    result = _run("plan", str(spec), cwd=tmp_path)
     assert result.returncode == 2
-    stderr = result.stderr
-    assert "expected a whole number, got '${CONC}'" in stderr
-    assert "needed even by plan and validate: export it" in stderr
+    assert "expected one of 1, got '1${V}'" in result.stderr
+    assert "needed even by plan and validate: export it" in result.stderr
 
 
 def test_every_unknown_key_of_a_section_is_named_at_its_line(tmp_path: Path) -> None:
@@ -368,3 +376,50 @@ def test_a_misspelt_required_key_is_named_once_not_also_as_missing(tmp_path: Pat
     assert "spec.yaml:1: provders: unknown key 'provders'" in text
     assert "did you mean 'providers'?" in text
     assert "this field is required" not in text
+
+
+# --- every problem of a section, each at its line ---------------------------------------
+
+
+def test_every_problem_within_one_section_is_shown(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path,
+        """
+        providers:
+          pixai:
+            base_url: ftp://x
+            params: {prompt: p}
+            budget: 5
+        prompts:
+          - text: "{a} {b}"
+            vars: {c: [1], d: [2]}
+            meta: {ok: 1, bad: [1], worse: {x: 1}}
+        matrix:
+          provider: [pixai, nope, never]
+          exclude: [{a: 1, b: 2}]
+        seeds: [1, 1, 2, 2]
+        """,
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec, known_providers=KNOWN)
+    text = str(caught.value)
+    for line, says in [
+        (3, "base_url must start with http"),
+        (4, "'prompt' is set from prompts:"),
+        (5, "a budget needs a price"),
+        (7, "unknown variable {a}"),
+        (7, "unknown variable {b}"),
+        (8, "variable 'c' is not used"),
+        (8, "variable 'd' is not used"),
+        (9, "prompts[0].meta.bad"),
+        (9, "prompts[0].meta.worse"),
+        (11, "provider 'nope' is not defined"),
+        (11, "provider 'never' is not defined"),
+        (12, "exclude key 'a'"),
+        (12, "exclude key 'b'"),
+        (13, "seed 1 is listed twice"),
+        (13, "seed 2 is listed twice"),
+    ]:
+        assert any(
+            row.startswith(f"{spec}:{line}: ") and says in row for row in text.splitlines()
+        ), (line, says, text)

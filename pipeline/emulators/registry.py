@@ -20,6 +20,7 @@ from aiohttp import web
 
 from pipeline.emulators import apixo, pixai, pixellabs, pixverse
 from pipeline.emulators.knobs import Knobs
+from pipeline.errors import plugin_error
 
 __all__ = ["EMULATORS", "GROUP", "emulator_factory", "emulator_names"]
 
@@ -43,9 +44,19 @@ def emulator_names() -> list[str]:
 
 
 def emulator_factory(name: str) -> Factory:
-    """The factory of emulator ``name`` (a plugin's is loaded now); KeyError if none."""
+    """The factory of emulator ``name`` (a plugin's is loaded now); KeyError if none,
+    PluginError if its plugin cannot be loaded."""
     if name in EMULATORS:
         return EMULATORS[name]
     for entry in entry_points(group=GROUP, name=name):
-        return cast(Factory, entry.load())
+        package = entry.dist.name if entry.dist is not None else None
+        try:
+            loaded = entry.load()
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise plugin_error("emulator", name, entry.value, package, problem) from exc
+        if not callable(loaded):
+            problem = "it is not a callable create_app(knobs) -> aiohttp.web.Application"
+            raise plugin_error("emulator", name, entry.value, package, problem)
+        return cast(Factory, loaded)
     raise KeyError(name)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -104,6 +105,19 @@ def build_spec(
     )
 
 
+def _all_of(checks: Iterable[Callable[[], object]]) -> None:
+    """Run every check, so that one problem does not hide the next: one SpecError holds
+    all they raised (``build_spec`` caps what is shown)."""
+    problems: list[SpecError] = []
+    for check in checks:
+        try:
+            check()
+        except SpecError as exc:
+            problems.extend((exc, *exc.more))
+    if problems:
+        raise combined(problems, shown=len(problems))
+
+
 def _spec_name(name: str | None, source: Path, parsed: ParsedYaml) -> str:
     chosen = name if name is not None else source.stem
     if chosen.strip() in ("", ".", "..") or re.search(r"[/\\\x00-\x1f]", chosen):
@@ -146,23 +160,38 @@ def _provider(
     name: str, item: ProviderModel, parsed: ParsedYaml, known: Collection[str]
 ) -> ProviderSettings:
     at: FieldPath = ("providers", name)
-    if not _PROVIDER_NAME.fullmatch(name):
-        raise parsed.error(
-            f"bad provider name {name!r}: use lowercase letters, digits, '_' and '-'", at
-        )
     api_type = item.type if item.type is not None else name
-    if api_type not in known:
-        close = difflib.get_close_matches(api_type, list(known), n=1)
-        raise parsed.error(
-            f"unknown provider type {api_type!r}"
-            + (f"; did you mean {close[0]!r}?" if close else ""),
-            (*at, "type"),
-            f"known provider types: {', '.join(sorted(known)) or '(none installed)'}"
-            + ("" if item.type else f"; set `type:` when the name {name!r} is not one"),
-        )
-    if item.base_url is not None and not re.match(r"https?://|\$\{", item.base_url):
-        raise parsed.error("base_url must start with http:// or https://", (*at, "base_url"))
-    _check_params(item.params, (*at, "params"), parsed)
+
+    def check_name() -> None:
+        if not _PROVIDER_NAME.fullmatch(name):
+            raise parsed.error(
+                f"bad provider name {name!r}: use lowercase letters, digits, '_' and '-'", at
+            )
+
+    def check_type() -> None:
+        if api_type not in known:
+            close = difflib.get_close_matches(api_type, list(known), n=1)
+            raise parsed.error(
+                f"unknown provider type {api_type!r}"
+                + (f"; did you mean {close[0]!r}?" if close else ""),
+                (*at, "type"),
+                f"known provider types: {', '.join(sorted(known)) or '(none installed)'}"
+                + ("" if item.type else f"; set `type:` when the name {name!r} is not one"),
+            )
+
+    def check_base_url() -> None:
+        if item.base_url is not None and not re.match(r"https?://|\$\{", item.base_url):
+            raise parsed.error("base_url must start with http:// or https://", (*at, "base_url"))
+
+    _all_of(
+        [
+            check_name,
+            check_type,
+            check_base_url,
+            lambda: _check_params(item.params, (*at, "params"), parsed),
+            lambda: _pass_through(item.pass_through, (*at, "pass_through"), parsed),
+        ]
+    )
     return _settings(
         ProviderSettings,
         item,
@@ -185,18 +214,25 @@ def _price(model: PriceModel | None) -> Price | None:
 
 def _check_budgets(model: SpecModel, parsed: ParsedYaml) -> None:
     """A budget counts money, so what it counts must have a price."""
-    for name, item in model.providers.items():
-        if item.budget is not None and item.price is None:
-            raise parsed.error(
-                "a budget needs a price", ("providers", name, "budget"),
-                "set providers." + name + ".price, e.g. {per_job: 0.04}",
-            )  # fmt: skip
+    problems = [
+        parsed.error(
+            "a budget needs a price",
+            ("providers", name, "budget"),
+            "set providers." + name + ".price, e.g. {per_job: 0.04}",
+        )
+        for name, item in model.providers.items()
+        if item.budget is not None and item.price is None
+    ]
     unpriced = [name for name, item in model.providers.items() if item.price is None]
     if model.run.budget is not None and unpriced:
-        raise parsed.error(
-            f"run.budget needs a price for every provider; none for {', '.join(unpriced)}",
-            ("run", "budget"),
+        problems.append(
+            parsed.error(
+                f"run.budget needs a price for every provider; none for {', '.join(unpriced)}",
+                ("run", "budget"),
+            )
         )
+    if problems:
+        raise combined(problems, shown=len(problems))
 
 
 def _pass_through(
@@ -322,30 +358,49 @@ def _prompt(
 
 def _template_prompt(item: TemplateItem, index: int, parsed: ParsedYaml) -> TemplatePrompt:
     at: FieldPath = ("prompts", index)
-    fields = _checked_template(item.text, (*at, "text"), parsed)
-    _check_variables(fields, list(item.vars), (*at, "text"), parsed)
-    unused = [name for name in item.vars if name not in fields]
-    if unused:
-        raise parsed.error(
-            f"variable {unused[0]!r} is not used in text (it would repeat every prompt)",
-            (*at, "vars", unused[0]),
+
+    def check_text() -> None:
+        fields = _checked_template(item.text, (*at, "text"), parsed)
+        _all_of(
+            [
+                lambda: _check_variables(fields, list(item.vars), (*at, "text"), parsed),
+                *(
+                    functools.partial(_unused_variable, name, (*at, "vars", name), parsed)
+                    for name in item.vars
+                    if name not in fields
+                ),
+            ]
         )
-    _check_params(item.params, (*at, "params"), parsed)
+
+    _all_of(
+        [
+            check_text,
+            lambda: _check_params(item.params, (*at, "params"), parsed),
+            lambda: _checked_meta(item.meta, (*at, "meta"), parsed),
+        ]
+    )
     return TemplatePrompt(
         text=item.text,
         vars={name: tuple(values) for name, values in item.vars.items()},
         params=dict(item.params),
         index=index,
-        meta=_checked_meta(item.meta, (*at, "meta"), parsed),
+        meta=dict(item.meta),
     )
+
+
+def _unused_variable(name: str, at: FieldPath, parsed: ParsedYaml) -> None:
+    raise parsed.error(f"variable {name!r} is not used in text (it would repeat every prompt)", at)
 
 
 def _checked_meta(meta: Mapping[str, Any], at: FieldPath, parsed: ParsedYaml) -> dict[str, Any]:
     """Inline metadata: text keys and scalar values, each problem at its own line."""
-    for key, value in meta.items():
-        problem = meta_value_problem(key, value)
-        if problem:
-            raise parsed.error(problem, (*at, key))
+    problems = [
+        parsed.error(problem, (*at, key))
+        for key, value in meta.items()
+        if (problem := meta_value_problem(key, value))
+    ]
+    if problems:
+        raise combined(problems, shown=len(problems))
     return dict(meta)
 
 
@@ -359,13 +414,17 @@ def _checked_template(text: str, at: FieldPath, parsed: ParsedYaml) -> list[str]
 def _check_variables(
     fields: Sequence[str], available: Sequence[str], at: FieldPath, parsed: ParsedYaml
 ) -> None:
-    unknown = [name for name in fields if name not in available]
-    if unknown:
-        raise parsed.error(
-            f"unknown variable {{{unknown[0]}}}; known: {', '.join(available) or '(none)'}",
+    problems = [
+        parsed.error(
+            f"unknown variable {{{name}}}; known: {', '.join(available) or '(none)'}",
             at,
-            f"define it, or write {{{{{unknown[0]}}}}} for literal braces",
+            f"define it, or write {{{{{name}}}}} for literal braces",
         )
+        for name in dict.fromkeys(fields)
+        if name not in available
+    ]
+    if problems:
+        raise combined(problems, shown=len(problems))
 
 
 def _prompt_file(item: FileItem, index: int, base_dir: Path, parsed: ParsedYaml) -> PromptFile:
@@ -454,14 +513,22 @@ def _check_csv_columns(
 
 def _matrix(model: MatrixModel, providers: list[str], parsed: ParsedYaml) -> MatrixSpec:
     dimensions = dict((model.model_extra or {}).items())
-    for key, values in dimensions.items():
-        for position, value in enumerate(values):
-            _check_cell({key: value}, ("matrix", key, position), providers, parsed)
+    checks: list[Callable[[], object]] = [
+        functools.partial(_check_cell, {key: value}, ("matrix", key, position), providers, parsed)
+        for key, values in dimensions.items()
+        for position, value in enumerate(values)
+    ]
     provider_values = dimensions.pop(PROVIDER_KEY, providers)
-    for position, entry in enumerate(model.include):
-        _check_cell(entry, ("matrix", "include", position), providers, parsed)
-    for position, entry in enumerate(model.exclude):
-        _check_exclude(entry, ("matrix", "exclude", position), [*dimensions, PROVIDER_KEY], parsed)
+    checks += [
+        functools.partial(_check_cell, entry, ("matrix", "include", position), providers, parsed)
+        for position, entry in enumerate(model.include)
+    ]
+    names = [*dimensions, PROVIDER_KEY]
+    checks += [
+        functools.partial(_check_exclude, entry, ("matrix", "exclude", position), names, parsed)
+        for position, entry in enumerate(model.exclude)
+    ]
+    _all_of(checks)
     return MatrixSpec(
         dimensions=(
             *((key, tuple(values)) for key, values in dimensions.items()),
@@ -490,13 +557,17 @@ def _check_exclude(
 ) -> None:
     if not entry:
         raise parsed.error("an empty exclude entry would remove every combination", at)
-    for key in entry:
-        if key not in dimensions:
-            raise parsed.error(
-                f"exclude key {key!r} is not a matrix dimension",
-                (*at, key),
-                f"dimensions: {', '.join(dimensions)}",
-            )
+    problems = [
+        parsed.error(
+            f"exclude key {key!r} is not a matrix dimension",
+            (*at, key),
+            f"dimensions: {', '.join(dimensions)}",
+        )
+        for key in entry
+        if key not in dimensions
+    ]
+    if problems:
+        raise combined(problems, shown=len(problems))
 
 
 def _seeds(seeds: list[int] | SeedRange | None, parsed: ParsedYaml) -> Sequence[int] | None:
@@ -505,10 +576,13 @@ def _seeds(seeds: list[int] | SeedRange | None, parsed: ParsedYaml) -> Sequence[
     if isinstance(seeds, SeedRange):
         return range(seeds.start, seeds.start + seeds.count)
     seen: set[int] = set()
+    problems: list[SpecError] = []
     for position, seed in enumerate(seeds):
         if seed in seen:
-            raise parsed.error(f"seed {seed} is listed twice", ("seeds", position))
+            problems.append(parsed.error(f"seed {seed} is listed twice", ("seeds", position)))
         seen.add(seed)
+    if problems:
+        raise combined(problems, shown=len(problems))
     return tuple(seeds)
 
 

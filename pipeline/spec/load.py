@@ -1,7 +1,8 @@
 """YAML spec file → validated ``models.Spec``, or a SpecError that says where and why.
 
 Loading goes: YAML (with the line of every key, ``spec.source``) → ``${VAR}`` expansion →
-structural validation (pydantic models in ``spec.schema``) → meaning checks and
+structural validation (pydantic models in ``spec.schema``; a value that is all one
+``${VAR}`` is converted there for a number or true/false field) → meaning checks and
 conversion to frozen dataclasses (here). Every user mistake becomes a
 ``SpecError(message, file=, line=, path=, hint=)``; nothing escapes as a traceback.
 
@@ -28,7 +29,14 @@ from pipeline.errors import SpecError
 from pipeline.models import Spec
 from pipeline.spec.convert import build_spec
 from pipeline.spec.schema import UNION_TAGS, SpecModel
-from pipeline.spec.source import FieldPath, ParsedYaml, combined, expand_env, parse_yaml
+from pipeline.spec.source import (
+    FieldPath,
+    ParsedYaml,
+    Variable,
+    combined,
+    expand_env,
+    parse_yaml,
+)
 from pipeline.units import parse_duration, parse_rate
 
 __all__ = ["JOB_SHAPING", "load_spec", "parse_duration", "parse_rate", "spec_json_schema"]
@@ -43,14 +51,17 @@ def load_spec(
     env: Mapping[str, str] | None = None,
     content: str | Mapping[str, Any] | None = None,
     require_env: bool = True,
+    jobs_needed: bool = True,
 ) -> Spec:
     """Load and check the spec at ``path``; ``known_providers`` are the API types there
     are adapters for; ``${VAR}`` comes from ``env`` (default: ``os.environ``).
 
     ``content`` (YAML text, or the parsed data) is the spec when it is not read from
     ``path``, which then only names it (relative files, errors, the folder's owner).
-    ``require_env=False`` is for dry runs: an unset variable stays as written and is
-    listed in ``Spec.unset_env``, unless it shapes the jobs (``JOB_SHAPING``)."""
+    ``require_env=False`` is for dry runs: an unset variable stays as written (in a
+    number or true/false field, the field keeps its default) and is listed in
+    ``Spec.unset_env``, unless it shapes the jobs (``JOB_SHAPING``). ``jobs_needed=False``
+    (with it) is for commands that need only the output root: no variable is needed."""
     file = str(path)
     parsed = _parse(path, file, content)
     if not isinstance(parsed.data, dict):
@@ -60,12 +71,12 @@ def load_spec(
             "`pipeline init` writes a small example spec to start from",
         )
     unset: dict[str, list[FieldPath]] | None = None if require_env else {}
-    data = expand_env(parsed, with_spec_dir(os.environ if env is None else env, path), unset=unset)
-    _refuse_job_shaping(unset or {}, parsed)
-    try:
-        model = SpecModel.model_validate(data)
-    except ValidationError as exc:
-        raise _spec_error(exc, parsed) from None
+    whole: dict[FieldPath, Variable] = {}
+    env = with_spec_dir(os.environ if env is None else env, path)
+    data = expand_env(parsed, env, unset=unset, whole=whole)
+    if jobs_needed:
+        _refuse_job_shaping(unset or {}, parsed)
+    model = _validated(data, parsed, whole)
     spec = build_spec(model, parsed, source=path, known_providers=known_providers)
     return replace(spec, unset_env={name: uses[0] for name, uses in (unset or {}).items()})
 
@@ -133,6 +144,113 @@ def _read_text(path: Path, file: str) -> str:
         raise SpecError(f"cannot read the spec: {exc.strerror or exc}", file=file) from exc
 
 
+# --- structural validation, and ${VAR} in typed fields --------------------------------
+
+
+def _validated(data: Any, parsed: ParsedYaml, variables: Mapping[FieldPath, Variable]) -> SpecModel:
+    """``data`` as a SpecModel. Where a number or true/false is expected and the value is
+    all one ``${VAR}``, its text is converted and validated again (an unset one, in a dry
+    run, is left out so that the field keeps its default)."""
+    typed = _TypedVariables(parsed, variables)
+    while True:
+        try:
+            return SpecModel.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if not typed.convert(data, errors):
+                raise _spec_error(errors, parsed, typed) from None
+
+
+def _to_int(text: str) -> int:
+    if not re.fullmatch(r"[-+]?[0-9]+", text.strip()):
+        raise ValueError(text)
+    return int(text)
+
+
+def _to_float(text: str) -> float:
+    number = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+    if not re.fullmatch(number, text.strip()):
+        raise ValueError(text)  # nan and inf too
+    return float(text)
+
+
+def _to_bool(text: str) -> bool:
+    """As YAML in a spec: true or false, in any case."""
+    word = text.strip().lower()
+    if word not in ("true", "false"):
+        raise ValueError(text)
+    return word == "true"
+
+
+_CONVERTERS = {"int_type": _to_int, "float_type": _to_float, "bool_type": _to_bool}
+"""The strict type errors a text value gets where a number or true/false is expected."""
+_NOT_THE_VALUE = frozenset({"unknown_key", "extra_forbidden", "missing"})
+"""Errors about a key rather than its value."""
+
+
+class _TypedVariables:
+    """What became of each whole-value ``${VAR}`` that a typed field refused as text."""
+
+    def __init__(self, parsed: ParsedYaml, variables: Mapping[FieldPath, Variable]) -> None:
+        self.parsed, self.variables = parsed, variables
+        self.converted: dict[FieldPath, tuple[Variable, Any]] = {}
+        self.defaulted: dict[FieldPath, Variable] = {}
+        self.problems: dict[FieldPath, SpecError] = {}
+
+    def convert(self, data: Any, errors: list[ErrorDetails]) -> bool:
+        """Convert (in ``data``) each value these errors are about that can be; whether
+        any was, so that validating again is worth it."""
+        changed = False
+        for error in errors:
+            path, kind = _field_path(error), error["type"]
+            variable = self.variables.get(path)
+            if variable is None or kind in _NOT_THE_VALUE or self._seen(path):
+                continue
+            parent = _raw_at(data, path[:-1])
+            if not variable.is_set:
+                if isinstance(parent, dict):
+                    del parent[path[-1]]  # the field's default, for a dry run
+                    self.defaulted[path] = variable
+                    changed = True
+                continue
+            if kind not in _CONVERTERS:
+                continue
+            text = parent[path[-1]]
+            try:
+                parent[path[-1]] = value = _CONVERTERS[kind](text)
+            except ValueError:
+                shown = _variable_value(variable.name, text, _api_keys(data))
+                message = f"{variable.written} is {shown}, expected {_EXPECTED[kind]}"
+                self.problems[path] = self.parsed.error(message, path)
+                continue
+            self.converted[path] = (variable, value)
+            changed = True
+        return changed
+
+    def _seen(self, path: FieldPath) -> bool:
+        return path in self.converted or path in self.defaulted or path in self.problems
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|AUTH|CRED", re.IGNORECASE)
+
+
+def _variable_value(name: str, text: str, secrets: Collection[str]) -> str:
+    """A variable's value for an error: as it is, unless it may be a secret in the wrong
+    place (long, an API key, or of a variable named like one); then only its length."""
+    if len(text) <= 24 and not _SECRET_NAME.search(name) and text not in secrets:
+        return repr(text)
+    return f"{len(text)} characters of text (not shown: it may be a secret)"
+
+
+def _api_keys(data: Any) -> set[str]:
+    providers = data.get("providers") if isinstance(data, dict) else None
+    return {
+        str(item["api_key"])
+        for item in (providers.values() if isinstance(providers, dict) else ())
+        if isinstance(item, dict) and item.get("api_key")
+    }
+
+
 # --- pydantic errors → SpecError --------------------------------------------------------
 
 _EXPECTED = {
@@ -157,18 +275,39 @@ _BOUNDS = {
 }
 
 
-def _spec_error(exc: ValidationError, parsed: ParsedYaml) -> SpecError:
+def _spec_error(
+    errors: list[ErrorDetails], parsed: ParsedYaml, typed: _TypedVariables
+) -> SpecError:
     """Every problem pydantic found, once per field, in the order of the file."""
-    problems: dict[FieldPath, SpecError] = {}
-    for error in _each_unknown_key(exc.errors(include_url=False), parsed):
+    problems: dict[FieldPath, SpecError] = dict(typed.problems)
+    for error in _each_unknown_key(errors, parsed):
         field_path = _field_path(error)
         if field_path not in problems:
-            raw = _raw_at(parsed.data, field_path)
-            message, hint = _message(error, raw)
-            if _left_unexpanded(raw, error.get("input")):
-                hint = "a ${VAR} here is needed even by plan and validate: export it"
-            problems[field_path] = parsed.error(message, field_path, hint)
+            problems[field_path] = _problem(error, field_path, parsed, typed)
     return combined(list(problems.values()))
+
+
+def _problem(
+    error: ErrorDetails, field_path: FieldPath, parsed: ParsedYaml, typed: _TypedVariables
+) -> SpecError:
+    raw = _raw_at(parsed.data, field_path)
+    if field_path in typed.converted:
+        variable, value = typed.converted[field_path]
+        message, hint = _message(error, value, got=False)
+        return parsed.error(f"{variable.written} is {_shown(value)}: {message}", field_path, hint)
+    if field_path in typed.defaulted:
+        name = typed.defaulted[field_path].name
+        return parsed.error(
+            f"environment variable {name} is not set",
+            field_path,
+            f"export {name}=...: this field has no default, so even plan and validate need it",
+        )
+    message, hint = _message(error, raw)
+    if _left_unexpanded(raw, error.get("input")):
+        hint = "a ${VAR} here is needed even by plan and validate: export it"
+    elif error["type"] in _CONVERTERS and isinstance(raw, str) and "${" in raw:
+        hint = "only a value that is all one ${VAR} is converted to a number or true/false"
+    return parsed.error(message, field_path, hint)
 
 
 def _each_unknown_key(errors: list[ErrorDetails], parsed: ParsedYaml) -> list[ErrorDetails]:
@@ -217,9 +356,10 @@ def _raw_at(data: Any, path: FieldPath) -> Any:
     return data
 
 
-def _message(error: ErrorDetails, raw: Any = None) -> tuple[str, str | None]:
+def _message(error: ErrorDetails, raw: Any = None, *, got: bool = True) -> tuple[str, str | None]:
     """The problem in our words, and what to do about it (pydantic's own text is the
-    last resort). Values are quoted as written (``raw``): never a variable's value."""
+    last resort). Values are quoted as written (``raw``): never a variable's value.
+    ``got=False``: the value is not repeated (the caller shows it)."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     if "[key]" in error["loc"]:
@@ -233,24 +373,25 @@ def _message(error: ErrorDetails, raw: Any = None) -> tuple[str, str | None]:
         return f"unknown key {error['loc'][-1]!r}", None
     if kind == "value_error" and "error" in ctx:
         return str(ctx["error"]), None
-    return _value_message(error, raw)
+    return _value_message(error, raw, got)
 
 
-def _value_message(error: ErrorDetails, raw: Any) -> tuple[str, str | None]:
+def _value_message(error: ErrorDetails, raw: Any, got: bool) -> tuple[str, str | None]:
     """A value of the wrong kind, or out of its bounds or choices."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = raw if raw is not None else error.get("input")
     shown = _shown(raw) if raw is not None else _kind_of(value)
+    suffix = f", got {shown}" if got else ""
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {shown}", None
+        return f"expected {_EXPECTED[kind]}{suffix}", None
     if kind == "literal_error":
         choices = [c.strip("'\"") for c in re.split(r", | or ", str(ctx["expected"]))]
-        message = f"expected one of {', '.join(choices)}, got {shown}"
+        message = f"expected one of {', '.join(choices)}{suffix}"
         return message, _did_you_mean(str(value), choices)
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
-        return f"must be {words} {ctx[key]}, got {shown}", None
+        return f"must be {words} {ctx[key]}{suffix}", None
     if kind in ("too_short", "string_too_short"):
         return _too_short(ctx, value), None
     if kind in ("too_long", "string_too_long"):
@@ -301,7 +442,58 @@ def spec_json_schema() -> dict[str, Any]:
     schema = SpecModel.model_json_schema(mode="validation")
     provider_name = {"pattern": "^[a-z0-9_-]+$"}
     schema["properties"]["providers"]["propertyNames"] = provider_name
+    _accept_variables(schema)
+    schema["$defs"][_VARIABLE] = {
+        "type": "string",
+        "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$",
+        "description": "an environment variable, ${NAME} or ${NAME:-default}, whose "
+        "value is converted to the field's type",
+    }
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
+
+
+_VARIABLE = "EnvVariable"
+_TYPED = frozenset({"integer", "number", "boolean"})
+_ANNOTATIONS = frozenset({"title", "description", "default"})
+
+
+def _accept_variables(schema: Any, *, alternative: bool = False) -> None:
+    """Let every number and true/false field also take a whole-value ``${VAR}``, as the
+    loader does (a choice of fixed values does not). An ``alternative`` of an ``anyOf``
+    is not wrapped itself: its ``anyOf`` gets the variable, if all its choices allow."""
+    if not isinstance(schema, dict):
+        return
+    for key in ("items", "additionalProperties"):
+        _accept_variables(schema.get(key))
+    for key in ("properties", "$defs"):
+        for inner in (schema.get(key) or {}).values():
+            _accept_variables(inner)
+    for key in ("anyOf", "oneOf"):
+        for inner in schema.get(key) or ():
+            _accept_variables(inner, alternative=True)
+    variable = {"$ref": f"#/$defs/{_VARIABLE}"}
+    choices = schema.get("anyOf")
+    if choices is not None:
+        if all(_scalar_choice(choice) for choice in choices) and any(
+            _type_of(choice) in _TYPED for choice in choices
+        ):
+            choices.append(variable)
+    elif not alternative and _type_of(schema) in _TYPED and not {"const", "enum"} & set(schema):
+        typed = {key: schema.pop(key) for key in list(schema) if key not in _ANNOTATIONS}
+        schema["anyOf"] = [typed, variable]
+
+
+def _type_of(schema: Any) -> str | None:
+    """The one JSON type ``schema`` allows, if it names one."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _scalar_choice(choice: Any) -> bool:
+    """A choice a ``${VAR}`` cannot be mistaken for: a number, true/false, null or
+    patterned text (the loader converts only where the field is all of these)."""
+    kind = _type_of(choice)
+    return kind in (*_TYPED, "null") or (kind == "string" and "pattern" in choice)
 
 
 def _schema_text() -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_SHOWN",
     "FieldPath",
     "ParsedYaml",
+    "Variable",
     "combined",
     "expand_env",
     "format_path",
@@ -202,7 +203,7 @@ def parse_yaml(text: str, *, file: str) -> ParsedYaml:
             f"YAML syntax error: {problem}",
             file=file,
             line=line,
-            hint="check the indentation; quote values containing ': ' or starting with { * &",
+            hint=_syntax_hint(text, line),
         ) from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"YAML error: {exc}", file=file) from exc
@@ -215,6 +216,13 @@ def parse_yaml(text: str, *, file: str) -> ParsedYaml:
         ) from None
     finally:
         loader.dispose()
+
+
+def _syntax_hint(text: str, line: int | None) -> str:
+    lines = text.splitlines()
+    if line is not None and 0 < line <= len(lines) and "${" in lines[line - 1]:
+        return 'inside { } or [ ], quote a ${VAR}: port: "${PORT}"'
+    return "check the indentation; quote values containing ': ' or starting with { * &"
 
 
 def _record_lines(
@@ -263,16 +271,32 @@ def _record_mapping_lines(
 
 _ENV_REFERENCE = re.compile(r"\$(\$\{)|\$\{([^}]*)\}|(\$\{)")
 _ENV_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+_WHOLE_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """A value that is all one ``${VAR}``: as written, the variable's name, and whether it
+    had a value (or a default); a number or true/false field converts such a value."""
+
+    written: str
+    name: str
+    is_set: bool
 
 
 def expand_env(
-    parsed: ParsedYaml, env: Mapping[str, str], *, unset: dict[str, list[FieldPath]] | None = None
+    parsed: ParsedYaml,
+    env: Mapping[str, str],
+    *,
+    unset: dict[str, list[FieldPath]] | None = None,
+    whole: dict[FieldPath, Variable] | None = None,
 ) -> Any:
     """A copy of ``parsed.data`` with ``${VAR}``/``${VAR:-default}`` expanded in every
     string value (``$${`` is a literal ``${``). A missing variable is a SpecError, unless
     ``unset`` is given: then it stays as written and ``unset`` gets its name and the
-    paths where it is used (a dry run needs no secrets)."""
-    return _Expander(env, parsed.error, unset).expand(parsed.data, ())
+    paths where it is used (a dry run needs no secrets). ``whole`` gets each value that
+    is all one ``${VAR}``, by its path."""
+    return _Expander(env, parsed.error, unset, whole).expand(parsed.data, ())
 
 
 _ErrorAt = Callable[[str, FieldPath, str | None], SpecError]
@@ -283,6 +307,7 @@ class _Expander:
     env: Mapping[str, str]
     error_at: _ErrorAt
     unset: dict[str, list[FieldPath]] | None
+    whole: dict[FieldPath, Variable] | None = None
 
     def expand(self, value: Any, path: FieldPath) -> Any:
         if isinstance(value, str):
@@ -304,7 +329,13 @@ class _Expander:
                 )
             return self.value(body, match.group(0), path)
 
-        return _ENV_REFERENCE.sub(replace, text)
+        expanded = _ENV_REFERENCE.sub(replace, text)
+        whole = _WHOLE_REFERENCE.fullmatch(text)
+        if whole is not None and self.whole is not None:
+            name = whole.group(1).partition(":-")[0]
+            was_unset = self.unset is not None and path in self.unset.get(name, ())
+            self.whole[path] = Variable(text, name, is_set=not was_unset)
+        return expanded
 
     def value(self, body: str, written: str, path: FieldPath) -> str:
         match = _ENV_BODY.fullmatch(body)
@@ -335,10 +366,10 @@ def unset_error(name: str, path: FieldPath, error_at: _ErrorAt) -> SpecError:
     )
 
 
-def combined(problems: list[SpecError]) -> SpecError:
-    """One error showing every problem (up to ``MAX_SHOWN``), in the order of the file."""
+def combined(problems: list[SpecError], *, shown: int = MAX_SHOWN) -> SpecError:
+    """One error showing every problem (up to ``shown``), in the order of the file."""
     ordered = sorted(problems, key=lambda problem: problem.line or 0)
-    first, *more = ordered[:MAX_SHOWN]
+    first, *more = ordered[:shown]
     if not more:
         return first
     return SpecError(
@@ -348,5 +379,5 @@ def combined(problems: list[SpecError]) -> SpecError:
         path=first.path,
         hint=first.hint,
         more=more,
-        omitted=len(ordered) - MAX_SHOWN if len(ordered) > MAX_SHOWN else 0,
+        omitted=len(ordered) - shown if len(ordered) > shown else 0,
     )
