@@ -258,7 +258,10 @@ def add_prune(commands: Any) -> None:
     prune.add_argument("spec", type=Path, help="the YAML spec")
     prune.add_argument("--out", type=Path, help="output root (overrides output.root)")
     prune.add_argument(
-        "--delete-files", action="store_true", help="delete their output files and sidecars too"
+        "--delete-files",
+        action="store_true",
+        help="delete their output files and sidecars too (those under this output root "
+        "only: another runner's files are left where they are)",
     )
     prune.add_argument(
         "--include-paid",
@@ -508,6 +511,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "deleted" if args.delete_files else "left on disk"
     )
     print(f"removed {pruned.removed} job(s) not in the spec{files if pruned.removed else ''}")
+    if pruned.elsewhere:
+        shown = ", ".join(pruned.elsewhere[:3]) + (", …" if len(pruned.elsewhere) > 3 else "")
+        print(
+            f"{len(pruned.elsewhere)} of their output file(s) lie under other output roots "
+            f"and were left there: {shown}"
+        )
     if pruned.remote_ids:
         print("remote tasks of the removed jobs: " + ", ".join(pruned.remote_ids))
     if pruned.kept_paid:
