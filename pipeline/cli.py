@@ -362,7 +362,8 @@ def add_manifest(commands: Any) -> None:
         description="Copy a run's manifest (every job with its state and remote id, the "
         "outputs, the event log, the run's settings) from SRC to DST, each an output folder "
         "(its manifest.sqlite) or a PostgreSQL URL (postgresql://user@host/db). Files are "
-        "not copied: their recorded paths stay relative to the output folder. Refused "
+        "neither copied nor moved: each output keeps the output folder it lies under "
+        "(another runner's, or SRC's), so DST's readers find it there. Refused "
         "while a run writes SRC, and into a DST that already holds a run; an interrupted "
         "copy leaves nothing a run would open. Jobs caught submitting become unknown.",
     )
