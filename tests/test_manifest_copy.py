@@ -454,6 +454,11 @@ def test_a_copy_of_a_shared_run_keeps_finding_the_files_of_every_runner(
     copied = run_cli("manifest", "copy", pg_url, "copied", "--run", "shared", cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     assert len(exported_files(tmp_path / "copied", tmp_path)) == 6 * 3
+    files = sorted((tmp_path / "b").rglob("*"))
+    for dest in ("b", str(tmp_path / "b" / "pixellabs"), "."):  # b's files are read too
+        over = run_cli("export", "copied", "--format", "hf", "-o", dest, "--force", cwd=tmp_path)
+        assert over.returncode == 2 and "overlaps the output folder" in over.stderr, over.stderr
+    assert sorted((tmp_path / "b").rglob("*")) == files
     moved = run_cli("manifest", "copy", "copied", "moved", cwd=tmp_path)  # SQLite → SQLite
     assert moved.returncode == 0, moved.stderr
     assert len(exported_files(tmp_path / "moved", tmp_path)) == 6 * 3

@@ -675,6 +675,15 @@ class Manifest:
         with self._reader("export") as conn:
             return export_lines(conn, out, self.own_root)
 
+    def output_roots(self) -> list[str]:
+        """The output roots other than this store's that outputs lie under (another
+        runner's, or the folder a manifest was copied from)."""
+        with self._read("read output roots") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT root FROM outputs WHERE root IS NOT NULL ORDER BY root"
+            ).fetchall()
+        return [str(row[0]) for row in rows if row[0] != self.own_root]
+
     def meta(self) -> dict[str, str]:
         with self._read("read meta") as conn:
             return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
