@@ -473,6 +473,15 @@ def test_a_copy_of_a_shared_run_keeps_finding_the_files_of_every_runner(
         )
     assert roots == {None: 3, str((tmp_path / "b").resolve()): 3}
     assert len(exported_files(tmp_path / "a", tmp_path)) == 6 * 3
+    # and from there to another folder: a's own files stay in a, and are found there
+    onward = run_cli("manifest", "copy", "a", "onward", cwd=tmp_path)
+    assert onward.returncode == 0, onward.stderr
+    with Manifest.open(tmp_path / "onward", readonly=True) as manifest:
+        roots = Counter(
+            output.root for r in manifest.iter_records(with_outputs=True) for output in r.outputs
+        )
+    assert roots == {str((tmp_path / root).resolve()): 3 for root in "ab"}
+    assert len(exported_files(tmp_path / "onward", tmp_path)) == 6 * 3
 
     back = run_cli("manifest", "copy", "moved", pg_url, "--run", "again", cwd=tmp_path)
     assert back.returncode == 0, back.stderr

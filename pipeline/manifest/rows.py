@@ -135,7 +135,7 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _export_output(row: Row, own_root: str | None) -> dict[str, Any]:
+def _export_output(row: Row, own_root: str) -> dict[str, Any]:
     """An ``outputs`` entry from an ``OUTPUT_COLUMNS`` row: ``root`` only for a file
     under another output root than ``own_root``."""
     keys = ("index", "path", "size", "sha256", "url", "content_type")
@@ -145,7 +145,7 @@ def _export_output(row: Row, own_root: str | None) -> dict[str, Any]:
     return entry
 
 
-def _export_objects(conn: sqlite3.Connection, own_root: str | None) -> Iterator[dict[str, Any]]:
+def _export_objects(conn: sqlite3.Connection, own_root: str) -> Iterator[dict[str, Any]]:
     """Every job in rowid order with its outputs, from ONE streaming statement.
 
     One statement reads one consistent WAL snapshot, row by row: the export is a
@@ -171,7 +171,7 @@ def _export_objects(conn: sqlite3.Connection, own_root: str | None) -> Iterator[
         yield current
 
 
-def export_lines(conn: sqlite3.Connection, out: TextIO, own_root: str | None = None) -> int:
+def export_lines(conn: sqlite3.Connection, out: TextIO, own_root: str) -> int:
     """Write one JSON line per job to ``out``; return how many. An output under another
     output root than ``own_root`` names it (``root``)."""
     lines = 0
@@ -181,7 +181,7 @@ def export_lines(conn: sqlite3.Connection, out: TextIO, own_root: str | None = N
     return lines
 
 
-def write_atomically(target: Path, conn: sqlite3.Connection, own_root: str | None = None) -> int:
+def write_atomically(target: Path, conn: sqlite3.Connection, own_root: str) -> int:
     """Export into a temporary file next to ``target``, fsync it, rename it over ``target``
     and fsync the directory: readers see the old snapshot or the new one, never a part."""
     lines = 0
