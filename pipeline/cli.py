@@ -279,7 +279,10 @@ def add_prune(commands: Any) -> None:
     prune.add_argument("spec", type=Path, help="the YAML spec")
     prune.add_argument("--out", type=Path, help="output root (overrides output.root)")
     prune.add_argument(
-        "--delete-files", action="store_true", help="delete their output files and sidecars too"
+        "--delete-files",
+        action="store_true",
+        help="delete their output files and sidecars too (those under this output root "
+        "only: another runner's files are left where they are)",
     )
     prune.add_argument(
         "--include-paid",
@@ -380,7 +383,8 @@ def add_manifest(commands: Any) -> None:
         description="Copy a run's manifest (every job with its state and remote id, the "
         "outputs, the event log, the run's settings) from SRC to DST, each an output folder "
         "(its manifest.sqlite) or a PostgreSQL URL (postgresql://user@host/db). Files are "
-        "not copied: their recorded paths stay relative to the output folder. Refused "
+        "neither copied nor moved: each output keeps the output folder it lies under "
+        "(another runner's, or SRC's), so DST's readers find it there. Refused "
         "while a run writes SRC, and into a DST that already holds a run; an interrupted "
         "copy leaves nothing a run would open. Jobs caught submitting become unknown.",
     )
@@ -529,6 +533,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "deleted" if args.delete_files else "left on disk"
     )
     print(f"removed {pruned.removed} job(s) not in the spec{files if pruned.removed else ''}")
+    if pruned.elsewhere:
+        shown = ", ".join(pruned.elsewhere[:3]) + (", …" if len(pruned.elsewhere) > 3 else "")
+        print(
+            f"{len(pruned.elsewhere)} of their output file(s) lie under other output roots "
+            f"and were left there: {shown}"
+        )
     if pruned.remote_ids:
         print("remote tasks of the removed jobs: " + ", ".join(pruned.remote_ids))
     if pruned.kept_paid:

@@ -555,7 +555,8 @@ class RemoteTask:
 @dataclass(frozen=True, slots=True)
 class Output:
     """One file on disk, verified. ``path`` is relative to the output root: the
-    manifest's, or ``root`` when another runner of a shared run wrote it under its own."""
+    reader's, or ``root`` when the file lies under another one (another runner of a
+    shared run wrote it under its own, or the manifest was copied from another folder)."""
 
     job_id: str
     index: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sqlite3
@@ -16,6 +17,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.postgres import PgManifest
+from pipeline.manifest.recover import recover
 from pipeline.manifest.schema import SCHEMA_VERSION
 from pipeline.manifest.store import DB_NAME, SNAPSHOT_NAME, Manifest, find_manifest
 from pipeline.models import Job, JobState, Output
@@ -130,6 +132,83 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     for readonly in (False, True):
         with pytest.raises(ManifestError, match=r"version 99 is newer.*upgrade pipeline"):
             Manifest.open(tmp_path, readonly=readonly)
+
+
+V4_OUTPUTS = """CREATE TABLE outputs (
+    job_id       TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    path         TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    content_type TEXT,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID"""
+
+
+def done_job(manifest: Manifest, i: int, path: str) -> Output:
+    """Job ``i`` taken to ``done`` with one output at ``path``."""
+    job = make_job(i)
+    manifest.add_jobs([job])
+    expect = S.PENDING
+    for step in (S.SUBMITTING, S.SUBMITTED, S.SUCCEEDED, S.DOWNLOADING):
+        assert manifest.transition(job.id, step, expect=expect)
+        expect = step
+    output = Output(job.id, 0, path, 3, "0" * 64, "https://h/x", "image/png")
+    assert manifest.finish(job.id, [output])
+    return output
+
+
+def test_a_schema_4_manifest_opens_and_gains_output_roots(tmp_path: Path) -> None:
+    """A manifest from before outputs recorded their root (its outputs table as version 4
+    made it): read-only it is refused with the way out, a writer migrates it, and its
+    outputs are the folder's own."""
+    with Manifest.open(tmp_path) as manifest:
+        old = done_job(manifest, 0, "pixai/a.png")
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:  # the outputs table of version 4
+        conn.execute("ALTER TABLE outputs RENAME TO outputs_v5")
+        conn.execute(V4_OUTPUTS)
+        conn.execute("INSERT INTO outputs SELECT job_id, idx, path, size, sha256, url, "
+                     "content_type FROM outputs_v5")  # fmt: skip
+        conn.execute("DROP TABLE outputs_v5")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(ManifestError, match=r"version 4 is older than 5.*`pipeline run`"):
+        Manifest.open(tmp_path, readonly=True)
+
+    with Manifest.open(tmp_path) as manifest:
+        assert manifest.meta()["schema_version"] == str(SCHEMA_VERSION) == "5"
+        assert manifest.get(old.job_id).outputs == (old,)  # type: ignore[union-attr]
+        new = done_job(manifest, 1, "pixai/b.png")
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(outputs)")]
+        roots = conn.execute("SELECT root FROM outputs ORDER BY job_id").fetchall()
+    conn.close()
+    assert columns[-1] == "root" and roots == [(None,), (None,)]
+    with Manifest.open(tmp_path, readonly=True) as manifest:
+        assert [r.outputs for r in manifest.iter_records(with_outputs=True)] == [(old,), (new,)]
+
+
+def test_outputs_under_another_root_keep_it_through_snapshot_and_recover(tmp_path: Path) -> None:
+    """A folder's outputs that lie under another output root (a copied shared run) name
+    it everywhere: records, the JSONL export, and a manifest rebuilt from the snapshot."""
+    elsewhere = str((tmp_path / "runner-b").resolve())
+    with Manifest.open(tmp_path / "out") as manifest:
+        own = done_job(manifest, 0, "pixai/a.png")
+        other = done_job(manifest, 1, "pixai/b.png")
+        with manifest._write("test") as conn:
+            conn.execute("UPDATE outputs SET root = ? WHERE job_id = ?", (elsewhere, other.job_id))
+    other = dataclasses.replace(other, root=elsewhere)
+    with Manifest.open(tmp_path / "out") as manifest:
+        assert [r.outputs for r in manifest.iter_records(with_outputs=True)] == [(own,), (other,)]
+        out = io.StringIO()
+        manifest.export_jsonl(out)
+        lines = [json.loads(line)["outputs"][0] for line in out.getvalue().splitlines()]
+        assert "root" not in lines[0] and lines[1]["root"] == elsewhere
+        manifest.write_snapshot()
+    recover(tmp_path / "out", force=True)
+    with Manifest.open(tmp_path / "out", readonly=True) as manifest:
+        assert [r.outputs for r in manifest.iter_records(with_outputs=True)] == [(own,), (other,)]
 
 
 def test_readonly_requires_existing_manifest(tmp_path: Path) -> None:

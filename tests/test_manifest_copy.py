@@ -4,14 +4,17 @@ sides; an interrupted copy never looks like a run; a source being written is ref
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -108,10 +111,19 @@ def no_id(event: Event) -> Event:
     return dataclasses.replace(event, id=0)
 
 
-def exported(manifest: Manifest) -> list[str]:
+def exported(manifest: Manifest, *, root: str | None = None) -> list[str]:
+    """The JSONL export's lines; with ``root``, as a folder whose outputs lie under
+    ``root`` would write them."""
     out = io.StringIO()
     manifest.export_jsonl(out)
-    return out.getvalue().splitlines()
+    lines = out.getvalue().splitlines()
+    if root is None:
+        return lines
+    objects = [json.loads(line) for line in lines]
+    for obj in objects:
+        for output in obj["outputs"]:
+            output["root"] = root
+    return [json.dumps(obj, ensure_ascii=False) for obj in objects]
 
 
 def kept_meta(manifest: Manifest) -> dict[str, str]:
@@ -145,12 +157,14 @@ def test_a_round_trip_through_postgres_keeps_every_row_event_and_meta_entry(
 
     with (
         Manifest.open(tmp_path / "src", readonly=True) as src,
-        open_pg(pg_url, "cats", tmp_path) as pg,
+        open_pg(pg_url, "cats", tmp_path / "src") as pg,
         Manifest.open(tmp_path / "back", readonly=True) as dst,
     ):
         for copy in (pg, dst):
             assert all_rows(copy) == all_rows(src)
-            assert exported(copy) == exported(src)
+            # the files stay under src: the folder back points there, and says so
+            elsewhere = None if copy is pg else str((tmp_path / "src").resolve())
+            assert exported(copy) == exported(src, root=elsewhere)
             assert kept_meta(copy) == kept_meta(src)
             assert copy.generation == src.generation
             for job in ("job-0000", "job-0003", "job-0004", "job-0008"):
@@ -360,10 +374,14 @@ def test_a_run_made_by_the_cli_reads_the_same_from_postgres(
     back = run_cli("manifest", "copy", pg_url, str(tmp_path / "back"), "--run", "quick",
                    cwd=tmp_path, env=env)  # fmt: skip
     assert back.returncode == 0, back.stderr
+    elsewhere = f', "root": {json.dumps(str((tmp_path / "out").resolve()))}'
     for command in (["status"], ["log", "--last", "50"], ["export"]):
         a = run_cli(*command[:1], str(tmp_path / "out"), *command[1:], cwd=tmp_path, env=env)
         b = run_cli(*command[:1], str(tmp_path / "back"), *command[1:], cwd=tmp_path, env=env)
         assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+        if command == ["export"]:  # back's outputs are the files under out, and say so
+            assert b.stdout.count(elsewhere) == 6
+            b.stdout = b.stdout.replace(elsewhere, "")
         assert a.stdout.replace(str(tmp_path / "out"), "X") == b.stdout.replace(
             str(tmp_path / "back"), "X"
         ), command
@@ -373,3 +391,116 @@ def test_help_names_the_command() -> None:
     done = run_cli("manifest", "copy", "--help", cwd=Path.cwd())
     assert done.returncode == 0
     assert "--run" in done.stdout and "postgresql://" in done.stdout
+
+
+# -- a shared run whose runners wrote under their own output roots -------------------------
+
+SHARED = """
+name: shared
+output:
+  root: out
+providers:
+  pixellabs:
+    emulate: {task_seconds: 0.2}
+    concurrency: 3
+prompts:
+  - a lighthouse
+  - a cat
+seeds: [1, 2, 3]
+"""
+
+
+def exported_files(folder: Path, cwd: Path) -> list[Path]:
+    """Every file an ``hf`` export, a ``csv`` export and the contact sheet of ``folder``
+    name, each checked to be there (the hf export: once per row)."""
+    name = folder.name
+    hf = run_cli("export", str(folder), "--format", "hf", "-o", f"ds-{name}", cwd=cwd)
+    assert hf.returncode == 0, hf.stderr + hf.stdout
+    assert "not on disk" not in hf.stdout, hf.stdout
+    listing = (cwd / f"ds-{name}" / "all.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in listing]
+    files = [cwd / f"ds-{name}" / row["file_name"] for row in rows]
+    table = run_cli("export", str(folder), "--format", "csv", "-o", f"{name}.csv", cwd=cwd)
+    assert table.returncode == 0, table.stderr
+    with (cwd / f"{name}.csv").open(newline="") as file:
+        listed = [row["file_name"] for row in csv.DictReader(file)]
+    assert len(listed) == len(rows)
+    files += [folder / path for path in listed]  # relative to the folder, or absolute
+    sheet = run_cli("report", str(folder), cwd=cwd)
+    assert sheet.returncode == 0, sheet.stderr
+    sources = re.findall(r'src="([^"]+\.png)"', (folder / "report.html").read_text())
+    assert len(sources) == len(rows), sources
+    files += [(folder / unquote(source)).resolve() for source in sources]
+    for path in files:
+        assert path.is_file(), path
+    return files
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_shared_run_keeps_finding_the_files_of_every_runner(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Two runners of one PostgreSQL run, each with its own --out: a copy to a folder
+    (and on to another folder, and back to PostgreSQL) still finds every output file,
+    and the files that are the destination folder's own are recorded as such."""
+    one = write_spec(tmp_path, SHARED.replace("  - a cat\n", ""), "one.yaml")
+    first = run_cli("run", str(one), "--manifest", pg_url, "--out", "a", "-q", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    both = write_spec(tmp_path, SHARED, "both.yaml")
+    second = run_cli("run", str(both), "--manifest", pg_url, "--out", "b", "-q", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "submitted this run: 3" in second.stdout
+
+    copied = run_cli("manifest", "copy", pg_url, "copied", "--run", "shared", cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    assert len(exported_files(tmp_path / "copied", tmp_path)) == 6 * 3
+    files = sorted((tmp_path / "b").rglob("*"))
+    for dest in ("b", str(tmp_path / "b" / "pixellabs"), "."):  # b's files are read too
+        over = run_cli("export", "copied", "--format", "hf", "-o", dest, "--force", cwd=tmp_path)
+        assert over.returncode == 2 and "overlaps the output folder" in over.stderr, over.stderr
+    assert sorted((tmp_path / "b").rglob("*")) == files
+    moved = run_cli("manifest", "copy", "copied", "moved", cwd=tmp_path)  # SQLite → SQLite
+    assert moved.returncode == 0, moved.stderr
+    assert len(exported_files(tmp_path / "moved", tmp_path)) == 6 * 3
+
+    # into runner a's own folder: its files are the folder's own, b's stay under b
+    home = run_cli("manifest", "copy", "moved", str(tmp_path / "a" / "manifest.sqlite"),
+                   cwd=tmp_path)  # fmt: skip
+    assert home.returncode == 0, home.stderr
+    with Manifest.open(tmp_path / "a", readonly=True) as manifest:
+        roots = Counter(
+            output.root for r in manifest.iter_records(with_outputs=True) for output in r.outputs
+        )
+    assert roots == {None: 3, str((tmp_path / "b").resolve()): 3}
+    assert len(exported_files(tmp_path / "a", tmp_path)) == 6 * 3
+    # and from there to another folder: a's own files stay in a, and are found there
+    onward = run_cli("manifest", "copy", "a", "onward", cwd=tmp_path)
+    assert onward.returncode == 0, onward.stderr
+    with Manifest.open(tmp_path / "onward", readonly=True) as manifest:
+        roots = Counter(
+            output.root for r in manifest.iter_records(with_outputs=True) for output in r.outputs
+        )
+    assert roots == {str((tmp_path / root).resolve()): 3 for root in "ab"}
+    assert len(exported_files(tmp_path / "onward", tmp_path)) == 6 * 3
+
+    back = run_cli("manifest", "copy", "moved", pg_url, "--run", "again", cwd=tmp_path)
+    assert back.returncode == 0, back.stderr
+    with PgManifest.open_url(pg_url, run="again", root=tmp_path / "c", readonly=True) as pg:
+        found = [
+            Path(output.root or tmp_path / "c") / output.path
+            for record in pg.iter_records(with_outputs=True)
+            for output in record.outputs
+        ]
+    assert len(found) == 6 and all(path.is_file() for path in found), found
+
+    # pruning from a's folder deletes a's own files only: b's are another runner's
+    dog = write_spec(tmp_path, SHARED.replace("  - a lighthouse\n  - a cat\n", "  - a dog\n"),
+                     "dog.yaml")  # fmt: skip
+    before = {root: sorted((tmp_path / root).rglob("*.png")) for root in "ab"}
+    assert [len(files) for files in before.values()] == [3, 3]
+    pruned = run_cli("prune", str(dog), "--out", "a", "--adopt", "--delete-files", cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed 6 job(s) not in the spec; 3 output file(s) deleted" in pruned.stdout
+    assert "3 of their output file(s) lie under other output roots" in pruned.stdout
+    assert not list((tmp_path / "a").rglob("*.png"))
+    assert all(path.is_file() for path in before["b"])

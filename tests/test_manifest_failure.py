@@ -56,6 +56,7 @@ def test_a_manifest_from_before_failure_is_migrated_with_failures_told_apart(
     with conn:
         conn.execute("ALTER TABLE jobs DROP COLUMN failure")
         conn.execute("ALTER TABLE jobs DROP COLUMN meta")  # added by 3 -> 4
+        conn.execute("ALTER TABLE outputs DROP COLUMN root")  # added by 4 -> 5
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         for rowid, (state, error) in enumerate(rows, start=1):
             conn.execute(

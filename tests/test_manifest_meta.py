@@ -62,11 +62,12 @@ def test_a_schema_3_manifest_opens_and_migrates_with_empty_meta(tmp_path: Path) 
         manifest.transition(make_job(0).id, JobState.SUBMITTING, expect=JobState.PENDING)
     with sqlite3.connect(tmp_path / DB_NAME) as conn:  # back to schema 3
         conn.execute("ALTER TABLE jobs DROP COLUMN meta")
+        conn.execute("ALTER TABLE outputs DROP COLUMN root")  # added by 4 -> 5
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.close()
 
     with Manifest.open(tmp_path) as manifest:
-        assert manifest.meta()["schema_version"] == str(SCHEMA_VERSION) == "4"
+        assert manifest.meta()["schema_version"] == str(SCHEMA_VERSION) == "5"
         records = list(manifest.iter_records())
         assert [r.job.meta for r in records] == [{}, {}]
         assert records[0].state is JobState.SUBMITTING

@@ -73,6 +73,7 @@ def test_a_schema_1_manifest_is_migrated_and_listed_again(tmp_path):
         conn.execute("ALTER TABLE jobs DROP COLUMN generation")
         conn.execute("ALTER TABLE jobs DROP COLUMN failure")  # added by 2 -> 3
         conn.execute("ALTER TABLE jobs DROP COLUMN meta")  # added by 3 -> 4
+        conn.execute("ALTER TABLE outputs DROP COLUMN root")  # added by 4 -> 5
         conn.execute("CREATE INDEX jobs_provider_state ON jobs (provider, state)")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()

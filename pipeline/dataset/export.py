@@ -276,7 +276,7 @@ def _hf(
     force: bool,
     outside: int,
 ) -> Exported:
-    folder = Folder(dest, manifest.root.resolve(), force=force)
+    folder = Folder(dest, manifest.root.resolve(), force=force, others=manifest.output_roots())
     try:
         with tempfile.TemporaryFile("w+", encoding="utf-8") as file:
             spooled = _spool(manifest, states, file, folder)

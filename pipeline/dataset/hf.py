@@ -30,7 +30,7 @@ import secrets
 import shutil
 import stat
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO
 
@@ -48,15 +48,18 @@ _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, err
 links (FAT, some network shares), the kernel's protected_hardlinks, too many links."""
 
 
-def check_dest(dest: Path, root: Path, *, force: bool) -> None:
-    """Refuse a DEST that would overwrite the outputs or a folder that is not ours."""
-    where, outputs = dest.resolve(), root.resolve()
-    if where == outputs or outputs in where.parents or where in outputs.parents:
-        raise ExportError(
-            f"{dest} overlaps the output folder {root} (is it, is inside it or holds "
-            "it): export to a folder beside it (an export links the output files, and "
-            "replacing it removes what it holds)"
-        )
+def check_dest(dest: Path, root: Path, *, force: bool, others: Collection[str | Path] = ()) -> None:
+    """Refuse a DEST that would overwrite the outputs (under ``root``, or the ``others``
+    output roots the manifest names) or a folder that is not ours."""
+    where = dest.resolve()
+    for folder in (root, *map(Path, others)):
+        outputs = folder.resolve()
+        if where == outputs or outputs in where.parents or where in outputs.parents:
+            raise ExportError(
+                f"{dest} overlaps the output folder {folder} (is it, is inside it or holds "
+                "it): export to a folder beside it (an export links the output files, and "
+                "replacing it removes what it holds)"
+            )
     if dest.is_symlink():
         raise ExportError(f"{dest} is a symbolic link: give the folder itself")
     if not dest.exists():
@@ -73,8 +76,10 @@ def check_dest(dest: Path, root: Path, *, force: bool) -> None:
 class Folder:
     """An `hf` export being built in a hidden sibling of ``dest``."""
 
-    def __init__(self, dest: Path, root: Path, *, force: bool) -> None:
-        check_dest(dest, root, force=force)
+    def __init__(
+        self, dest: Path, root: Path, *, force: bool, others: Collection[str | Path] = ()
+    ) -> None:
+        check_dest(dest, root, force=force, others=others)
         self.dest, self.root = dest, root
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.building = dest.parent / f".{dest.name}.building-{secrets.token_hex(4)}"

@@ -5,8 +5,10 @@ Everything is copied: every job row with all its columns in rowid order, the out
 the event log in id order (new rowids and ids, the same order), and the meta entries but
 the destination's own ``schema_version`` and ``created_at``. A job caught ``submitting``
 may have reached the provider: it arrives ``unknown``, with an event saying why (as
-after a crash or ``pipeline recover``). Output files are not copied: their recorded
-paths stay relative to the output root.
+after a crash or ``pipeline recover``). Output files are not copied, nor moved: each
+output keeps its path relative to the output root it lies under, and that root goes with
+it (PostgreSQL records every output's; a folder records it for the outputs that are not
+under the folder itself, so a copy to another folder points at the source folder).
 
 Streamed in pages, each one transaction on the destination, from one consistent read of
 the source. The source must not be written meanwhile: a folder's run lock is held
@@ -46,6 +48,8 @@ COPY_PAGE = 5000  # rows per page: one read of the source, one transaction on th
 _SKIPPED_META = frozenset({"schema_version", "created_at"})  # the destination's own
 COPIED_FROM_KEY = "copied_from"
 _JOB_COLUMNS = f"{JOB_COLUMNS}, generation"
+_OUTPUT_FIELDS = OUTPUT_COLUMNS.removesuffix(", root")  # the root is read apart
+_OUTPUT_WIDTH = len(OUTPUT_COLUMNS.split(","))
 _STATE, _ERROR, _UPDATED_AT = 6, 10, 12  # positions in _JOB_COLUMNS
 _UNKNOWN_NOTE = "manifest copy: the submit was in flight, it may have reached the provider"
 _SIDE = ("-wal", "-shm", "-journal")
@@ -68,7 +72,7 @@ class _Source:
     conn: Any  # sqlite3.Connection or PgConnection: the same calls, SQLite's parameters
     location: str
     meta: dict[str, str]
-    root: str | None = None  # an output folder: where its files are (PostgreSQL: per output)
+    root: str | None = None  # an output folder: its own outputs' root (resolved)
 
 
 @dataclass
@@ -76,7 +80,7 @@ class _Dest:
     conn: Any
     location: str
     finish: Callable[[dict[str, str]], None]  # writes the meta entries, moves it into place
-    roots: bool = False  # PostgreSQL: each output names the output root it lies under
+    root: str | None = None  # an output folder: its outputs' root is recorded as NULL
 
 
 def copy_manifest(
@@ -151,17 +155,17 @@ def _copy(src: _Source, dst: _Dest, page: int, clock: Callable[[], float]) -> Co
         key=lambda row: (row[0],),
         start=(0,),
     )
-    # PostgreSQL records each output's root; a folder's are under the folder.
-    root = "?" if src.root is not None else "root"
-    columns = f"{OUTPUT_COLUMNS}, root" if dst.roots else OUTPUT_COLUMNS
+    # Every output is read with the root it lies under (a folder's NULL is the folder);
+    # a folder destination records NULL for its own, the rest as they are.
+    root = "root" if src.root is None else "coalesce(root, ?)"
     outputs = _copy_table(
         src,
         dst,
-        f"SELECT {OUTPUT_COLUMNS}, {root} FROM outputs WHERE (job_id, idx) > (?, ?) "
+        f"SELECT {_OUTPUT_FIELDS}, {root} FROM outputs WHERE (job_id, idx) > (?, ?) "
         "ORDER BY job_id, idx LIMIT ?",
-        f"INSERT INTO outputs ({columns}) VALUES ({', '.join('?' * len(columns.split(',')))})",
+        f"INSERT INTO outputs ({OUTPUT_COLUMNS}) VALUES ({', '.join('?' * _OUTPUT_WIDTH)})",
         page,
-        convert=lambda row: row if dst.roots else row[:-1],
+        convert=lambda row: row if row[-1] != dst.root else (*row[:-1], None),
         key=lambda row: (row[0], row[1]),
         start=("", -1),
         leading=() if src.root is None else (src.root,),
@@ -289,7 +293,7 @@ def _sqlite_dest(root: Path) -> Iterator[_Dest]:
             replace_durably(building, path)
 
         try:
-            yield _Dest(conn, str(path), finish)
+            yield _Dest(conn, str(path), finish, root=str(root.resolve()))
         except BaseException:
             conn.close()
             _remove(building)
@@ -388,7 +392,7 @@ def _pg_dest(url: str, run: str) -> Iterator[_Dest]:
         built = True
 
     try:
-        yield _Dest(conn, str(location), finish, roots=True)
+        yield _Dest(conn, str(location), finish)
     finally:
         with suppress(pg.psycopg.Error):  # best effort: the next copy drops it anyway
             if conn.in_transaction:

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -32,12 +32,12 @@ import psycopg
 from psycopg import pq
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.rows import OUTPUT_COLUMNS, job_row, output_from_row, output_row
+from pipeline.manifest.rows import job_row
 from pipeline.manifest.scope import read_generation
 from pipeline.manifest.sql import INSERT_JOB, set_clause
 from pipeline.manifest.store import Manifest
 from pipeline.manifest.where import SCHEMES, is_database_url
-from pipeline.models import Job, JobState, Output
+from pipeline.models import Job, JobState
 from pipeline.redact import register_secrets, scrub
 
 __all__ = [
@@ -109,13 +109,6 @@ CREATE TABLE hints (
     at       DOUBLE PRECISION NOT NULL
 );
 """
-
-_UPSERT_OUTPUT = (
-    f"INSERT INTO outputs ({OUTPUT_COLUMNS}, root) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, size = excluded.size, "
-    "sha256 = excluded.sha256, url = excluded.url, content_type = excluded.content_type, "
-    "root = excluded.root"
-)
 
 _V2 = """
 ALTER TABLE jobs ADD COLUMN holder TEXT;
@@ -324,7 +317,6 @@ class PgManifest(Manifest):
         self.pg_location = location
         super().__init__(cast(Any, conn), root, readonly=readonly, clock=clock)
         self.location = str(location)
-        self._root_text = str(self.root.resolve())  # as outputs record it (once, not per row)
 
     @classmethod
     def open_url(
@@ -359,24 +351,11 @@ class PgManifest(Manifest):
     def _translated(self, what: str) -> AbstractContextManager[None]:
         return translated(what, self.location)
 
-    # -- outputs: each runner writes under its own output root ----------------------------
-
-    _output_columns = OUTPUT_COLUMNS + ", root"
-
-    def _write_outputs(self, conn: Any, outputs: Sequence[Output]) -> None:
-        """Each output with the output root it was written under: runners may each have
-        their own (``--out``), or share one folder."""
-        root = self._root_text
-        cast(PgConnection, conn).executemany(
-            _UPSERT_OUTPUT, ((*output_row(o), root) for o in outputs)
-        )
-
-    def _output_from_row(self, row: Sequence[Any]) -> Output:
-        """An output written under another output root than this store's names it."""
-        output = output_from_row(row)
-        if row[7] == self._root_text:
-            return output
-        return replace(output, root=str(row[7]))
+    @property
+    def _written_root(self) -> str:
+        """Each output records the output root it was written under: runners may each
+        have their own (``--out``), or share one folder."""
+        return self.own_root
 
     def runners_at_work(self) -> list[dict[str, Any]]:
         """The runners whose lease holds (by the database's clock), oldest first."""

@@ -110,8 +110,8 @@ _INSERT_JOB = (
     ":failure, :meta)"
 )
 _INSERT_OUTPUT = (
-    "INSERT INTO outputs (job_id, idx, path, size, sha256, url, content_type) "
-    "VALUES (:job_id, :index, :path, :size, :sha256, :url, :content_type)"
+    "INSERT INTO outputs (job_id, idx, path, size, sha256, url, content_type, root) "
+    "VALUES (:job_id, :index, :path, :size, :sha256, :url, :content_type, :root)"
 )
 
 
@@ -125,7 +125,11 @@ def _insert(path: Path, rows: list[dict[str, Any]], snapshot: Path) -> None:
             conn.executemany(_INSERT_JOB, (_job_params(row, now) for row in rows))
             conn.executemany(
                 _INSERT_OUTPUT,
-                ({"job_id": row["id"], **o} for row in rows for o in row.get("outputs") or []),
+                (  # ``root``: a file under another output root than the folder's
+                    {"job_id": row["id"], "root": None, **o}
+                    for row in rows
+                    for o in row.get("outputs") or []
+                ),
             )
             conn.executemany(
                 "INSERT INTO events (job_id, at, kind, detail) VALUES (?, ?, 'recovered', ?)",

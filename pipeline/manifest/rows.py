@@ -31,7 +31,9 @@ JOB_COLUMNS = (
     "attempts, error, created_at, updated_at, submitted_at, finished_at, failure, meta"
 )
 _JOB_WIDTH = 17
-OUTPUT_COLUMNS = "job_id, idx, path, size, sha256, url, content_type"
+OUTPUT_COLUMNS = "job_id, idx, path, size, sha256, url, content_type, root"
+"""``root``: the output root the file lies under, when it is not the store's own (SQLite:
+NULL for the folder's own; PostgreSQL records every runner's root)."""
 
 Row = Sequence[Any]
 
@@ -53,7 +55,8 @@ def job_row(job: Job, now: float, generation: int = 0) -> tuple[Any, ...]:
     )
 
 
-def output_row(output: Output) -> tuple[Any, ...]:
+def output_row(output: Output, root: str | None) -> tuple[Any, ...]:
+    """The ``OUTPUT_COLUMNS`` of ``output``, written under the output root ``root``."""
     return (
         output.job_id,
         output.index,
@@ -62,6 +65,7 @@ def output_row(output: Output) -> tuple[Any, ...]:
         output.sha256,
         output.url,
         output.content_type,
+        root,
     )
 
 
@@ -92,7 +96,9 @@ def record_from_row(row: Row, outputs: tuple[Output, ...] = ()) -> JobRecord:
     )
 
 
-def output_from_row(row: Row) -> Output:
+def output_from_row(row: Row, own_root: str) -> Output:
+    """An ``Output`` from an ``OUTPUT_COLUMNS`` row; its ``root`` is set only when the
+    file lies under another output root than ``own_root`` (the reader's, resolved)."""
     return Output(
         job_id=row[0],
         index=row[1],
@@ -101,6 +107,7 @@ def output_from_row(row: Row) -> Output:
         sha256=row[4],
         url=row[5],
         content_type=row[6],
+        root=None if row[7] is None or row[7] == own_root else str(row[7]),
     )
 
 
@@ -128,13 +135,17 @@ def _export_object(row: Row, outputs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _export_output(row: Row) -> dict[str, Any]:
-    """An ``outputs`` entry from an ``OUTPUT_COLUMNS`` row."""
+def _export_output(row: Row, own_root: str) -> dict[str, Any]:
+    """An ``outputs`` entry from an ``OUTPUT_COLUMNS`` row: ``root`` only for a file
+    under another output root than ``own_root``."""
     keys = ("index", "path", "size", "sha256", "url", "content_type")
-    return dict(zip(keys, row[1:], strict=True))
+    entry = dict(zip(keys, row[1:7], strict=True))
+    if row[7] is not None and row[7] != own_root:
+        entry["root"] = row[7]
+    return entry
 
 
-def _export_objects(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+def _export_objects(conn: sqlite3.Connection, own_root: str) -> Iterator[dict[str, Any]]:
     """Every job in rowid order with its outputs, from ONE streaming statement.
 
     One statement reads one consistent WAL snapshot, row by row: the export is a
@@ -155,28 +166,29 @@ def _export_objects(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
             outputs = []
             current, current_rowid = _export_object(row[1:], outputs), row[0]
         if row[1 + _JOB_WIDTH] is not None:
-            outputs.append(_export_output(row[1 + _JOB_WIDTH :]))
+            outputs.append(_export_output(row[1 + _JOB_WIDTH :], own_root))
     if current is not None:
         yield current
 
 
-def export_lines(conn: sqlite3.Connection, out: TextIO) -> int:
-    """Write one JSON line per job to ``out``; return how many."""
+def export_lines(conn: sqlite3.Connection, out: TextIO, own_root: str) -> int:
+    """Write one JSON line per job to ``out``; return how many. An output under another
+    output root than ``own_root`` names it (``root``)."""
     lines = 0
-    for obj in _export_objects(conn):
+    for obj in _export_objects(conn, own_root):
         out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         lines += 1
     return lines
 
 
-def write_atomically(target: Path, conn: sqlite3.Connection) -> int:
+def write_atomically(target: Path, conn: sqlite3.Connection, own_root: str) -> int:
     """Export into a temporary file next to ``target``, fsync it, rename it over ``target``
     and fsync the directory: readers see the old snapshot or the new one, never a part."""
     lines = 0
 
     def fill(out: IO[str]) -> None:
         nonlocal lines
-        lines = export_lines(conn, cast(TextIO, out))
+        lines = export_lines(conn, cast(TextIO, out), own_root)
 
     write_atomic_text(target, fill)
     return lines

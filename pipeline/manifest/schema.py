@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 DB_NAME = "manifest.sqlite"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another writer's transaction
 
 _DDL = """
@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     sha256       TEXT NOT NULL,
     url          TEXT NOT NULL,
     content_type TEXT,
+    root         TEXT,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
@@ -114,7 +115,18 @@ def _add_meta(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
 
 
-MIGRATIONS: Mapping[int, Migration] = {1: _add_generation, 2: _add_failure, 3: _add_meta}
+def _add_output_root(conn: sqlite3.Connection) -> None:
+    """4 → 5: ``outputs.root``, the output root a file lies under when it is not this
+    folder's (a copied shared run); NULL, as every existing row, is the folder's own."""
+    conn.execute("ALTER TABLE outputs ADD COLUMN root TEXT")
+
+
+MIGRATIONS: Mapping[int, Migration] = {
+    1: _add_generation,
+    2: _add_failure,
+    3: _add_meta,
+    4: _add_output_root,
+}
 """``MIGRATIONS[n]`` upgrades a version-``n`` database to ``n + 1`` inside the opening
 write transaction. Add one here with every bump of ``SCHEMA_VERSION``."""
 

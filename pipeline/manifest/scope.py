@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from pipeline.models import JobState
 
@@ -36,6 +37,7 @@ class Pruned:
     kept_paid: int  # jobs not in the spec left in place: their paid task may still deliver
     remote_ids: tuple[str, ...]  # the remote tasks of the removed jobs
     output_paths: tuple[str, ...]  # their recorded outputs, relative to the output root
+    elsewhere: tuple[str, ...] = ()  # their outputs under other output roots (absolute)
 
 
 def read_generation(conn: sqlite3.Connection) -> int:
@@ -44,9 +46,10 @@ def read_generation(conn: sqlite3.Connection) -> int:
 
 
 def prune_rows(
-    conn: sqlite3.Connection, generation: int, now: float, *, include_paid: bool
+    conn: sqlite3.Connection, generation: int, now: float, own_root: str, *, include_paid: bool
 ) -> Pruned:
-    """Delete the jobs not of ``generation`` (inside the caller's write transaction)."""
+    """Delete the jobs not of ``generation`` (inside the caller's write transaction).
+    Their outputs are told apart: under ``own_root`` (NULL or equal) or another root."""
     paid = sorted(s.value for s in PAID_OPEN_STATES)
     marks = ", ".join("?" * len(paid))
     keep = "" if include_paid else f" AND state NOT IN ({marks})"
@@ -66,10 +69,15 @@ def prune_rows(
             args,
         )
     )
-    paths = tuple(
-        row[0]
-        for row in conn.execute(f"SELECT path FROM outputs WHERE job_id IN ({selected})", args)
-    )
+    paths: list[str] = []
+    elsewhere: list[str] = []
+    for path, root in conn.execute(
+        f"SELECT path, root FROM outputs WHERE job_id IN ({selected}) ORDER BY job_id, idx", args
+    ):
+        if root is None or root == own_root:
+            paths.append(path)
+        else:
+            elsewhere.append(str(PurePath(root) / path))
     conn.execute(
         "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) "
         "SELECT id, ?, 'pruned', state, NULL, 'not in the spec; remote_id ' || "
@@ -78,4 +86,4 @@ def prune_rows(
     )
     conn.execute(f"DELETE FROM outputs WHERE job_id IN ({selected})", args)
     removed = conn.execute(f"DELETE FROM jobs WHERE id IN ({selected})", args).rowcount
-    return Pruned(removed, int(kept), remote_ids, paths)
+    return Pruned(removed, int(kept), remote_ids, tuple(paths), tuple(elsewhere))

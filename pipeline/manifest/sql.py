@@ -44,9 +44,10 @@ INSERT_EVENT = (
     "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?)"
 )
 UPSERT_OUTPUT = (
-    f"INSERT INTO outputs ({OUTPUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO outputs ({OUTPUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, size = excluded.size, "
-    "sha256 = excluded.sha256, url = excluded.url, content_type = excluded.content_type"
+    "sha256 = excluded.sha256, url = excluded.url, content_type = excluded.content_type, "
+    "root = excluded.root"
 )
 
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})

@@ -139,6 +139,7 @@ class Manifest:
         clock: Callable[[], float],
     ) -> None:
         self.root = root
+        self.own_root = str(root.resolve())  # as outputs under another root record theirs
         self.path = root / DB_NAME
         self.location = str(self.path)  # names the store in messages (a URL for PostgreSQL)
         self.readonly = readonly
@@ -345,7 +346,8 @@ class Manifest:
         transaction; one ``pruned`` event per job keeps its remote id. Jobs whose paid
         remote task may still deliver (``PAID_OPEN_STATES``) stay unless ``include_paid``."""
         with self._write("prune") as conn:
-            return prune_rows(conn, self.generation, self._clock(), include_paid=include_paid)
+            return prune_rows(conn, self.generation, self._clock(), self.own_root,
+                              include_paid=include_paid)  # fmt: skip
 
     def transition(
         self,
@@ -553,7 +555,7 @@ class Manifest:
         target = self.root / SNAPSHOT_NAME
         with self._reader("write snapshot") as conn:
             try:
-                write_atomically(target, conn)
+                write_atomically(target, conn, self.own_root)
             except OSError as exc:
                 raise ManifestError(f"cannot write {target}: {exc}") from exc
         return target
@@ -671,7 +673,16 @@ class Manifest:
 
         Streamed from one consistent read (a point-in-time picture even mid-run)."""
         with self._reader("export") as conn:
-            return export_lines(conn, out)
+            return export_lines(conn, out, self.own_root)
+
+    def output_roots(self) -> list[str]:
+        """The output roots other than this store's that outputs lie under (another
+        runner's, or the folder a manifest was copied from)."""
+        with self._read("read output roots") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT root FROM outputs WHERE root IS NOT NULL ORDER BY root"
+            ).fetchall()
+        return [str(row[0]) for row in rows if row[0] != self.own_root]
 
     def meta(self) -> dict[str, str]:
         with self._read("read meta") as conn:
@@ -723,11 +734,17 @@ class Manifest:
 
     _output_columns = OUTPUT_COLUMNS
 
+    @property
+    def _written_root(self) -> str | None:
+        """The root recorded with the outputs this process writes (NULL: the folder's)."""
+        return None
+
     def _write_outputs(self, conn: sqlite3.Connection, outputs: Sequence[Output]) -> None:
-        conn.executemany(UPSERT_OUTPUT, (output_row(o) for o in outputs))
+        root = self._written_root
+        conn.executemany(UPSERT_OUTPUT, (output_row(o, root) for o in outputs))
 
     def _output_from_row(self, row: Sequence[Any]) -> Output:
-        return output_from_row(row)
+        return output_from_row(row, self.own_root)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
