@@ -94,12 +94,12 @@ def test_relayed_callbacks_are_read_once_in_order_and_old_ones_dropped(
         assert a.webhook_token() == b.webhook_token()  # one token for the run's receivers
         a.relay_hint("apixo", "old")
         now[0] += 2 * 86400
-        cursor, found = b.relayed_hints(None)  # a runner starts: only later hints count
-        assert found == []
+        reader = b.hint_reader()
+        assert reader.read() == []  # a runner starts: only later hints count
         a.relay_hint("apixo", "t1")
         a.relay_hint("acedata", "t2")
-        cursor, found = b.relayed_hints(cursor)
-        assert found == [("apixo", "t1"), ("acedata", "t2")]
-        assert b.relayed_hints(cursor) == (cursor, [])
+        assert reader.read() == [("apixo", "t1"), ("acedata", "t2")]
+        assert reader.read() == []
+        reader.close()
         with a._read("count") as conn:  # the day-old hint is gone
             assert conn.execute("SELECT count(*) FROM hints").fetchone()[0] == 2

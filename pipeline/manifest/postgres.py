@@ -43,6 +43,7 @@ from pipeline.redact import register_secrets, scrub
 __all__ = [
     "PG_SCHEMA_VERSION",
     "PgConnection",
+    "PgHintReader",
     "PgLocation",
     "PgManifest",
     "is_database_url",
@@ -52,6 +53,7 @@ __all__ = [
 PG_SCHEMA_VERSION = 2
 CONNECT_TIMEOUT = 10  # seconds to reach the server before the command gives up
 HINTS_KEPT = 86400.0  # seconds a relayed callback is kept (each runner reads it within 1 s)
+HINT_READER = "pipeline hints"  # the application_name of a runner's reader of relayed hints
 
 _V1 = """
 CREATE TABLE meta (
@@ -263,14 +265,15 @@ class PgConnection:
         self.raw.close()
 
 
-def connect(location: PgLocation, *, readonly: bool) -> PgConnection:
-    """A connection to the run's schema (which may not exist yet)."""
+def connect(location: PgLocation, *, readonly: bool, name: str = "pipeline") -> PgConnection:
+    """A connection to the run's schema (which may not exist yet); ``name`` is its
+    ``application_name`` (in ``pg_stat_activity``)."""
     try:
         conn = psycopg.connect(
             location.conninfo,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
-            application_name="pipeline",
+            application_name=name,
         )
     except psycopg.Error as exc:
         raise ManifestError(
@@ -412,23 +415,10 @@ class PgManifest(Manifest):
                 (provider, key, self._clock()),
             )
 
-    def relayed_hints(
-        self, after: int | None, *, limit: int = 1000
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """The hints relayed after id ``after`` (None: none, only the cursor to start
-        from, and hints older than a day are dropped), and the new cursor."""
-        if after is None:
-            with self._write("read callbacks") as conn:
-                conn.execute("DELETE FROM hints WHERE at < ?", (self._clock() - HINTS_KEPT,))
-                row = conn.execute("SELECT coalesce(max(id), 0) FROM hints").fetchone()
-            return int(row[0]), []
-        with self._read("read callbacks") as conn:
-            rows = conn.execute(
-                "SELECT id, provider, key FROM hints WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
-            ).fetchall()
-        cursor = int(rows[-1][0]) if rows else after
-        return cursor, [(str(r[1]), str(r[2])) for r in rows]
+    def hint_reader(self) -> PgHintReader:
+        """A reader of the hints other runners relay, from its first read on."""
+        self._connection()
+        return PgHintReader(self.pg_location, self._clock)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -572,6 +562,50 @@ class PgManifest(Manifest):
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield conn
             finally:
+                conn.close()
+
+
+class PgHintReader:
+    """Reads the hints the runners relay, on a connection of its own: a failure here
+    (``ManifestError``) leaves the run's own connection alone, and the next read opens
+    a new connection and goes on where the last good read stopped."""
+
+    def __init__(self, location: PgLocation, clock: Callable[[], float]) -> None:
+        self._location = location
+        self._clock = clock
+        self._conn: PgConnection | None = None
+        self._cursor: int | None = None  # the last id read; None before the first read
+
+    def read(self, *, limit: int = 1000) -> list[tuple[str, str]]:
+        """The hints relayed since the last read. The first read only marks where
+        reading starts (earlier hints are a resume's business) and drops hints older
+        than a day."""
+        with translated("read relayed callbacks", str(self._location)):
+            try:
+                if self._conn is None:
+                    self._conn = connect(self._location, readonly=False, name=HINT_READER)
+                if self._cursor is None:
+                    self._conn.execute(
+                        "DELETE FROM hints WHERE at < ?", (self._clock() - HINTS_KEPT,)
+                    )
+                    row = self._conn.execute("SELECT coalesce(max(id), 0) FROM hints").fetchone()
+                    self._cursor = int(row[0]) if row else 0
+                    return []
+                rows = self._conn.execute(
+                    "SELECT id, provider, key FROM hints WHERE id > ? ORDER BY id LIMIT ?",
+                    (self._cursor, limit),
+                ).fetchall()
+            except BaseException:
+                self.close()  # whatever state it is in: the next read starts afresh
+                raise
+        if rows:
+            self._cursor = int(rows[-1][0])
+        return [(str(r[1]), str(r[2])) for r in rows]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
                 conn.close()
 
 

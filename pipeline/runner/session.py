@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ import httpx
 from anyio.abc import TaskGroup
 
 from pipeline.completion import FollowContext, Follower, make_follower
-from pipeline.errors import PipelineError
+from pipeline.errors import ManifestError, PipelineError
 from pipeline.http import make_api_client, make_download_client
 from pipeline.limits import ProviderLimiter
 from pipeline.models import ProviderSettings, Spec
@@ -31,6 +32,7 @@ from pipeline.redact import register_secrets
 __all__ = [
     "EMULATOR_KEY",
     "EMULATOR_STATE_DIR",
+    "HintReader",
     "HintRelay",
     "Lane",
     "Session",
@@ -77,6 +79,15 @@ class Lane:
         return self.settings.name
 
 
+class HintReader(Protocol):
+    """Reads the hints other runners relayed; a failed read raises ``ManifestError``
+    and the next one goes on where the last good one stopped."""
+
+    def read(self) -> list[tuple[str, str]]: ...
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class HintRelay(Protocol):
     """A shared run's way to pass callbacks between runners (its manifest's database):
@@ -86,11 +97,15 @@ class HintRelay(Protocol):
 
     def relay_hint(self, provider: str, key: str) -> None: ...
 
-    def relayed_hints(self, after: int | None) -> tuple[int, list[tuple[str, str]]]: ...
+    def hint_reader(self) -> HintReader: ...
 
 
 HINT_POLL = 1.0
 """Seconds between two reads of the hints other runners relayed."""
+HINT_BACKOFF = 30.0
+"""The longest wait between two reads of relayed hints while they fail."""
+
+_logger = logging.getLogger("pipeline.runner.hints")
 
 
 @dataclass
@@ -187,17 +202,38 @@ async def _start_webhooks(
 
 
 async def _pass_relayed_hints(hints: HintRelay, services: Mapping[str, object]) -> None:
-    """Hand this runner's receiver the callbacks other runners got for its tasks."""
+    """Hand this runner's receiver the callbacks other runners got for its tasks.
+
+    A failed read is said once and retried, backing off: a missed hint costs only time
+    (a hint is confirmed by a status query, and safety polls go on), and the run's own
+    writes stop the run if the database is really gone."""
     from pipeline.completion import SERVICE, WebhookReceiver
 
     receiver = services[SERVICE]
     assert isinstance(receiver, WebhookReceiver)
-    cursor, _ = hints.relayed_hints(None)  # from now on: earlier ones a resume asks about
-    while True:
-        await anyio.sleep(HINT_POLL)
-        cursor, found = hints.relayed_hints(cursor)
-        for provider, key in found:
-            receiver.hint(provider, key, relayed=True)
+    reader = hints.hint_reader()
+    wait, said = HINT_POLL, False
+    try:
+        while True:
+            try:
+                found = await anyio.to_thread.run_sync(reader.read)
+            except ManifestError as exc:
+                if not said:
+                    _logger.warning(
+                        "warning: could not read the callbacks other runners relayed (%s); "
+                        "retrying quietly, and meanwhile tasks they are for wait for their "
+                        "safety polls",
+                        exc,
+                    )
+                    said = True
+                wait = min(wait * 2, HINT_BACKOFF)
+            else:
+                wait = HINT_POLL
+                for provider, key in found:
+                    receiver.hint(provider, key, relayed=True)
+            await anyio.sleep(wait)
+    finally:
+        reader.close()
 
 
 def completion_mode(entry: ProviderSettings, adapter_type: type[Provider]) -> str:
