@@ -9,11 +9,16 @@ import contextvars
 import importlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
 import httpx
@@ -45,6 +50,8 @@ EMULATOR_KEY = "emulator-key-not-secret"
 """The API key sent to built-in emulators: they accept any key."""
 EMULATOR_STATE_DIR = ".emulators"
 """Under the output root: the in-process emulators' worlds, one directory per entry."""
+
+T = TypeVar("T")
 
 _prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
 
@@ -108,6 +115,26 @@ HINT_BACKOFF = 30.0
 _logger = logging.getLogger("pipeline.runner.hints")
 
 
+CLOSE_SECONDS = 15.0
+"""How long closing the built-in emulators may take when the run is cancelled."""
+
+
+@asynccontextmanager
+async def _closed_in_full(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """``context``, closed to the end even when a caller cancels the run from outside (a
+    cancel scope around ``run_async``): the emulators' server close, cancelled, stops half
+    way and leaves their tasks running. Bounded, so a stuck close cannot hang the run."""
+    value = await context.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+            await context.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+        await context.__aexit__(None, None, None)
+
+
 @dataclass
 class Session:
     lanes: Mapping[str, Lane]
@@ -167,10 +194,12 @@ async def _start_emulators(
         serve = emulators().serve
         state_dir = Path(spec.output.root) / EMULATOR_STATE_DIR / name
         running = await stack.enter_async_context(
-            serve(
-                [entry.type],
-                knobs={entry.type: dict(entry.emulate)},
-                state_dirs={entry.type: state_dir},
+            _closed_in_full(
+                serve(
+                    [entry.type],
+                    knobs={entry.type: dict(entry.emulate)},
+                    state_dirs={entry.type: state_dir},
+                )
             )
         )
         url = running[entry.type].base_url
