@@ -301,3 +301,50 @@ def test_submodules_still_import_through_the_package():
 
 def test_run_async_is_a_coroutine_function():
     assert asyncio.iscoroutinefunction(pipeline.run_async)
+
+
+CANCELLED_FROM_OUTSIDE = """
+import asyncio, sys, anyio, pipeline
+
+async def main():
+    for n, moment in enumerate(sys.argv[2:]):
+        with anyio.move_on_after(float(moment)) as scope:
+            spec = f"{sys.argv[1]}/spec{n}.yaml"
+            await pipeline.run_async(spec, quiet=True, handle_signals=False)
+        await asyncio.sleep(0.5)  # whatever the run left running shows up now
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in left:
+            task.print_stack(file=sys.stderr)
+        print(moment, scope.cancelled_caught, len(left), flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_run_cancelled_from_outside_closes_everything_and_returns(tmp_path):
+    """A caller's ``anyio.move_on_after`` around ``run_async``, at several moments of the
+    run: each returns, nothing the run started is left running, the process ends (a
+    hang is a subprocess timeout, never a blocked suite)."""
+    moments = ["0.3", "1.0", "2.0"]
+    for n in range(len(moments)):
+        write_spec(
+            tmp_path,
+            SPEC.format(root=tmp_path / f"out{n}").replace(
+                "params: {model: nano-banana}",
+                "params: {model: nano-banana}\n    options: {completion: webhook}",
+            )
+            + "webhooks: {host: 127.0.0.1, port: 0}\n",
+            f"spec{n}.yaml",
+        )
+    script = tmp_path / "cancel.py"
+    script.write_text(CANCELLED_FROM_OUTSIDE, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), *moments],
+        check=False, capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == moments, result.stdout + result.stderr
+    assert any(cancelled == "True" for _, cancelled, _ in lines)  # some were cut short
+    assert all(left == "0" for _, _, left in lines), result.stdout + result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pipeline.errors import ManifestError
@@ -94,12 +95,59 @@ def test_relayed_callbacks_are_read_once_in_order_and_old_ones_dropped(
         assert a.webhook_token() == b.webhook_token()  # one token for the run's receivers
         a.relay_hint("apixo", "old")
         now[0] += 2 * 86400
-        cursor, found = b.relayed_hints(None)  # a runner starts: only later hints count
-        assert found == []
+        reader = b.hint_reader()
+        assert reader.read() == []  # a runner starts: only later hints count
         a.relay_hint("apixo", "t1")
         a.relay_hint("acedata", "t2")
-        cursor, found = b.relayed_hints(cursor)
-        assert found == [("apixo", "t1"), ("acedata", "t2")]
-        assert b.relayed_hints(cursor) == (cursor, [])
+        assert reader.read() == [("apixo", "t1"), ("acedata", "t2")]
+        assert reader.read() == []
+        reader.close()
         with a._read("count") as conn:  # the day-old hint is gone
             assert conn.execute("SELECT count(*) FROM hints").fetchone()[0] == 2
+
+
+def test_a_hint_committed_after_a_later_one_was_read_is_still_read_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Ids are handed out when a hint is inserted, visible when it commits: T1 takes an
+    id and stays open while T2 takes the next, commits, and is read. T1's hint, committed
+    last, is read all the same, and each hint once."""
+    with (
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path) as a,
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path) as b,
+        psycopg.connect(pg_url, autocommit=True) as t1,
+    ):
+        reader = b.hint_reader()
+        assert reader.read() == []
+        t1.execute("SET search_path TO pipeline_hints")
+        t1.execute("BEGIN")
+        t1.execute("INSERT INTO hints (provider, key, at) VALUES ('apixo', 'slow', 0)")
+        a.relay_hint("apixo", "quick")  # T2: a later id, committed first
+        assert reader.read() == [("apixo", "quick")]
+        t1.execute("COMMIT")
+        assert reader.read() == [("apixo", "slow")]
+        assert reader.read() == []
+        a.relay_hint("apixo", "next")
+        assert reader.read() == [("apixo", "next")]
+        reader.close()
+
+
+def test_a_hint_rolled_back_holds_nothing_up(pg_url: str, tmp_path: Path) -> None:
+    """A hint whose transaction rolls back is never read, and the hints after it are."""
+    with (
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path) as a,
+        PgManifest.open_url(pg_url, run="hints", root=tmp_path) as b,
+        psycopg.connect(pg_url, autocommit=True) as t1,
+    ):
+        reader = b.hint_reader()
+        assert reader.read() == []
+        t1.execute("SET search_path TO pipeline_hints")
+        t1.execute("BEGIN")
+        t1.execute("INSERT INTO hints (provider, key, at) VALUES ('apixo', 'gone', 0)")
+        a.relay_hint("apixo", "one")
+        assert reader.read() == [("apixo", "one")]
+        t1.execute("ROLLBACK")
+        a.relay_hint("apixo", "two")
+        assert reader.read() == [("apixo", "two")]
+        assert reader.read() == []
+        reader.close()

@@ -68,8 +68,14 @@ def test_a_v1_schema_is_migrated_to_v2(pg_url: str, tmp_path: Path) -> None:
             "INSERT INTO jobs (id, provider, params, state, created_at, updated_at) "
             "VALUES ('j1', 'p', '{}', 'submitting', 1, 1)"
         )
+        raw.execute("INSERT INTO hints (provider, key, at) VALUES ('p', 'before', 1)")
     with PgManifest.open_url(pg_url, run="old", root=tmp_path) as m:
-        assert m.meta()["schema_version"] == str(PG_SCHEMA_VERSION) == "2"
+        assert m.meta()["schema_version"] == str(PG_SCHEMA_VERSION) == "3"
+        reader = m.hint_reader()  # v3: hints record their transaction
+        assert reader.read() == []
+        m.relay_hint("p", "after")
+        assert reader.read() == [("p", "after")]
+        reader.close()
         record = m.get("j1")
         assert record is not None and record.state is S.SUBMITTING
         runners = Runners(m)

@@ -109,8 +109,11 @@ class CallbackSender:
                 task.add_done_callback(self._in_flight.discard)
             wait = IDLE_WAKE if not self._queue else min(IDLE_WAKE, self._queue[0].due - now)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # arrives as the event is set, and the sender would outlive its emulator.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
+                async with asyncio.timeout(max(wait, 0.0)):
+                    await self._wake.wait()
 
     async def _deliver(self, session: aiohttp.ClientSession, delivery: _Delivery) -> None:
         try:

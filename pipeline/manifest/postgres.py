@@ -43,15 +43,17 @@ from pipeline.redact import register_secrets, scrub
 __all__ = [
     "PG_SCHEMA_VERSION",
     "PgConnection",
+    "PgHintReader",
     "PgLocation",
     "PgManifest",
     "is_database_url",
     "pg_location",
 ]
 
-PG_SCHEMA_VERSION = 2
+PG_SCHEMA_VERSION = 3
 CONNECT_TIMEOUT = 10  # seconds to reach the server before the command gives up
 HINTS_KEPT = 86400.0  # seconds a relayed callback is kept (each runner reads it within 1 s)
+HINT_READER = "pipeline hints"  # the application_name of a runner's reader of relayed hints
 
 _V1 = """
 CREATE TABLE meta (
@@ -140,6 +142,13 @@ CREATE TABLE budgets (
 """Version 2: the runners of a shared run (leases, by the database's clock), the job each
 works on (``jobs.holder``), and the limits they share (task slots, submit rate, budgets)."""
 
+_V3 = """
+ALTER TABLE hints ADD COLUMN tx BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint);
+CREATE INDEX hints_tx ON hints (tx)
+"""
+"""Version 3: the transaction that relayed each hint (``hints.tx``): a reader takes a hint
+as read for good only once no older transaction can still commit one (PgHintReader)."""
+
 Migration = Callable[["PgConnection"], None]
 
 
@@ -152,7 +161,7 @@ def _run_script(script: str) -> Migration:
     return migrate
 
 
-PG_MIGRATIONS: Mapping[int, Migration] = {1: _run_script(_V2)}
+PG_MIGRATIONS: Mapping[int, Migration] = {1: _run_script(_V2), 2: _run_script(_V3)}
 """``PG_MIGRATIONS[n]`` upgrades a version-``n`` schema to ``n + 1``, inside the opening
 transaction (which holds the run's advisory lock). Add one with every bump of
 ``PG_SCHEMA_VERSION``."""
@@ -256,14 +265,15 @@ class PgConnection:
         self.raw.close()
 
 
-def connect(location: PgLocation, *, readonly: bool) -> PgConnection:
-    """A connection to the run's schema (which may not exist yet)."""
+def connect(location: PgLocation, *, readonly: bool, name: str = "pipeline") -> PgConnection:
+    """A connection to the run's schema (which may not exist yet); ``name`` is its
+    ``application_name`` (in ``pg_stat_activity``)."""
     try:
         conn = psycopg.connect(
             location.conninfo,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
-            application_name="pipeline",
+            application_name=name,
         )
     except psycopg.Error as exc:
         raise ManifestError(
@@ -391,23 +401,10 @@ class PgManifest(Manifest):
                 (provider, key, self._clock()),
             )
 
-    def relayed_hints(
-        self, after: int | None, *, limit: int = 1000
-    ) -> tuple[int, list[tuple[str, str]]]:
-        """The hints relayed after id ``after`` (None: none, only the cursor to start
-        from, and hints older than a day are dropped), and the new cursor."""
-        if after is None:
-            with self._write("read callbacks") as conn:
-                conn.execute("DELETE FROM hints WHERE at < ?", (self._clock() - HINTS_KEPT,))
-                row = conn.execute("SELECT coalesce(max(id), 0) FROM hints").fetchone()
-            return int(row[0]), []
-        with self._read("read callbacks") as conn:
-            rows = conn.execute(
-                "SELECT id, provider, key FROM hints WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
-            ).fetchall()
-        cursor = int(rows[-1][0]) if rows else after
-        return cursor, [(str(r[1]), str(r[2])) for r in rows]
+    def hint_reader(self) -> PgHintReader:
+        """A reader of the hints other runners relay, from its first read on."""
+        self._connection()
+        return PgHintReader(self.pg_location, self._clock)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -551,6 +548,64 @@ class PgManifest(Manifest):
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield conn
             finally:
+                conn.close()
+
+
+class PgHintReader:
+    """Reads the hints the runners relay, on a connection of its own: a failure here
+    (``ManifestError``) leaves the run's own connection alone, and the next read opens
+    a new connection and goes on where the last good read stopped.
+
+    A hint's id is drawn when it is inserted but seen only once its transaction commits,
+    so ids are not read in order. Each hint records its transaction (``tx``); every
+    transaction older than a snapshot's ``xmin`` has ended, so the hints of those are
+    final. A read returns the hints not yet returned of the transactions from the last
+    read's ``xmin`` on, and keeps the ids of those still at or past the new ``xmin``, to
+    skip them next time: no hint is missed, none returned twice.
+    """
+
+    def __init__(self, location: PgLocation, clock: Callable[[], float]) -> None:
+        self._location = location
+        self._clock = clock
+        self._conn: PgConnection | None = None
+        self._settled: int | None = None  # every hint of a transaction before it was read
+        self._seen: set[int] = set()  # ids read of the transactions from ``_settled`` on
+
+    def read(self) -> list[tuple[str, str]]:
+        """The hints relayed since the last read. The first read only marks where
+        reading starts (earlier hints are a resume's business) and drops hints older
+        than a day."""
+        with translated("read relayed callbacks", str(self._location)):
+            try:
+                if self._conn is None:
+                    self._conn = connect(self._location, readonly=False, name=HINT_READER)
+                return self._read(self._conn)
+            except BaseException:
+                self.close()  # whatever state it is in: the next read starts afresh
+                raise
+
+    def _read(self, conn: PgConnection) -> list[tuple[str, str]]:
+        if self._settled is None:
+            conn.execute("DELETE FROM hints WHERE at < ?", (self._clock() - HINTS_KEPT,))
+        # The horizon first: every transaction before it has ended before the rows are read.
+        row = conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        ).fetchone()
+        assert row is not None  # one row, always
+        horizon = int(row[0])
+        rows = conn.execute(
+            "SELECT id, provider, key, tx FROM hints WHERE tx >= ? ORDER BY id",
+            (horizon if self._settled is None else self._settled,),
+        ).fetchall()
+        found = [] if self._settled is None else [r for r in rows if r[0] not in self._seen]
+        self._seen = {int(r[0]) for r in rows if r[3] >= horizon}
+        self._settled = max(horizon, self._settled or 0)
+        return [(str(r[1]), str(r[2])) for r in found]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
                 conn.close()
 
 

@@ -5,6 +5,7 @@ from pipeline.runner.cancel import Cancelled, cancel_jobs
 from pipeline.runner.progress import ProgressOptions, make_progress
 from pipeline.runner.scheduler import BUDGET_STOPPED, RunOptions, RunSummary, Scheduler
 from pipeline.runner.session import (
+    HintReader,
     HintRelay,
     Lane,
     Session,
@@ -17,6 +18,7 @@ from pipeline.runner.session import (
 __all__ = [
     "BUDGET_STOPPED",
     "Cancelled",
+    "HintReader",
     "HintRelay",
     "Lane",
     "ProgressOptions",

@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
 import httpx
 from anyio.abc import TaskGroup
 
 from pipeline.completion import FollowContext, Follower, make_follower
-from pipeline.errors import PipelineError
+from pipeline.errors import ManifestError, PipelineError
 from pipeline.http import make_api_client, make_download_client
 from pipeline.limits import ProviderLimiter
 from pipeline.models import ProviderSettings, Spec
@@ -31,6 +37,7 @@ from pipeline.redact import register_secrets
 __all__ = [
     "EMULATOR_KEY",
     "EMULATOR_STATE_DIR",
+    "HintReader",
     "HintRelay",
     "Lane",
     "Session",
@@ -43,6 +50,8 @@ EMULATOR_KEY = "emulator-key-not-secret"
 """The API key sent to built-in emulators: they accept any key."""
 EMULATOR_STATE_DIR = ".emulators"
 """Under the output root: the in-process emulators' worlds, one directory per entry."""
+
+T = TypeVar("T")
 
 _prepaid: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
 
@@ -77,6 +86,15 @@ class Lane:
         return self.settings.name
 
 
+class HintReader(Protocol):
+    """Reads the hints other runners relayed; a failed read raises ``ManifestError``
+    and the next one goes on where the last good one stopped."""
+
+    def read(self) -> list[tuple[str, str]]: ...
+
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class HintRelay(Protocol):
     """A shared run's way to pass callbacks between runners (its manifest's database):
@@ -86,11 +104,35 @@ class HintRelay(Protocol):
 
     def relay_hint(self, provider: str, key: str) -> None: ...
 
-    def relayed_hints(self, after: int | None) -> tuple[int, list[tuple[str, str]]]: ...
+    def hint_reader(self) -> HintReader: ...
 
 
 HINT_POLL = 1.0
 """Seconds between two reads of the hints other runners relayed."""
+HINT_BACKOFF = 30.0
+"""The longest wait between two reads of relayed hints while they fail."""
+
+_logger = logging.getLogger("pipeline.runner.hints")
+
+
+CLOSE_SECONDS = 15.0
+"""How long closing the built-in emulators may take when the run is cancelled."""
+
+
+@asynccontextmanager
+async def _closed_in_full(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """``context``, closed to the end even when a caller cancels the run from outside (a
+    cancel scope around ``run_async``): the emulators' server close, cancelled, stops half
+    way and leaves their tasks running. Bounded, so a stuck close cannot hang the run."""
+    value = await context.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+            await context.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    with anyio.move_on_after(CLOSE_SECONDS, shield=True):
+        await context.__aexit__(None, None, None)
 
 
 @dataclass
@@ -152,10 +194,12 @@ async def _start_emulators(
         serve = emulators().serve
         state_dir = Path(spec.output.root) / EMULATOR_STATE_DIR / name
         running = await stack.enter_async_context(
-            serve(
-                [entry.type],
-                knobs={entry.type: dict(entry.emulate)},
-                state_dirs={entry.type: state_dir},
+            _closed_in_full(
+                serve(
+                    [entry.type],
+                    knobs={entry.type: dict(entry.emulate)},
+                    state_dirs={entry.type: state_dir},
+                )
             )
         )
         url = running[entry.type].base_url
@@ -187,17 +231,38 @@ async def _start_webhooks(
 
 
 async def _pass_relayed_hints(hints: HintRelay, services: Mapping[str, object]) -> None:
-    """Hand this runner's receiver the callbacks other runners got for its tasks."""
+    """Hand this runner's receiver the callbacks other runners got for its tasks.
+
+    A failed read is said once and retried, backing off: a missed hint costs only time
+    (a hint is confirmed by a status query, and safety polls go on), and the run's own
+    writes stop the run if the database is really gone."""
     from pipeline.completion import SERVICE, WebhookReceiver
 
     receiver = services[SERVICE]
     assert isinstance(receiver, WebhookReceiver)
-    cursor, _ = hints.relayed_hints(None)  # from now on: earlier ones a resume asks about
-    while True:
-        await anyio.sleep(HINT_POLL)
-        cursor, found = hints.relayed_hints(cursor)
-        for provider, key in found:
-            receiver.hint(provider, key, relayed=True)
+    reader = hints.hint_reader()
+    wait, said = HINT_POLL, False
+    try:
+        while True:
+            try:
+                found = await anyio.to_thread.run_sync(reader.read)
+            except ManifestError as exc:
+                if not said:
+                    _logger.warning(
+                        "warning: could not read the callbacks other runners relayed (%s); "
+                        "retrying quietly, and meanwhile tasks they are for wait for their "
+                        "safety polls",
+                        exc,
+                    )
+                    said = True
+                wait = min(wait * 2, HINT_BACKOFF)
+            else:
+                wait = HINT_POLL
+                for provider, key in found:
+                    receiver.hint(provider, key, relayed=True)
+            await anyio.sleep(wait)
+    finally:
+        reader.close()
 
 
 def completion_mode(entry: ProviderSettings, adapter_type: type[Provider]) -> str:
