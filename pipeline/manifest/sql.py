@@ -27,6 +27,7 @@ __all__ = [
     "opt_state",
     "reset_sql",
     "set_clause",
+    "set_items",
     "state_set",
     "transition_steps",
     "update_sql",
@@ -99,22 +100,28 @@ def update_sql(to: JobState, where: str) -> str:
 @functools.lru_cache(maxsize=64)
 def set_clause(to: JobState) -> str:
     """The SET list of ``update_sql`` (its named parameters but ``where``'s)."""
-    sets = ["state = :to", "updated_at = :now"]
+    return ", ".join(f"{column} = {value}" for column, value in set_items(to).items())
+
+
+@functools.lru_cache(maxsize=64)
+def set_items(to: JobState) -> dict[str, str]:
+    """What entering ``to`` sets: each column's new value, as SQL."""
+    sets = {"state": ":to", "updated_at": ":now"}
     if to is JobState.SUBMITTING:
-        sets.append("attempts = attempts + 1")
+        sets["attempts"] = "attempts + 1"
     if to is JobState.SUBMITTED:
-        sets.append("submitted_at = :now")
-    sets.append("finished_at = :now" if to in TERMINAL_STATES else "finished_at = NULL")
+        sets["submitted_at"] = ":now"
+    sets["finished_at"] = ":now" if to in TERMINAL_STATES else "NULL"
     failed = to in (JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT)
-    sets.append("failure = :failure" if failed else "failure = NULL")
+    sets["failure"] = ":failure" if failed else "NULL"
     if to is JobState.PENDING:  # a fresh start: forget the previous attempt's traces
-        sets += ["remote_id = :remote_id", "client_ref = :client_ref", "error = :error"]
-        sets.append("submitted_at = NULL")
+        sets |= {"remote_id": ":remote_id", "client_ref": ":client_ref", "error": ":error"}
+        sets["submitted_at"] = "NULL"
     elif to is JobState.DONE:  # an earlier trouble is no reason any more
-        sets += ["remote_id = COALESCE(:remote_id, remote_id)", "error = NULL"]
+        sets |= {"remote_id": "COALESCE(:remote_id, remote_id)", "error": "NULL"}
     else:
-        sets += [f"{c} = COALESCE(:{c}, {c})" for c in ("remote_id", "client_ref", "error")]
-    return ", ".join(sets)
+        sets |= {c: f"COALESCE(:{c}, {c})" for c in ("remote_id", "client_ref", "error")}
+    return sets
 
 
 def join_notes(first: str | None, second: str) -> str:
