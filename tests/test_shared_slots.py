@@ -19,7 +19,7 @@ from pipeline.cost import Costs
 from pipeline.manifest.postgres import PgManifest
 from pipeline.manifest.runners import Runners
 from pipeline.models import Job, JobRecord, JobState
-from pipeline.runner.coordination import Shared
+from pipeline.runner.coordination import RESHARE, Shared
 from pipeline.runner.session import Lane
 
 S = JobState
@@ -66,12 +66,15 @@ def records(shared: Shared) -> Any:
     return shared.records("p", page=2, stopped=lambda: False)
 
 
+@pytest.mark.parametrize("learns", ["at its next claim", "as its long jobs end"])
 def test_a_runner_keeps_no_more_than_its_share_once_another_has_jobs(
-    pg_url: str, tmp_path: Path, opened: list[PgManifest]
+    pg_url: str, tmp_path: Path, opened: list[PgManifest], learns: str
 ) -> None:
-    """Runner a holds both slots; b claims jobs and waits; a has a job waiting too.
-    When a's jobs end, one slot goes back (a is above its share: one of two runners
-    with jobs) and b takes it; the other passes to a's waiting job, not to the database."""
+    """Runner a holds both slots; then b claims jobs and waits for one. When a's jobs
+    end, one slot goes back (a is above its share: one of two runners with jobs) and b
+    takes it. Runner a learns of b at its next claim (then the other slot passes to a's
+    waiting job, not to the database), or, when its jobs outlast a claim and none of its
+    own waits, as they end."""
     seed(pg_url, tmp_path, 8)
     a = runner(pg_url, tmp_path, opened, limit=2)
     b = runner(pg_url, tmp_path, opened, limit=2)
@@ -84,28 +87,33 @@ def test_a_runner_keeps_no_more_than_its_share_once_another_has_jobs(
                 await a_working.enter_async_context(a.slot("p"))
             assert held_in_database(a) == 2
             await b_jobs.__anext__()  # b claims jobs too
-            for _ in range(2):  # a's second job, then a claim: two runners have jobs
-                await a_jobs.__anext__()
+            a_waits = learns == "at its next claim"
+            if a_waits:  # a's second job, then a claim
+                for _ in range(2):
+                    await a_jobs.__anext__()
+            else:
+                await anyio.sleep(RESHARE)
             a_got, b_got = anyio.Event(), anyio.Event()
-            a_done, b_done = anyio.Event(), anyio.Event()
+            done = anyio.Event()
 
-            async def work(shared: Shared, got: anyio.Event, done: anyio.Event) -> None:
+            async def work(shared: Shared, got: anyio.Event) -> None:
                 async with shared.slot("p"):
                     got.set()
                     await done.wait()
 
             async with anyio.create_task_group() as group:
-                group.start_soon(work, a, a_got, a_done)
-                group.start_soon(work, b, b_got, b_done)
-                await anyio.sleep(0.2)  # both wait: every slot is a's
+                if a_waits:
+                    group.start_soon(work, a, a_got)
+                group.start_soon(work, b, b_got)
+                await anyio.sleep(0.2)  # every slot is a's
                 assert not a_got.is_set() and not b_got.is_set()
                 await a_working.aclose()  # a's two jobs end
                 with anyio.fail_after(WAIT):
-                    await a_got.wait()
                     await b_got.wait()
+                    if a_waits:
+                        await a_got.wait()
                 assert (held_in_database(a), held_in_database(b)) == (1, 1)
-                a_done.set()
-                b_done.set()
+                done.set()
         await a_jobs.aclose()
         await b_jobs.aclose()
 

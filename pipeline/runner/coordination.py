@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from decimal import Decimal
@@ -39,6 +40,7 @@ WORKING = (S.PENDING, S.SUBMITTING, *IN_FLIGHT)  # what another runner may still
 DEFAULT_LEASE = 30.0
 """Seconds a runner's lease lasts unless renewed (renewed every third of it)."""
 SLOT_WAIT = (0.05, 0.5)  # first and longest pause between tries for a free task slot
+RESHARE = 1.0  # seconds between two counts of the runners sharing a provider's slots
 
 
 class Budget(Protocol):
@@ -303,13 +305,17 @@ class Shared:
     def _reshare(self, provider: str, pool: SlotPool) -> None:
         """This runner's share of the slots, among the runners holding jobs of
         ``provider`` now; the idle slots above it go back."""
+        pool.reshared_at = time.monotonic()
         with contextlib.suppress(ManifestError):  # the share stays as it was
             pool.share = math.ceil(pool.limit / self.runners.sharing(provider, WORKING))
         self._return_idle(provider, pool)
 
     def _give_slot(self, provider: str, pool: SlotPool, slot: int) -> None:
         """The next job here takes the slot, unless this runner holds more than its
-        share or has no job to take it: then it goes back for any runner to take."""
+        share (counted again every ``RESHARE`` seconds: jobs may last long) or has no
+        job to take it: then it goes back for any runner to take."""
+        if time.monotonic() - pool.reshared_at >= RESHARE:
+            self._reshare(provider, pool)
         if pool.held <= pool.share and (pool.feeding or pool.waiting):
             pool.hand(slot)
             return
@@ -360,7 +366,8 @@ class SlotPool:
 
     A job's slot goes to the next job here, without a round trip, while the runner
     holds no more than its ``share``: the provider's concurrency divided among the
-    runners that hold its jobs (counted at each claim, and while waiting at the share).
+    runners that hold its jobs (counted at each claim, at a release once a second, and
+    while waiting at the share).
     Above it, or with nothing to feed, a slot goes back for any runner to take, and no
     runner takes more than its share. Workers without one wait in line; the first asks
     the database for the whole line, the others wait to be handed one."""
@@ -373,6 +380,7 @@ class SlotPool:
         self.waiting: deque[_Waiter] = deque()
         self.asking = False  # a waiter is asking the database
         self.feeding = False  # this runner has jobs of the provider to work on
+        self.reshared_at = -math.inf  # when the share was last counted (monotonic)
 
     def hand(self, slot: int) -> None:
         """``slot`` to the first in line, or idle until the next job here."""
