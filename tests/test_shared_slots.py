@@ -173,3 +173,36 @@ def test_slots_passed_on_never_pass_the_limit_across_runners(
     free = Runners(opened[0])
     free.join(30)
     assert len(free.take_slots("p", limit + 1)) == limit
+
+
+def test_a_runner_with_nothing_left_leaves_soon_after_the_others_last_job(
+    pg_url: str, tmp_path: Path, opened: list[PgManifest]
+) -> None:
+    """Runner b finds nothing to claim while a still works on the last job: b waits in
+    case a dies, but leaves once a's job is done, not a third of a lease later."""
+    seed(pg_url, tmp_path, 1)
+    a = runner(pg_url, tmp_path, opened, limit=1)
+    b = runner(pg_url, tmp_path, opened, limit=1)
+    b.lease = 300.0  # a third of it would outlast the test
+
+    async def main() -> None:
+        a_jobs = records(a)
+        record = await a_jobs.__anext__()
+        b_ended = anyio.Event()
+
+        async def b_feeds() -> None:
+            async for _ in records(b):
+                raise AssertionError("a holds the only job")
+            b_ended.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(b_feeds)
+            await anyio.sleep(0.5)
+            assert not b_ended.is_set()  # a still works on a job
+            store = a.runners.manifest
+            assert store.transition(record.job.id, S.CANCELLED, expect=S.PENDING)
+            with anyio.fail_after(WAIT):
+                await b_ended.wait()
+        await a_jobs.aclose()
+
+    anyio.run(main)

@@ -41,6 +41,7 @@ DEFAULT_LEASE = 30.0
 """Seconds a runner's lease lasts unless renewed (renewed every third of it)."""
 SLOT_WAIT = (0.05, 0.5)  # first and longest pause between tries for a free task slot
 RESHARE = 1.0  # seconds between two counts of the runners sharing a provider's slots
+IDLE_LOOK = 1.0  # seconds between two looks of a runner whose jobs wait on the others'
 
 
 class Budget(Protocol):
@@ -210,7 +211,8 @@ class Shared:
         self, provider: str, *, page: int, stopped: Callable[[], bool]
     ) -> AsyncGenerator[JobRecord, None]:
         """Claimed a page at a time; with nothing free, waits while another runner still
-        holds jobs (if it dies, they come free) and ends when none does."""
+        holds jobs (if it dies, they come free), looking again every ``IDLE_LOOK``
+        seconds, and ends when none does."""
         pool = self._pool(provider)
         try:
             while True:
@@ -229,7 +231,7 @@ class Shared:
                 states = (S.SUBMITTING, *IN_FLIGHT) if stopped() else WORKING
                 if not self.runners.others_working(provider, states):
                     return
-                await anyio.sleep(_jittered(self.lease / 3))
+                await anyio.sleep(_jittered(min(IDLE_LOOK, self.lease / 3)))
         finally:
             pool.feeding = False
             self._return_idle(provider, pool)
