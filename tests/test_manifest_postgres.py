@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.postgres import PgManifest, is_database_url, pg_location, schema_name
-from pipeline.models import Job, JobState
+from pipeline.models import Job, JobState, Output
 
 S = JobState
 
@@ -151,3 +152,41 @@ def test_a_hint_rolled_back_holds_nothing_up(pg_url: str, tmp_path: Path) -> Non
         assert reader.read() == [("apixo", "two")]
         assert reader.read() == []
         reader.close()
+
+
+def test_a_job_step_is_one_round_trip(pg_url: str, tmp_path: Path) -> None:
+    """Each move of a job's way (a step, a step through ``via``, outputs with ``done``)
+    is one statement on the wire: a runner's event loop waits for each, so a BEGIN and
+    a COMMIT around it would triple the waits. Its guard and log still hold."""
+    with PgManifest.open_url(pg_url, run="trips", root=tmp_path) as m:
+        m.add_jobs([make_job(1)])
+        jid = "job-0001"
+        sent: list[str] = []
+        execute = m._connection().execute  # type: ignore[attr-defined]
+
+        def counted(sql: str, params: Any = ()) -> Any:
+            sent.append(sql)
+            return execute(sql, params)
+
+        m._connection().execute = counted  # type: ignore[attr-defined]
+        m._connection().executemany = lambda *a: sent.append("many")  # type: ignore[attr-defined]
+        moves = [
+            lambda: m.transition(jid, S.SUBMITTING, expect=S.PENDING),
+            lambda: m.transition(jid, S.SUBMITTED, expect=S.SUBMITTING, remote_id="r-1"),
+            lambda: m.transition(jid, S.DOWNLOADING, via=S.SUCCEEDED, expect=S.SUBMITTED),
+            lambda: m.finish(jid, [Output(jid, i, f"{i}.png", 1, "a" * 64, "u") for i in range(2)]),
+        ]
+        for move in moves:
+            sent.clear()
+            assert move()
+            assert len(sent) == 1, sent
+        sent.clear()
+        assert not m.finish(jid, [])  # done already: refused, in one statement too
+        assert len(sent) == 1
+        record = m.get(jid)
+        assert record is not None and record.state is S.DONE and record.remote_id == "r-1"
+        assert [o.index for o in record.outputs] == [0, 1]
+        assert [(e.from_state, e.to_state) for e in m.events(jid) if e.kind == "transition"] == [
+            (S.PENDING, S.SUBMITTING), (S.SUBMITTING, S.SUBMITTED),
+            (S.SUBMITTED, S.SUCCEEDED), (S.SUCCEEDED, S.DOWNLOADING), (S.DOWNLOADING, S.DONE),
+        ]  # fmt: skip

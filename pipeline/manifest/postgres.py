@@ -20,7 +20,7 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,12 +32,20 @@ import psycopg
 from psycopg import pq
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.rows import job_row
+from pipeline.manifest.rows import job_row, output_row
 from pipeline.manifest.scope import read_generation
-from pipeline.manifest.sql import INSERT_JOB, set_clause
+from pipeline.manifest.sql import (
+    INSERT_JOB,
+    INSERT_OUTPUT,
+    OUTPUT_CONFLICT,
+    legal_sources,
+    set_clause,
+    set_items,
+    state_set,
+)
 from pipeline.manifest.store import Manifest
 from pipeline.manifest.where import SCHEMES, is_database_url
-from pipeline.models import Job, JobState
+from pipeline.models import Job, JobState, Output
 from pipeline.redact import register_secrets, scrub
 
 __all__ = [
@@ -111,6 +119,9 @@ CREATE TABLE hints (
     at       DOUBLE PRECISION NOT NULL
 );
 """
+
+_OUTPUT_TYPES = ("text", "integer", "text", "bigint", "text", "text", "text", "text")
+"""The SQL types of ``OUTPUT_COLUMNS``, in order."""
 
 _V2 = """
 ALTER TABLE jobs ADD COLUMN holder TEXT;
@@ -456,10 +467,13 @@ class PgManifest(Manifest):
         error: str | None = None,
         detail: str | None = None,
         failure: str | None = None,
+        via: JobState | None = None,
+        outputs: Mapping[str, list[Any]] | None = None,
     ) -> bool:
-        """``Manifest._step`` in one statement (one round trip instead of three): lock
-        the row, check the state it leaves (and, for a runner, that it holds the job),
-        move it and log the event from the row as it was."""
+        """``Manifest._step`` in one statement: lock the row, check the state it leaves
+        (and, for a runner, that it holds the job), move it and log the event from the
+        row as it was. With ``via``, two steps in one (two events); with ``outputs``
+        (their columns, ``o0``…), their upsert too."""
         error = None if error is None else scrub(error)  # contract 5: no key is stored
         note = scrub(detail) if detail is not None else error
         states = sorted(sources)
@@ -467,13 +481,72 @@ class PgManifest(Manifest):
             "id": job_id, "to": to.value, "now": now, "remote_id": remote_id,
             "client_ref": client_ref, "error": error, "failure": failure, "note": note,
             "me": self.runner_id, **{f"s{i}": state for i, state in enumerate(states)},
+            "via": None if via is None else via.value, **(outputs or {}),
         }  # fmt: skip
-        found, moved = conn.execute(
-            _step_sql(to, len(states), self.runner_id is not None), params
-        ).fetchone()
+        sql = _step_sql(to, len(states), self.runner_id is not None, via, bool(outputs))
+        found, moved = conn.execute(sql, params).fetchone()
         if not found:
             raise ManifestError(f"{self.location}: no job {job_id!r} in the manifest")
         return bool(moved)
+
+    def _move(
+        self,
+        job_id: str,
+        steps: Sequence[tuple[frozenset[str], JobState]],
+        now: float,
+        *,
+        remote_id: str | None,
+        client_ref: str | None,
+        error: str | None,
+        detail: str | None,
+        failure: str | None,
+    ) -> bool:
+        """A transition as one autocommitted statement (one round trip, not a BEGIN,
+        a statement per step and a COMMIT); a ``via`` whose two steps cannot be one
+        UPDATE goes the transaction's way."""
+        via = steps[0][1] if len(steps) == 2 else None
+        if via is not None and not _mergeable(via, steps[1][1]):
+            return super()._move(
+                job_id, steps, now, remote_id=remote_id, client_ref=client_ref,
+                error=error, detail=detail, failure=failure,
+            )  # fmt: skip
+        sources, to = steps[0][0], steps[-1][1]
+        with self._write_one("transition") as conn:
+            return self._step(
+                conn, job_id, to, sources, now, remote_id=remote_id, client_ref=client_ref,
+                error=error, detail=detail, failure=failure, via=via,
+            )  # fmt: skip
+
+    def finish(
+        self,
+        job_id: str,
+        outputs: Sequence[Output],
+        *,
+        expect: JobState | Collection[JobState] = JobState.DOWNLOADING,
+    ) -> bool:
+        """``Manifest.finish`` as one autocommitted statement: the outputs' upsert rides
+        along with the transition to ``done``."""
+        if len({o.index for o in outputs}) < len(outputs):  # one upsert may not hit a row twice
+            return super().finish(job_id, outputs, expect=expect)
+        sources = legal_sources(state_set(expect), JobState.DONE)
+        rows = [output_row(o, self._written_root) for o in outputs]
+        columns = {f"o{i}": list(column) for i, column in enumerate(zip(*rows, strict=True))}
+        with self._write_one("finish") as conn:
+            return self._step(conn, job_id, JobState.DONE, sources, self._clock(), outputs=columns)
+
+    @contextmanager
+    def _write_one(self, what: str) -> Iterator[PgConnection]:
+        """A write of one statement, autocommitted: all or nothing and committed when it
+        returns, as a transaction is, without the BEGIN and COMMIT round trips."""
+        self._check_writable(what)
+        with self._lock, self._translated(what):
+            conn = cast(PgConnection, self._connection())
+            try:
+                yield conn
+            except BaseException as exc:
+                self._failed_write(conn, exc)
+                raise
+            self.write_failures.committed()
 
     @property
     def _free_rows(self) -> str | None:
@@ -610,12 +683,16 @@ class PgHintReader:
 
 
 @functools.lru_cache(maxsize=128)
-def _step_sql(to: JobState, sources: int, fenced: bool) -> str:
+def _step_sql(
+    to: JobState, sources: int, fenced: bool, via: JobState | None = None, outputs: bool = False
+) -> str:
     """One guarded transition as one statement; it answers (job found, job moved).
 
     The row is locked first (``cur``), so the state checked is the latest committed
     one; the event names the state left and, for a move back to ``pending``, the remote
-    id the job forgets (as ``Manifest._step`` does)."""
+    id the job forgets (as ``Manifest._step`` does). With ``via`` (``_mergeable``), the
+    job goes through it to ``to`` in one UPDATE, logged as two events; with ``outputs``,
+    the outputs (arrays ``o0``…``o7`` of their columns) are upserted whatever the state."""
     marks = ", ".join(f":s{i}" for i in range(sources))
     fence = " AND cur.h0 IS NOT DISTINCT FROM CAST(:me AS TEXT)" if fenced else ""
     note = "CAST(:note AS TEXT)"
@@ -626,15 +703,37 @@ def _step_sql(to: JobState, sources: int, fenced: bool) -> str:
             "THEN COALESCE(NULLIF(CAST(:note AS TEXT), '') || '; ', '') || 'was remote_id ' "
             "|| cur.r0 ELSE CAST(:note AS TEXT) END"
         )
+    sets = set_clause(to)
+    events = f"SELECT 0, cur.s0, CAST(:to AS TEXT), {note} FROM moved AS cur"
+    if via is not None:
+        items = set_items(via) | set_items(to)
+        sets = ", ".join(f"{column} = {value}" for column, value in items.items())
+        events = (
+            "SELECT 0, cur.s0, CAST(:via AS TEXT), CAST(NULL AS TEXT) FROM moved AS cur "
+            f"UNION ALL SELECT 1, CAST(:via AS TEXT), CAST(:to AS TEXT), {note} FROM moved AS cur"
+        )
+    upsert = ""
+    if outputs:
+        arrays = ", ".join(f"CAST(:o{i} AS {kind}[])" for i, kind in enumerate(_OUTPUT_TYPES))
+        upsert = f"o AS ({INSERT_OUTPUT} SELECT * FROM unnest({arrays}) {OUTPUT_CONFLICT}), "
     return (
-        "WITH cur AS (SELECT id AS jid, state AS s0, remote_id AS r0, holder AS h0 "
+        f"WITH {upsert}cur AS (SELECT id AS jid, state AS s0, remote_id AS r0, holder AS h0 "
         "FROM jobs WHERE id = :id FOR UPDATE), "
-        f"moved AS (UPDATE jobs SET {set_clause(to)} FROM cur "
+        f"moved AS (UPDATE jobs SET {sets} FROM cur "
         f"WHERE jobs.id = cur.jid AND cur.s0 IN ({marks}){fence} RETURNING cur.s0, cur.r0), "
         "logged AS (INSERT INTO events (job_id, at, kind, from_state, to_state, detail) "
-        f"SELECT :id, :now, 'transition', cur.s0, :to, {note} FROM moved AS cur) "
+        f"SELECT :id, :now, 'transition', e.f, e.t, e.d FROM ({events}) AS e(k, f, t, d) "
+        "ORDER BY e.k) "
         "SELECT (SELECT count(*) FROM cur), (SELECT count(*) FROM moved)"
     )
+
+
+def _mergeable(via: JobState, to: JobState) -> bool:
+    """Whether ``… → via → to`` is one UPDATE: what ``to`` sets replaces what ``via``
+    did, and ``to`` reads nothing ``via`` changed (a move to or through ``pending`` or
+    ``done`` forgets or keeps a remote id, so it reads it)."""
+    kept = (JobState.PENDING, JobState.DONE)
+    return via not in kept and to is not JobState.PENDING
 
 
 def _take(iterator: Iterator[Job], n: int) -> list[Job]:

@@ -243,14 +243,34 @@ class Runners:
 
     def take_slot(self, provider: str) -> int | None:
         """One free task slot of ``provider``, now held by this runner; None if none is."""
-        with self.manifest.coordinating("take a task slot", transaction=False) as conn:
-            row = conn.execute(
-                "UPDATE slots SET holder = ? WHERE provider = ? AND n = (SELECT n FROM slots "
-                f"WHERE provider = ? AND holder IS NULL AND {_REGISTERED} ORDER BY n LIMIT 1 "
+        taken = self.take_slots(provider, 1)
+        return taken[0] if taken else None
+
+    def take_slots(self, provider: str, limit: int) -> list[int]:
+        """Up to ``limit`` free task slots of ``provider``, now held by this runner, in
+        one statement; none for a runner without a lease."""
+        with self.manifest.coordinating("take task slots", transaction=False) as conn:
+            rows = conn.execute(
+                "UPDATE slots SET holder = ? WHERE provider = ? AND n IN (SELECT n FROM slots "
+                f"WHERE provider = ? AND holder IS NULL AND {_REGISTERED} ORDER BY n LIMIT ? "
                 "FOR UPDATE SKIP LOCKED) RETURNING n",
-                (self.id, provider, provider, self.id),
-            ).fetchone()
-        return None if row is None else int(row[0])
+                (self.id, provider, provider, self.id, limit),
+            ).fetchall()
+        return sorted(int(row[0]) for row in rows)
+
+    def sharing(self, provider: str, states: Collection[JobState]) -> int:
+        """How many runners hold jobs of ``provider`` in ``states``, this one counted
+        whether it does or not: those that want its task slots."""
+        marks = ", ".join("?" * len(states))
+        values = sorted(JobState(s).value for s in states)
+        with self.manifest.coordinating("look at runners", transaction=False) as conn:
+            row = _one(
+                conn,
+                "SELECT count(DISTINCT holder) FROM jobs WHERE holder IS NOT NULL "
+                f"AND holder <> ? AND provider = ? AND state IN ({marks})",
+                (self.id, provider, *values),
+            )
+        return int(row[0]) + 1
 
     def give_slot(self, provider: str, n: int) -> None:
         with self.manifest.coordinating("give a task slot back", transaction=False) as conn:

@@ -27,6 +27,7 @@ __all__ = [
     "opt_state",
     "reset_sql",
     "set_clause",
+    "set_items",
     "state_set",
     "transition_steps",
     "update_sql",
@@ -43,12 +44,13 @@ INSERT_JOB = (  # a known job keeps its row; only its generation (see Manifest) 
 INSERT_EVENT = (
     "INSERT INTO events (job_id, at, kind, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?)"
 )
-UPSERT_OUTPUT = (
-    f"INSERT INTO outputs ({OUTPUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+INSERT_OUTPUT = f"INSERT INTO outputs ({OUTPUT_COLUMNS})"
+OUTPUT_CONFLICT = (
     "ON CONFLICT (job_id, idx) DO UPDATE SET path = excluded.path, size = excluded.size, "
     "sha256 = excluded.sha256, url = excluded.url, content_type = excluded.content_type, "
     "root = excluded.root"
 )
+UPSERT_OUTPUT = f"{INSERT_OUTPUT} VALUES (?, ?, ?, ?, ?, ?, ?, ?) {OUTPUT_CONFLICT}"
 
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
 """The states --retry-failed takes up; which way each job goes is one of these:"""
@@ -100,22 +102,28 @@ def update_sql(to: JobState, where: str) -> str:
 @functools.lru_cache(maxsize=64)
 def set_clause(to: JobState) -> str:
     """The SET list of ``update_sql`` (its named parameters but ``where``'s)."""
-    sets = ["state = :to", "updated_at = :now"]
+    return ", ".join(f"{column} = {value}" for column, value in set_items(to).items())
+
+
+@functools.lru_cache(maxsize=64)
+def set_items(to: JobState) -> dict[str, str]:
+    """What entering ``to`` sets: each column's new value, as SQL."""
+    sets = {"state": ":to", "updated_at": ":now"}
     if to is JobState.SUBMITTING:
-        sets.append("attempts = attempts + 1")
+        sets["attempts"] = "attempts + 1"
     if to is JobState.SUBMITTED:
-        sets.append("submitted_at = :now")
-    sets.append("finished_at = :now" if to in TERMINAL_STATES else "finished_at = NULL")
+        sets["submitted_at"] = ":now"
+    sets["finished_at"] = ":now" if to in TERMINAL_STATES else "NULL"
     failed = to in (JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT)
-    sets.append("failure = :failure" if failed else "failure = NULL")
+    sets["failure"] = ":failure" if failed else "NULL"
     if to is JobState.PENDING:  # a fresh start: forget the previous attempt's traces
-        sets += ["remote_id = :remote_id", "client_ref = :client_ref", "error = :error"]
-        sets.append("submitted_at = NULL")
+        sets |= {"remote_id": ":remote_id", "client_ref": ":client_ref", "error": ":error"}
+        sets["submitted_at"] = "NULL"
     elif to is JobState.DONE:  # an earlier trouble is no reason any more
-        sets += ["remote_id = COALESCE(:remote_id, remote_id)", "error = NULL"]
+        sets |= {"remote_id": "COALESCE(:remote_id, remote_id)", "error": "NULL"}
     else:
-        sets += [f"{c} = COALESCE(:{c}, {c})" for c in ("remote_id", "client_ref", "error")]
-    return ", ".join(sets)
+        sets |= {c: f"COALESCE(:{c}, {c})" for c in ("remote_id", "client_ref", "error")}
+    return sets
 
 
 def join_notes(first: str | None, second: str) -> str:

@@ -397,18 +397,11 @@ class Manifest:
         steps = transition_steps(expect, via, JobState(to))
         now = self._clock()
         try:
-            with self._write("transition") as conn:
-                *first, (sources, last) = steps
-                for step_sources, step_to in first:  # `via`: guarded like any other step
-                    if not self._step(conn, job_id, step_to, step_sources, now):
-                        return None
-                if not self._step(
-                    conn, job_id, last, sources, now, remote_id=remote_id,
-                    client_ref=client_ref, error=error, detail=detail, failure=failure,
-                ):  # fmt: skip
-                    return None  # only the first step can miss, before anything was written
-                if remote_id is not None and self._on_pending is not None:
-                    self.write_failures.written(job_id, remote_id)  # on disk at the next commit
+            if not self._move(
+                job_id, steps, now, remote_id=remote_id, client_ref=client_ref,
+                error=error, detail=detail, failure=failure,
+            ):  # fmt: skip
+                return None
         except Exception as exc:
             if remote_id is not None:  # a paid task: it must be named somewhere
                 with self._lock:  # the provider is read on our connection
@@ -416,6 +409,34 @@ class Manifest:
                     self.write_failures.lose(job_id, remote_id, reason, provider_lookup(self._conn))
             raise
         return now
+
+    def _move(
+        self,
+        job_id: str,
+        steps: Sequence[tuple[frozenset[str], JobState]],
+        now: float,
+        *,
+        remote_id: str | None,
+        client_ref: str | None,
+        error: str | None,
+        detail: str | None,
+        failure: str | None,
+    ) -> bool:
+        """The checked ``steps`` of one transition in one write transaction; the fields
+        go with the last step. False if the first step's guard refused."""
+        with self._write("transition") as conn:
+            *first, (sources, last) = steps
+            for step_sources, step_to in first:  # `via`: guarded like any other step
+                if not self._step(conn, job_id, step_to, step_sources, now):
+                    return False
+            if not self._step(
+                conn, job_id, last, sources, now, remote_id=remote_id,
+                client_ref=client_ref, error=error, detail=detail, failure=failure,
+            ):  # fmt: skip
+                return False  # only the first step can miss, before anything was written
+            if remote_id is not None and self._on_pending is not None:
+                self.write_failures.written(job_id, remote_id)  # on disk at the next commit
+        return True
 
     def finish(
         self,
@@ -762,13 +783,7 @@ class Manifest:
 
         With commits deferred (``defer_commits``), one savepoint inside the open
         transaction instead, committed later by ``commit()``."""
-        if self.readonly:
-            raise ManifestError(f"{self.location}: {what}: manifest was opened read-only")
-        if self.write_failures.first is not None:
-            raise ManifestError(
-                f"{self.location}: {what}: an earlier write failed ({self.write_failures.first}); "
-                "nothing more is written in this process"
-            )
+        self._check_writable(what)
         on_pending = self._on_pending
         with self._lock, self._translated(what):
             conn = self._connection()
@@ -799,6 +814,16 @@ class Manifest:
                 raise
             conn.execute("RELEASE write")
         on_pending()
+
+    def _check_writable(self, what: str) -> None:
+        """Raise if this manifest may not be written: read-only, or an earlier write failed."""
+        if self.readonly:
+            raise ManifestError(f"{self.location}: {what}: manifest was opened read-only")
+        if self.write_failures.first is not None:
+            raise ManifestError(
+                f"{self.location}: {what}: an earlier write failed ({self.write_failures.first}); "
+                "nothing more is written in this process"
+            )
 
     def _failed_write(self, conn: Any, exc: BaseException) -> None:
         """A database error in a write (disk full, I/O error, a lost connection…) stops

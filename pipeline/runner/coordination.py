@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
@@ -38,6 +40,8 @@ WORKING = (S.PENDING, S.SUBMITTING, *IN_FLIGHT)  # what another runner may still
 DEFAULT_LEASE = 30.0
 """Seconds a runner's lease lasts unless renewed (renewed every third of it)."""
 SLOT_WAIT = (0.05, 0.5)  # first and longest pause between tries for a free task slot
+RESHARE = 1.0  # seconds between two counts of the runners sharing a provider's slots
+IDLE_LOOK = 1.0  # seconds between two looks of a runner whose jobs wait on the others'
 
 
 class Budget(Protocol):
@@ -153,10 +157,12 @@ class Shared:
         self.runners = runners
         self.lease = lease
         self._note: Callable[[str], None] = lambda text: None
+        self._slots: dict[str, SlotPool] = {}
 
     def start(self, lanes: Mapping[str, Lane], costs: Costs, note: Callable[[str], None]) -> Budget:
         self._note = note
         manifest = self.runners.manifest
+        self._slots = {name: SlotPool(lane.settings.concurrency) for name, lane in lanes.items()}
 
         def count_spent() -> dict[str, Decimal]:
             spent = spent_on(costs, manifest.iter_records())
@@ -205,19 +211,30 @@ class Shared:
         self, provider: str, *, page: int, stopped: Callable[[], bool]
     ) -> AsyncGenerator[JobRecord, None]:
         """Claimed a page at a time; with nothing free, waits while another runner still
-        holds jobs (if it dies, they come free) and ends when none does."""
-        while True:
-            batch = self.runners.claim(provider, IN_FLIGHT, page)
-            if not batch and not stopped():
-                batch = self.runners.claim(provider, [S.PENDING], page)
-            for record in batch:
-                yield record
-            if batch:
-                continue
-            states = (S.SUBMITTING, *IN_FLIGHT) if stopped() else WORKING
-            if not self.runners.others_working(provider, states):
-                return
-            await anyio.sleep(_jittered(self.lease / 3))
+        holds jobs (if it dies, they come free), looking again every ``IDLE_LOOK``
+        seconds, and ends when none does."""
+        pool = self._pool(provider)
+        try:
+            while True:
+                batch = self.runners.claim(provider, IN_FLIGHT, page)
+                if not batch and not stopped():
+                    batch = self.runners.claim(provider, [S.PENDING], page)
+                if batch:
+                    pool.feeding = True
+                    self._reshare(provider, pool)
+                for record in batch:
+                    yield record
+                if batch:
+                    continue
+                pool.feeding = False  # until more comes: the slots not in use go back
+                self._return_idle(provider, pool)
+                states = (S.SUBMITTING, *IN_FLIGHT) if stopped() else WORKING
+                if not self.runners.others_working(provider, states):
+                    return
+                await anyio.sleep(_jittered(min(IDLE_LOOK, self.lease / 3)))
+        finally:
+            pool.feeding = False
+            self._return_idle(provider, pool)
 
     def stopped_feeding(self, provider: str) -> None:
         with contextlib.suppress(ManifestError):  # else they go when this runner leaves
@@ -225,15 +242,96 @@ class Shared:
 
     @contextlib.asynccontextmanager
     async def slot(self, provider: str) -> AsyncIterator[None]:
-        pause, longest = SLOT_WAIT
-        while (slot := self.runners.take_slot(provider)) is None:
-            await anyio.sleep(_jittered(pause))
-            pause = min(pause * 2, longest)
+        """A task slot held in the database, passed on here from job to job without a
+        round trip while this runner keeps no more than its share (see ``SlotPool``)."""
+        pool = self._pool(provider)
+        slot = await self._take_slot(provider, pool)
         try:
             yield
         finally:
+            self._give_slot(provider, pool, slot)
+
+    def _pool(self, provider: str) -> SlotPool:
+        if provider not in self._slots:  # a lane the run did not start with: its own limit
+            self._slots[provider] = SlotPool(1)
+        return self._slots[provider]
+
+    async def _take_slot(self, provider: str, pool: SlotPool) -> int:
+        if pool.idle and not pool.waiting:
+            return pool.idle.pop()
+        me = _Waiter()
+        pool.waiting.append(me)
+        try:
+            while me.slot is None:
+                if pool.asking:  # another waiter asks the database for all of us
+                    await me.woken.wait()
+                    me.woken = anyio.Event()
+                    continue
+                pool.asking = True
+                try:
+                    await self._ask_for_slots(provider, pool, me)
+                finally:
+                    pool.asking = False
+                    if pool.waiting:  # the next in line asks now
+                        pool.waiting[0].woken.set()
+        except BaseException:
+            if me in pool.waiting:
+                pool.waiting.remove(me)
+            if me.slot is not None:  # handed over as we were cancelled
+                self._give_slot(provider, pool, me.slot)
+            raise
+        return me.slot
+
+    async def _ask_for_slots(self, provider: str, pool: SlotPool, me: _Waiter) -> None:
+        """Take free slots for every waiter in one statement, until ``me`` has one;
+        between tries, a growing pause (cut short when a job here hands ``me`` one)."""
+        pause, longest = SLOT_WAIT
+        while me.slot is None:
+            if pool.held >= pool.share:  # then only our own jobs hand slots on, unless
+                self._reshare(provider, pool)  # runners that wanted them have gone
+            wanted = min(len(pool.waiting), pool.share - pool.held)
+            taken = self.runners.take_slots(provider, wanted) if wanted > 0 else []
+            pool.held += len(taken)
+            for slot in taken:
+                pool.hand(slot)
+            if me.slot is not None:
+                return
+            if taken:
+                pause = SLOT_WAIT[0]
+                continue
+            with anyio.move_on_after(_jittered(pause)):
+                await me.woken.wait()
+            me.woken = anyio.Event()
+            pause = min(pause * 2, longest)
+
+    def _reshare(self, provider: str, pool: SlotPool) -> None:
+        """This runner's share of the slots, among the runners holding jobs of
+        ``provider`` now; the idle slots above it go back."""
+        pool.reshared_at = time.monotonic()
+        with contextlib.suppress(ManifestError):  # the share stays as it was
+            pool.share = math.ceil(pool.limit / self.runners.sharing(provider, WORKING))
+        self._return_idle(provider, pool)
+
+    def _give_slot(self, provider: str, pool: SlotPool, slot: int) -> None:
+        """The next job here takes the slot, unless this runner holds more than its
+        share (counted again every ``RESHARE`` seconds: jobs may last long) or has no
+        job to take it: then it goes back for any runner to take."""
+        if time.monotonic() - pool.reshared_at >= RESHARE:
+            self._reshare(provider, pool)
+        if pool.held <= pool.share and (pool.feeding or pool.waiting):
+            pool.hand(slot)
+            return
+        pool.held -= 1
+        with contextlib.suppress(ManifestError):  # else it is freed when we leave
+            self.runners.give_slot(provider, slot)
+
+    def _return_idle(self, provider: str, pool: SlotPool) -> None:
+        """Give back the slots no job here uses, above the share or all when not feeding."""
+        keep = pool.share if pool.feeding else 0
+        while pool.idle and pool.held > keep:
+            pool.held -= 1
             with contextlib.suppress(ManifestError):  # else it is freed when we leave
-                self.runners.give_slot(provider, slot)
+                self.runners.give_slot(provider, pool.idle.pop())
 
     async def pace(self, lane: Lane) -> None:
         rate = lane.settings.rate
@@ -263,6 +361,45 @@ class Shared:
         if held:
             return None
         return f"runner {runner_id} was reaped (its lease expired): its jobs went to the others"
+
+
+class SlotPool:
+    """The task slots of one provider that this runner holds in the database.
+
+    A job's slot goes to the next job here, without a round trip, while the runner
+    holds no more than its ``share``: the provider's concurrency divided among the
+    runners that hold its jobs (counted at each claim, at a release once a second, and
+    while waiting at the share).
+    Above it, or with nothing to feed, a slot goes back for any runner to take, and no
+    runner takes more than its share. Workers without one wait in line; the first asks
+    the database for the whole line, the others wait to be handed one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.share = limit
+        self.held = 0  # held in the database: in use here, or idle
+        self.idle: list[int] = []
+        self.waiting: deque[_Waiter] = deque()
+        self.asking = False  # a waiter is asking the database
+        self.feeding = False  # this runner has jobs of the provider to work on
+        self.reshared_at = -math.inf  # when the share was last counted (monotonic)
+
+    def hand(self, slot: int) -> None:
+        """``slot`` to the first in line, or idle until the next job here."""
+        if self.waiting:
+            waiter = self.waiting.popleft()
+            waiter.slot = slot
+            waiter.woken.set()
+        else:
+            self.idle.append(slot)
+
+
+class _Waiter:
+    """A worker waiting for a slot: handed one, or woken to ask the database."""
+
+    def __init__(self) -> None:
+        self.slot: int | None = None
+        self.woken = anyio.Event()
 
 
 RUN_KEY = "run"
