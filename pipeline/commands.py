@@ -786,6 +786,14 @@ def _summary_lines(spec: Spec, summary: RunSummary) -> Iterator[str]:
         f"{'; ' + rest if rest else ''}"
     )
     yield f"  submitted this run: {summary.submitted}"
+    if summary.runners:  # a shared run: the lines above are every runner's
+        mine = summary.finished["done"]
+        others = sum(summary.finished.values()) - mine
+        yield (
+            f"  this runner: {mine} done{f', {others} not done' if others else ''}; "
+            f"run: {done}/{total} done, {summary.runners} "
+            f"{'runner' if summary.runners == 1 else 'runners at most at once'}"
+        )
     if len(summary.states) > 1:
         width = max(map(len, summary.states))
         for name, states in sorted(summary.states.items()):

@@ -24,6 +24,7 @@ from tests.conftest import write_spec
 JOBS = 12
 READER = "pipeline hints"  # the application_name of a runner's reader of relayed hints
 WARNING = "could not read the callbacks other runners relayed"
+RELAY_WARNING = "could not relay a callback to the other runners"
 
 
 def free_port() -> int:
@@ -32,7 +33,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spec_text(tmp_path: Path, emulator: Any, public_port: int | None) -> str:
+def spec_text(
+    tmp_path: Path, emulator: Any, public_port: int | None, safety_poll: str = "1h"
+) -> str:
     """Runner specs (``PORT`` to fill in); with ``public_port``, every runner tells the API
     that address (as behind one public URL), so every callback reaches that runner. With
     no safety polls and no fallback to polling, a task whose callback is lost waits an hour."""
@@ -47,7 +50,7 @@ def spec_text(tmp_path: Path, emulator: Any, public_port: int | None) -> str:
             api_key: test-key-not-secret
             concurrency: 2
             params: {{model: nano-banana}}
-            options: {{completion: webhook, safety_poll: 1h, callback_timeout: 1h}}
+            options: {{completion: webhook, safety_poll: {safety_poll}, callback_timeout: 1h}}
         prompts: [a lighthouse, a cat, a teapot]
         seeds: [1, 2, 3, 4]
         webhooks:
@@ -146,6 +149,19 @@ def test_a_lost_connection_of_the_hint_reader_is_reopened_and_no_hint_is_missed(
         assert err.count(WARNING) == 1, err  # said once, and the runs went on
 
 
+def started(admin: psycopg.Connection[Any]) -> bool:
+    """Whether a runner of the run has submitted a job."""
+    row = admin.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline_relay' AND tablename = 'jobs'"
+    ).fetchone()
+    if not row or not row[0]:
+        return False
+    row = admin.execute(
+        "SELECT count(*) FROM pipeline_relay.jobs WHERE state <> 'pending'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_database_error_in_the_hint_reader_does_not_end_the_run(
     pg_url: str, tmp_path: Path, emulator_factory: Any
 ) -> None:
@@ -155,20 +171,7 @@ def test_a_database_error_in_the_hint_reader_does_not_end_the_run(
     (runner,) = start_runners(tmp_path, spec_text(tmp_path, emulator, None), [0], pg_url)
     try:
         with psycopg.connect(pg_url, autocommit=True) as admin:
-
-            def started() -> bool:
-                row = admin.execute(
-                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline_relay' "
-                    "AND tablename = 'jobs'"
-                ).fetchone()
-                if not row or not row[0]:
-                    return False
-                row = admin.execute(
-                    "SELECT count(*) FROM pipeline_relay.jobs WHERE state <> 'pending'"
-                ).fetchone()
-                return bool(row and row[0])
-
-            wait_for("the first submit", started)
+            wait_for("the first submit", lambda: started(admin))
             admin.execute("ALTER TABLE pipeline_relay.hints RENAME TO hints_away")
             time.sleep(3)  # several reads of the reader fail meanwhile
             admin.execute("ALTER TABLE pipeline_relay.hints_away RENAME TO hints")
@@ -177,3 +180,29 @@ def test_a_database_error_in_the_hint_reader_does_not_end_the_run(
     assert err.count(WARNING) == 1, err
     with open_run(tmp_path / "out", url=pg_url, run="relay", readonly=True) as manifest:
         assert manifest.counts() == {"apixo": {JobState.DONE.value: JOBS}}
+
+
+def test_a_failed_relay_is_said_once_and_the_run_goes_on(
+    pg_url: str, tmp_path: Path, emulator_factory: Any
+) -> None:
+    """Every callback reaches runner A; while the hints table is out of reach (renamed
+    away), A cannot relay those for B's tasks. A says so once and counts them, neither run
+    ends, and B's tasks are found by their safety polls."""
+    emulator = emulator_factory(["apixo"], task_seconds=1.0, callback_retry_delays=[0.3])
+    port_a = free_port()
+    text = spec_text(tmp_path, emulator, port_a, safety_poll="2s")
+    runners = start_runners(tmp_path, text, [port_a, 0], pg_url)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            wait_for("the first submit", lambda: started(admin))
+            admin.execute("ALTER TABLE pipeline_relay.hints RENAME TO hints_away")
+            time.sleep(4)  # B's first tasks end meanwhile: their callbacks reach A
+            admin.execute("ALTER TABLE pipeline_relay.hints_away RENAME TO hints")
+    finally:
+        (_, err_a), (_, err_b) = finish(runners)
+    assert err_a.count(RELAY_WARNING) == 1, err_a
+    assert re.search(r"\d+ callback\(s\) could not be relayed", err_a), err_a
+    assert RELAY_WARNING not in err_b, err_b
+    with open_run(tmp_path / "out", url=pg_url, run="relay", readonly=True) as manifest:
+        assert manifest.counts() == {"apixo": {JobState.DONE.value: JOBS}}
+    assert len(emulator.ledger("apixo")) == JOBS  # each paid once

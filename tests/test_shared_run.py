@@ -5,6 +5,10 @@ the runners together, and a runner that stops renewing its lease is taken over."
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -303,3 +307,70 @@ def _expire_all_but(pg_url: str, spec: Spec, keep: str) -> None:
             "extract(epoch from clock_timestamp()) - 1 WHERE id <> %s",
             (keep,),
         )
+
+
+STATUS = re.compile(r"^\S+Z (\w+): (.*) · ([\d.]+) jobs/min · ETA (\S+)$")
+
+
+def test_each_runner_shows_the_whole_runs_progress(
+    pg_url: str, tmp_path: Path, emulator_factory: Any
+) -> None:
+    """Two `pipeline run` processes, status lines on (stderr not a terminal): each runner's
+    lines follow every runner's jobs, its last line says the whole run is done, and its
+    summary tells what it did apart from what the run did."""
+    emulator = emulator_factory(["pixellabs"], task_seconds=0.5)
+    jobs = 20
+    spec = shared_spec(tmp_path, emulator.urls["pixellabs"], jobs=jobs, concurrency=4)
+    command = [sys.executable, "-m", "pipeline", "run", str(spec.source), "--manifest", pg_url]
+    runners = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"runner{n}"), "--status-every", "0.5"],
+            cwd=tmp_path,
+            env={**os.environ, **ENV},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    ended = []
+    try:
+        for runner in runners:
+            out, err = runner.communicate(timeout=150)
+            assert runner.returncode == 0, out + err
+            ended.append((out, err))
+    finally:
+        for runner in runners:
+            runner.kill()
+
+    assert final_states(pg_url, spec) == {S.DONE: jobs}
+    mine = []
+    for out, err in ended:
+        lines = [m for line in err.splitlines() if (m := STATUS.match(line))]
+        assert lines, err
+        last = lines[-1]
+        assert (last.group(2), last.group(4)) == (f"done {jobs}", "0s"), err
+        found = re.search(r"this runner: (\d+) done; run: (\d+)/(\d+) done, (\d) runners?", out)
+        assert found, out
+        assert found.group(2, 3) == (str(jobs), str(jobs)), out
+        mine.append(int(found.group(1)))
+    assert sum(mine) == jobs, mine  # each job counted once, by the runner that did it
+
+
+def test_a_shared_runs_bar_follows_every_runners_jobs() -> None:
+    """On a terminal, the bar counts the run's finished jobs once it follows the run's
+    counts: another runner's jobs move it, this runner's own are not counted twice."""
+    import io
+
+    from pipeline.runner.progress import TqdmProgress
+
+    progress = TqdmProgress(io.StringIO())
+    progress.start({"pixellabs": 10})
+    progress.follow({"pixellabs": {"done": 2, "pending": 10}})  # done before it began
+    progress.advance("pixellabs", "done")  # its own: counted by the next follow
+    progress.follow({"pixellabs": {"done": 9, "failed": 1, "pending": 2}})
+    (bar,) = progress._bars.values()
+    assert (bar.n, bar.postfix) == (8, "1 not done")
+    progress.follow({"pixellabs": {"done": 11, "failed": 1}})
+    assert bar.n == 10
+    progress.close()

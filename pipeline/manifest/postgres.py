@@ -405,8 +405,9 @@ class PgManifest(Manifest):
         return str(row[0])
 
     def relay_hint(self, provider: str, key: str) -> None:
-        """A callback about a task this runner does not wait for: leave it for the rest."""
-        with self._write("relay callback") as conn:
+        """A callback about a task this runner does not wait for: leave it for the rest.
+        Not a job write: a failure raises ``ManifestError`` but stops no job writes."""
+        with self.coordinating("relay callback", transaction=False) as conn:
             conn.execute(
                 "INSERT INTO hints (provider, key, at) VALUES (?, ?, ?)",
                 (provider, key, self._clock()),

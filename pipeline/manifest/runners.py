@@ -194,6 +194,22 @@ class Runners:
         with self.manifest.coordinating("look at runners", transaction=False) as conn:
             return bool(_one(conn, sql, (provider, *values, self.id))[0])
 
+    def progress(self) -> tuple[dict[str, dict[str, int]], int]:
+        """The run's jobs by provider and state, and the runners whose lease holds: one
+        grouped count, for a runner's display of the whole run."""
+        sql = (
+            f"SELECT provider, state, count(*), (SELECT count(*) FROM runners WHERE "
+            f"expires_at > {NOW}) FROM jobs WHERE TRUE{self.manifest.scope} "
+            "GROUP BY provider, state"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        runners = 0
+        with self.manifest.coordinating("count jobs", transaction=False) as conn:
+            for provider, state, n, live in conn.execute(sql).fetchall():
+                counts.setdefault(provider, {})[state] = int(n)
+                runners = int(live)
+        return counts, runners
+
     def release_pending(self, provider: str) -> int:
         """Give up the held, not yet submitted jobs of ``provider`` (this runner submits
         no more of them); a worker still about to submit one is then refused its move."""

@@ -32,13 +32,23 @@ from pipeline.runner.session import Lane
 if TYPE_CHECKING:
     from pipeline.manifest import Runners
 
-__all__ = ["DEFAULT_LEASE", "Budget", "Coordinator", "Local", "Shared", "coordinate"]
+__all__ = [
+    "DEFAULT_LEASE",
+    "Budget",
+    "Coordinator",
+    "Local",
+    "RunCounts",
+    "Shared",
+    "coordinate",
+]
 
 S = JobState
 IN_FLIGHT = (S.SUBMITTED, S.RUNNING, S.SUCCEEDED, S.DOWNLOADING)
 WORKING = (S.PENDING, S.SUBMITTING, *IN_FLIGHT)  # what another runner may still hand back
 DEFAULT_LEASE = 30.0
 """Seconds a runner's lease lasts unless renewed (renewed every third of it)."""
+RunCounts = tuple[dict[str, dict[str, int]], int]
+"""Jobs by provider and state, and the runners at work."""
 SLOT_WAIT = (0.05, 0.5)  # first and longest pause between tries for a free task slot
 RESHARE = 1.0  # seconds between two counts of the runners sharing a provider's slots
 IDLE_LOOK = 1.0  # seconds between two looks of a runner whose jobs wait on the others'
@@ -96,6 +106,11 @@ class Coordinator(Protocol):
         the run had to stop short, if it had (a shared run's lease was lost)."""
         ...
 
+    def run_counts(self) -> RunCounts | None:
+        """A shared run's jobs by provider and state (every runner's) and its runners
+        at work; None, without asking anything, when this process is alone."""
+        ...
+
 
 def coordinate(manifest: Manifest, *, lease: float = DEFAULT_LEASE) -> Coordinator:
     """The coordinator for ``manifest``: ``Shared`` where other runners may be at work."""
@@ -141,6 +156,9 @@ class Local:
         return False
 
     def hand_back(self, job_id: str) -> None:
+        return None
+
+    def run_counts(self) -> RunCounts | None:
         return None
 
     def settle(self) -> str | None:
@@ -351,6 +369,9 @@ class Shared:
     def hand_back(self, job_id: str) -> None:
         with contextlib.suppress(ManifestError):  # else it is freed when we leave
             self.runners.hand_back(job_id)
+
+    def run_counts(self) -> RunCounts | None:
+        return self.runners.progress()
 
     def settle(self) -> str | None:
         runner_id = self.runners.manifest.runner_id

@@ -3,7 +3,8 @@
 On a terminal: one bar per provider counting finished jobs (done, failed, …) out of the
 jobs that run has to handle. Elsewhere (a file, nohup, cron): a status line per provider
 every ``status_every`` seconds, flushed so ``tail -f`` shows it. ``--quiet`` shows
-neither. ``-v`` and ``--log-file`` add one logfmt line per event of the manifest's log
+neither. In a shared run both follow every runner's jobs (``follow``), not only this
+process's. ``-v`` and ``--log-file`` add one logfmt line per event of the manifest's log
 (every state change, with its reason), scrubbed of secrets like everything shown.
 """
 
@@ -49,6 +50,11 @@ class Progress(Protocol):
     def advance(self, provider: str, state: str) -> None: ...
     def note(self, provider: str, text: str) -> None: ...
     def status(self, counts: Mapping[str, Mapping[str, int]]) -> None: ...
+    def follow(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """A shared run's counts by provider and state, every runner's: from the first
+        call on, the display counts the run's finished jobs instead of its own."""
+        ...
+
     def events(self, events: Sequence[Event]) -> None: ...
     def close(self) -> None: ...
 
@@ -81,6 +87,9 @@ class NullProgress:
     def status(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         return None
 
+    def follow(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        return None
+
     def events(self, events: Sequence[Event]) -> None:
         return None
 
@@ -95,6 +104,7 @@ class TqdmProgress(NullProgress):
         self._stream = stream
         self._bars: dict[str, tqdm[Never]] = {}
         self._failed: dict[str, int] = {}
+        self._run: _RunFinished | None = None  # a shared run: counted from its counts
 
     def start(self, totals: Mapping[str, int]) -> None:
         width = max((len(name) for name in totals), default=8)
@@ -112,12 +122,22 @@ class TqdmProgress(NullProgress):
 
     def advance(self, provider: str, state: str) -> None:
         bar = self._bars.get(provider)
-        if bar is None:
+        if bar is None or self._run is not None:
             return
         if state != "done":
             self._failed[provider] += 1
             bar.set_postfix_str(f"{self._failed[provider]} not done", refresh=False)
         bar.update(1)
+
+    def follow(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        if self._run is None:
+            self._run = _RunFinished(counts)
+        for name, bar in self._bars.items():
+            finished, done = self._run.since(name, counts)
+            bar.n = finished if bar.total is None else min(finished, int(bar.total))
+            self._failed[name] = finished - done
+            bar.set_postfix_str(f"{finished - done} not done" if finished > done else "", False)
+            bar.refresh()
 
     def note(self, provider: str, text: str) -> None:
         self.write(scrub(f"{provider}: {text}"))
@@ -145,6 +165,9 @@ class StatusLines(NullProgress):
         self._started = clock()
         self._totals: dict[str, int] = {}
         self._finished: dict[str, int] = {}
+        self._run: _RunFinished | None = None  # a shared run: counted from its counts
+        self._last: Mapping[str, Mapping[str, int]] = {}  # the run's counts, last followed
+        self._shown = False  # a status line was written
 
     def start(self, totals: Mapping[str, int]) -> None:
         self._started = self._clock()
@@ -152,12 +175,27 @@ class StatusLines(NullProgress):
         self._finished = dict.fromkeys(totals, 0)
 
     def advance(self, provider: str, state: str) -> None:
-        self._finished[provider] = self._finished.get(provider, 0) + 1
+        if self._run is None:
+            self._finished[provider] = self._finished.get(provider, 0) + 1
+
+    def follow(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        if self._run is None:
+            self._run = _RunFinished(counts)
+        self._last = counts
+        for name in self._totals:
+            self._finished[name] = self._run.since(name, counts)[0]
+
+    def close(self) -> None:
+        """A shared run's last line: the run as this runner leaves it (other runners
+        may have finished jobs since the last line)."""
+        if self._run is not None and self._shown:
+            self.status(self._last)
 
     def note(self, provider: str, text: str) -> None:
         self._write(f"{_stamp(self._clock())} {provider}: {text}")
 
     def status(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        self._shown = True
         now = self._clock()
         minutes = max(now - self._started, 1e-9) / 60
         for name in sorted(self._totals):
@@ -202,6 +240,9 @@ class LoggedProgress(NullProgress):
     def status(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         self._display.status(counts)
 
+    def follow(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        self._display.follow(counts)
+
     def events(self, events: Sequence[Event]) -> None:
         for event in events:
             line = scrub(event_line(event))  # stored events are scrubbed; so is the log
@@ -211,6 +252,21 @@ class LoggedProgress(NullProgress):
     def close(self) -> None:
         self._display.close()
         self._on_close()
+
+
+class _RunFinished:
+    """Jobs of a shared run finished since a display began, by every runner: each
+    finished state's count now less its count then (never below zero, as a retry
+    takes jobs out of a finished state)."""
+
+    def __init__(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        self._then = {name: dict(states) for name, states in counts.items()}
+
+    def since(self, provider: str, counts: Mapping[str, Mapping[str, int]]) -> tuple[int, int]:
+        """Jobs of ``provider`` finished since, and how many of those are done."""
+        now, then = counts.get(provider, {}), self._then.get(provider, {})
+        by_state = {s: max(now.get(s, 0) - then.get(s, 0), 0) for s in FINISHED}
+        return sum(by_state.values()), by_state["done"]
 
 
 def event_line(event: Event) -> str:

@@ -43,7 +43,7 @@ from pipeline.outputs import fetch_outputs
 from pipeline.providers.base import submit_outcome
 from pipeline.retry import Backoff, ask_status
 from pipeline.runner.budget import BudgetGate, Refusal
-from pipeline.runner.coordination import Budget, Coordinator, coordinate
+from pipeline.runner.coordination import Budget, Coordinator, RunCounts, coordinate
 from pipeline.runner.progress import NullProgress, Progress
 from pipeline.runner.session import Lane, Session, prepaid_requests
 
@@ -53,6 +53,8 @@ S = JobState
 Submitted = tuple[str, float | None]  # remote id, and when the manifest recorded it
 IN_FLIGHT = (S.SUBMITTED, S.RUNNING, S.SUCCEEDED, S.DOWNLOADING)
 BUDGET_STOPPED = "budget reached"
+RUN_COUNTS_EVERY = 1.5
+"""Seconds between two counts of a shared run's jobs for the display."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class RunSummary:
     spent: dict[str, Decimal] = field(default_factory=dict)  # priced providers, at end
     budget_stops: dict[str, str] = field(default_factory=dict)  # budget key → why, once
     lease_lost: str | None = None  # a shared run's runner was reaped: why it stopped
+    runners: int = 0  # a shared run: the most runners seen at work at once (0: alone)
 
     def count(self, state: JobState) -> int:
         return sum(by_state.get(state, 0) for by_state in self.states.values())
@@ -131,12 +134,18 @@ class Scheduler:
         except BaseException:
             self._settle()
             raise
-        self.summary.already_done = self._count(S.DONE)
-        self.progress.start(self._runnable_totals())
+        shared = self._coordinator.run_counts()  # None alone: the manifest's counts then
+        counts = shared[0] if shared is not None else self.manifest.counts()
+        self.summary.already_done = sum(c.get(S.DONE, 0) for c in counts.values())
+        self.progress.start(self._runnable_totals(counts))
+        if shared is not None:
+            self._show_run(shared)
         try:
             async with anyio.create_task_group() as outer:
                 if self.options.handle_signals:
                     outer.start_soon(self._watch_signals, outer.cancel_scope)
+                if shared is not None:
+                    outer.start_soon(self._follow_run)
                 if self.progress.follows_events or self.progress.status_every is not None:
                     outer.start_soon(self._report)
                 outer.start_soon(self._coordinator.keep_alive, self._lease_lost)
@@ -156,6 +165,8 @@ class Scheduler:
             try:
                 with contextlib.suppress(ManifestError):
                     self._pass_events()  # the settling resets too
+                if shared is not None:
+                    self._look_at_run()  # the run as this runner leaves it
             finally:
                 self.progress.close()
             self.summary.states = self.manifest.counts()
@@ -209,7 +220,30 @@ class Scheduler:
                 self._pass_events()
                 if every is not None and self.clock() - last_status >= every:
                     last_status = self.clock()
-                    self.progress.status(self.manifest.counts())
+                    counts = self.manifest.counts()
+                    if self.summary.runners:  # a shared run: the rate and ETA are the run's
+                        self.progress.follow(counts)
+                    self.progress.status(counts)
+
+    async def _follow_run(self) -> None:
+        """A shared run: the display follows every runner's jobs, counted afresh every
+        ``RUN_COUNTS_EVERY`` seconds (one grouped count)."""
+        while True:
+            await anyio.sleep(RUN_COUNTS_EVERY)
+            self._look_at_run()
+
+    def _look_at_run(self) -> None:
+        try:
+            seen = self._coordinator.run_counts()
+        except ManifestError:  # the display waits; the run's own writes say what failed
+            return
+        if seen is not None:
+            self._show_run(seen)
+
+    def _show_run(self, seen: RunCounts) -> None:
+        counts, runners = seen
+        self.summary.runners = max(self.summary.runners, runners)
+        self.progress.follow(counts)
 
     def _last_event_id(self) -> int:
         if not self.progress.follows_events:
@@ -235,16 +269,12 @@ class Scheduler:
         if self.options.resubmit_unknown:
             self.manifest.reset([S.UNKNOWN], S.PENDING)
 
-    def _runnable_totals(self) -> dict[str, int]:
-        counts = self.manifest.counts()
+    def _runnable_totals(self, counts: dict[str, dict[str, int]]) -> dict[str, int]:
         runnable = (S.PENDING, *IN_FLIGHT)
         return {
             name: sum(counts.get(name, {}).get(state, 0) for state in runnable)
             for name in self.session.lanes
         }
-
-    def _count(self, state: JobState) -> int:
-        return sum(by_state.get(state, 0) for by_state in self.manifest.counts().values())
 
     def _note_capped_wait(self, provider: str) -> Callable[[float, float], None]:
         def note(asked: float, cap: float) -> None:

@@ -221,13 +221,45 @@ async def _start_webhooks(
     for entry in settings.values():
         adapter_type = registry.get(entry.type)
         if wants_callbacks(completion_mode(entry, adapter_type), adapter_type):
+            relay = None if hints is None else _Relay(hints)
             receiver = open_receiver(
                 spec.webhooks,
                 token=None if hints is None else hints.webhook_token(),
-                relay=None if hints is None else hints.relay_hint,
+                relay=relay,
             )
+            if relay is not None:
+                stack.callback(relay.close)
             services[SERVICE] = await stack.enter_async_context(receiver)
             return
+
+
+class _Relay:
+    """Passes a callback on to the other runners. A failed relay is said once and
+    counted, never fatal: a missed hint costs only time (the runner waiting for the task
+    confirms by a status query and keeps its safety polls)."""
+
+    def __init__(self, hints: HintRelay) -> None:
+        self._hints = hints
+        self.failed = 0
+
+    def __call__(self, provider: str, key: str) -> None:
+        try:
+            self._hints.relay_hint(provider, key)
+        except ManifestError as exc:
+            self.failed += 1
+            if self.failed == 1:
+                _logger.warning(
+                    "warning: could not relay a callback to the other runners (%s); going "
+                    "on, and the tasks it was for wait for their safety polls",
+                    exc,
+                )
+
+    def close(self) -> None:
+        if self.failed:
+            _logger.warning(
+                "warning: %d callback(s) could not be relayed to the other runners",
+                self.failed,
+            )
 
 
 async def _pass_relayed_hints(hints: HintRelay, services: Mapping[str, object]) -> None:
