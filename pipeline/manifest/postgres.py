@@ -446,15 +446,6 @@ class PgManifest(Manifest):
     """This process's id among the runners of the shared run, once it joined: it then
     moves only the jobs it holds (``jobs.holder``), and a reaped runner none at all."""
 
-    @property
-    def _locked_row_sql(self) -> str:
-        if self.runner_id is None:
-            return super()._locked_row_sql
-        return "SELECT state, remote_id, holder FROM jobs WHERE id = ? FOR UPDATE"
-
-    def _may_move(self, row: Sequence[Any]) -> bool:
-        return self.runner_id is None or row[2] == self.runner_id
-
     def _step(
         self,
         conn: Any,

@@ -2,7 +2,7 @@
 every runner shares.
 
 A runner joins with a lease that it renews; a job it works on is *held* by it
-(``jobs.holder``), and a runner moves only the jobs it holds (``PgManifest._may_move``).
+(``jobs.holder``), and a runner moves only the jobs it holds (``PgManifest._step``).
 A runner that stops renewing is reaped by any other: its submits cut short become
 ``unknown`` (never resubmitted), its downloads go back to ``succeeded``, and its jobs and
 task slots come free for the others to claim. Lease times are the database's clock, never

@@ -474,11 +474,13 @@ class Manifest:
         """One guarded transition inside the caller's write transaction."""
         error = None if error is None else scrub(error)  # contract 5: no key is stored
         note = scrub(detail) if detail is not None else error
-        if to is JobState.PENDING or self.lock_rows:  # the event names a forgotten remote id
-            row = conn.execute(self._locked_row_sql, (job_id,)).fetchone()
+        if to is JobState.PENDING:  # the event names a forgotten remote id
+            row = conn.execute(
+                "SELECT state, remote_id FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise ManifestError(f"{self.location}: no job {job_id!r} in the manifest")
-            if row[0] not in sources or not self._may_move(row):
+            if row[0] not in sources:
                 return False
             if to is JobState.PENDING and row[1] and remote_id is None:
                 note = join_notes(note, f"was remote_id {row[1]}")
@@ -590,10 +592,10 @@ class Manifest:
             if row is None:
                 return None
             outputs = conn.execute(
-                f"SELECT {self._output_columns} FROM outputs WHERE job_id = ? ORDER BY idx",
+                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id = ? ORDER BY idx",
                 (job_id,),
             ).fetchall()
-        return record_from_row(row, tuple(self._output_from_row(o) for o in outputs))
+        return record_from_row(row, tuple(output_from_row(o, self.own_root) for o in outputs))
 
     def iter_records(
         self,
@@ -746,14 +748,12 @@ class Manifest:
         if job_ids:
             marks = ", ".join("?" * len(job_ids))
             for row in conn.execute(
-                f"SELECT {self._output_columns} FROM outputs WHERE job_id IN ({marks}) "
+                f"SELECT {OUTPUT_COLUMNS} FROM outputs WHERE job_id IN ({marks}) "
                 "ORDER BY job_id, idx",
                 job_ids,
             ):
-                found.setdefault(row[0], []).append(self._output_from_row(row))
+                found.setdefault(row[0], []).append(output_from_row(row, self.own_root))
         return {job_id: tuple(outputs) for job_id, outputs in found.items()}
-
-    _output_columns = OUTPUT_COLUMNS
 
     @property
     def _written_root(self) -> str | None:
@@ -763,9 +763,6 @@ class Manifest:
     def _write_outputs(self, conn: sqlite3.Connection, outputs: Sequence[Output]) -> None:
         root = self._written_root
         conn.executemany(UPSERT_OUTPUT, (output_row(o, root) for o in outputs))
-
-    def _output_from_row(self, row: Sequence[Any]) -> Output:
-        return output_from_row(row, self.own_root)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -835,22 +832,8 @@ class Manifest:
     """Whether several runners may work on this manifest's run at once (PostgreSQL)."""
 
     lock_rows = False
-    """Whether a transition locks its job's row before reading the state it leaves
-    (needed where several processes write; SQLite has one writer at a time)."""
-
-    @property
-    def _for_update(self) -> str:
-        return " FOR UPDATE" if self.lock_rows else ""
-
-    @property
-    def _locked_row_sql(self) -> str:
-        """Reads a job's state and remote id (and whatever ``_may_move`` checks)."""
-        return "SELECT state, remote_id FROM jobs WHERE id = ?" + self._for_update
-
-    def _may_move(self, row: Sequence[Any]) -> bool:
-        """Whether this process may move the job read by ``_locked_row_sql`` (one writer
-        here: always; a shared run's runner only moves the jobs it holds)."""
-        return True
+    """Whether a bulk reset locks its rows before logging them (needed where several
+    processes write; SQLite has one writer at a time)."""
 
     @property
     def _free_rows(self) -> str | None:
