@@ -195,20 +195,9 @@ class Runners:
             return bool(_one(conn, sql, (provider, *values, self.id))[0])
 
     def progress(self) -> tuple[dict[str, dict[str, int]], int]:
-        """The run's jobs by provider and state, and the runners whose lease holds: one
-        grouped count, for a runner's display of the whole run."""
-        sql = (
-            f"SELECT provider, state, count(*), (SELECT count(*) FROM runners WHERE "
-            f"expires_at > {NOW}) FROM jobs WHERE TRUE{self.manifest.scope} "
-            "GROUP BY provider, state"
-        )
-        counts: dict[str, dict[str, int]] = {}
-        runners = 0
-        with self.manifest.coordinating("count jobs", transaction=False) as conn:
-            for provider, state, n, live in conn.execute(sql).fetchall():
-                counts.setdefault(provider, {})[state] = int(n)
-                runners = int(live)
-        return counts, runners
+        """The run's jobs by provider and state, and how many runners' leases hold: what
+        a runner shows of the whole run."""
+        return self.manifest.counts(), len(self.manifest.runners_at_work())
 
     def release_pending(self, provider: str) -> int:
         """Give up the held, not yet submitted jobs of ``provider`` (this runner submits
